@@ -1,1 +1,14 @@
-//! protocol
+//! Plain serde data shared by every secateur crate: the per-layer profile the
+//! planner sees, the plan it answers with (and its JSON schema), the critic's
+//! verdicts, iteration outcomes, feedback, and the run's state machine.
+//!
+//! No behaviour lives here beyond validation of shapes and ranges, so every actor
+//! (and a remote client of the daemon) can speak it without pulling in tensors.
+
+pub mod plan;
+pub mod run;
+
+pub use plan::{
+    plan_json_schema, LayerDecision, LayerProfile, Plan, PlanError, DELTA_MAX, DELTA_MIN,
+};
+pub use run::{Feedback, IterationOutcome, RunId, RunState, Verdict};

@@ -1,0 +1,155 @@
+//! What the planner sees and what it answers (paper §3.3, Algorithm 1).
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest extra sparsity a plan may add to one layer in one iteration (paper: 0.01).
+pub const DELTA_MIN: f64 = 0.01;
+/// Largest extra sparsity a plan may add to one layer in one iteration (paper: 0.15).
+pub const DELTA_MAX: f64 = 0.15;
+
+/// One prunable layer as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerProfile {
+    /// HF checkpoint name, e.g. `model.layers.3.mlp.down_proj`.
+    pub name: String,
+    /// z-score across layers of the Wanda sensitivity (10th percentile of |W|·‖X‖₂).
+    pub z_sens: f64,
+    /// z-score across layers of the mean |∇W| gradient importance.
+    pub z_grad: f64,
+    /// Current fraction of pruned weights in this layer, in [0, 1].
+    pub sparsity: f64,
+    /// Number of weights in the layer (so sparsities can be weighted globally).
+    pub params: u64,
+}
+
+/// One layer the planner chose to prune further.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerDecision {
+    pub layer: String,
+    /// Extra sparsity δ ∈ [DELTA_MIN, DELTA_MAX] for this iteration.
+    pub delta: f64,
+}
+
+/// The planner's structured answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub reasoning: String,
+    pub stop_pruning: bool,
+    pub layer_decisions: Vec<LayerDecision>,
+}
+
+/// A plan that does not fit the schema or the model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("layer_decisions[{index}]: unknown layer `{layer}`")]
+    UnknownLayer { index: usize, layer: String },
+    #[error("layer_decisions[{index}]: delta {delta} for `{layer}` outside [{DELTA_MIN}, {DELTA_MAX}]")]
+    DeltaOutOfRange {
+        index: usize,
+        layer: String,
+        delta: f64,
+    },
+    #[error("layer_decisions[{index}]: layer `{layer}` appears more than once")]
+    DuplicateLayer { index: usize, layer: String },
+    #[error("not a valid plan document: {0}")]
+    Json(String),
+}
+
+impl Plan {
+    /// Parse the planner's JSON answer (strict: unknown fields are ignored, missing ones are errors).
+    pub fn from_json(text: &str) -> Result<Self, PlanError> {
+        serde_json::from_str(text).map_err(|e| PlanError::Json(e.to_string()))
+    }
+
+    /// Check the plan against the layers that exist. Returns every problem found,
+    /// so a repair prompt can list them all at once.
+    pub fn validate(&self, known_layers: &[&str]) -> Vec<PlanError> {
+        let mut errors = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (index, d) in self.layer_decisions.iter().enumerate() {
+            if !known_layers.contains(&d.layer.as_str()) {
+                errors.push(PlanError::UnknownLayer {
+                    index,
+                    layer: d.layer.clone(),
+                });
+            }
+            if !(DELTA_MIN..=DELTA_MAX).contains(&d.delta) || d.delta.is_nan() {
+                errors.push(PlanError::DeltaOutOfRange {
+                    index,
+                    layer: d.layer.clone(),
+                    delta: d.delta,
+                });
+            }
+            if !seen.insert(d.layer.as_str()) {
+                errors.push(PlanError::DuplicateLayer {
+                    index,
+                    layer: d.layer.clone(),
+                });
+            }
+        }
+        errors
+    }
+}
+
+/// JSON schema of [`Plan`], as sent to LLM backends for structured output.
+/// `layers`, when given, restricts `layer` to an enum of the model's layer names.
+pub fn plan_json_schema(layers: Option<&[&str]>) -> serde_json::Value {
+    let mut layer = serde_json::json!({ "type": "string" });
+    if let Some(names) = layers {
+        layer["enum"] = serde_json::json!(names);
+    }
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "reasoning": { "type": "string" },
+            "stop_pruning": { "type": "boolean" },
+            "layer_decisions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "layer": layer,
+                        "delta": { "type": "number", "minimum": DELTA_MIN, "maximum": DELTA_MAX }
+                    },
+                    "required": ["layer", "delta"],
+                    "additionalProperties": false
+                }
+            }
+        },
+        "required": ["reasoning", "stop_pruning", "layer_decisions"],
+        "additionalProperties": false
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let plan = Plan::from_json(
+            r#"{"reasoning":"r","stop_pruning":false,"layer_decisions":[
+                {"layer":"a","delta":0.05},{"layer":"zz","delta":0.2},{"layer":"a","delta":0.01}]}"#,
+        )
+        .unwrap();
+        let errs = plan.validate(&["a", "b"]);
+        assert_eq!(
+            errs,
+            vec![
+                PlanError::UnknownLayer { index: 1, layer: "zz".into() },
+                PlanError::DeltaOutOfRange { index: 1, layer: "zz".into(), delta: 0.2 },
+                PlanError::DuplicateLayer { index: 2, layer: "a".into() },
+            ]
+        );
+        assert!(Plan::from_json("{\"reasoning\":1}").is_err());
+    }
+
+    #[test]
+    fn schema_lists_layers_and_bounds() {
+        let s = plan_json_schema(Some(&["x", "y"]));
+        let item = &s["properties"]["layer_decisions"]["items"]["properties"];
+        assert_eq!(item["layer"]["enum"], serde_json::json!(["x", "y"]));
+        assert_eq!(item["delta"]["maximum"], serde_json::json!(0.15));
+        assert_eq!(s["required"].as_array().unwrap().len(), 3);
+    }
+}
