@@ -1,0 +1,254 @@
+//! `[critic]`: the explicit, switchable rules the Critic applies to each candidate plan
+//! (DESIGN.md §3), the thresholds of its qualitative assessment (paper §3.4), and an
+//! optional LLM backend for writing reflections.
+
+use serde::{Deserialize, Serialize};
+
+use protocol::{recently_rolled_back, IterationRecord, PlanConstraints};
+
+use crate::backend::BackendConfig;
+use crate::check::Checker;
+
+/// What a rule does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// The rule is not checked.
+    Off,
+    /// Repair the plan (clamp, drop, scale) and say why; the repaired plan goes on.
+    Amend,
+    /// Refuse the plan with reasons; the planner is asked again (bounded).
+    Veto,
+}
+
+impl RuleAction {
+    pub fn is_on(self) -> bool {
+        self != Self::Off
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Amend => "amend",
+            Self::Veto => "veto",
+        }
+    }
+}
+
+/// `[critic.rules]`. Each `*` rule is an action (`off` | `amend` | `veto`), with its
+/// threshold next to it. Rules that can only refuse (`empty_plan`, `min_progress`,
+/// `premature_stop`) accept `off` | `veto`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriticRules {
+    /// Decisions naming a layer the model does not have. Amend: drop them.
+    pub unknown_layer: RuleAction,
+    /// A layer named more than once. Amend: keep the first decision.
+    pub duplicate_layer: RuleAction,
+    /// δ outside [0.01, 0.15]. Amend: clamp into range (NaN δ is dropped).
+    pub delta_bounds: RuleAction,
+    /// A layer that would exceed `layer_sparsity_cap`. Amend: shrink δ to fit, or drop
+    /// the layer when less than 0.01 of room is left.
+    pub max_layer_sparsity: RuleAction,
+    pub layer_sparsity_cap: f64,
+    /// A layer whose z_grad exceeds `z_grad_cap` (gradient says it matters). Amend: drop.
+    pub high_z_grad: RuleAction,
+    pub z_grad_cap: f64,
+    /// A layer that was in a rolled-back plan in the last `rollback_window` iterations.
+    /// Amend: drop.
+    pub recent_rollback: RuleAction,
+    pub rollback_window: u32,
+    /// A plan that would land more than `overshoot_tolerance` above the target sparsity.
+    /// Amend: scale all δs down (dropping layers whose δ would fall below 0.01).
+    pub overshoot: RuleAction,
+    pub overshoot_tolerance: f64,
+    /// A plan with no decisions that does not stop, or whose decisions were all dropped
+    /// by amendments. Veto only.
+    pub empty_plan: RuleAction,
+    /// A plan whose global sparsity gain is below `min_gain` (or below the remaining
+    /// gap, when that is smaller). Veto only.
+    pub min_progress: RuleAction,
+    pub min_gain: f64,
+    /// `stop_pruning` while the target is not reached (the paper lets the agent stop
+    /// early, so this is off by default). Veto only.
+    pub premature_stop: RuleAction,
+}
+
+impl Default for CriticRules {
+    fn default() -> Self {
+        Self {
+            unknown_layer: RuleAction::Amend,
+            duplicate_layer: RuleAction::Amend,
+            delta_bounds: RuleAction::Amend,
+            max_layer_sparsity: RuleAction::Amend,
+            layer_sparsity_cap: 0.9,
+            high_z_grad: RuleAction::Amend,
+            z_grad_cap: 2.5,
+            recent_rollback: RuleAction::Amend,
+            rollback_window: 2,
+            overshoot: RuleAction::Amend,
+            overshoot_tolerance: 0.005,
+            empty_plan: RuleAction::Veto,
+            min_progress: RuleAction::Veto,
+            min_gain: 0.001,
+            premature_stop: RuleAction::Off,
+        }
+    }
+}
+
+impl CriticRules {
+    pub(crate) fn check(&self, c: &mut Checker) {
+        let p = "critic.rules";
+        for (name, action) in [
+            ("empty_plan", self.empty_plan),
+            ("min_progress", self.min_progress),
+            ("premature_stop", self.premature_stop),
+        ] {
+            if action == RuleAction::Amend {
+                c.fail(
+                    &format!("{p}.{name}"),
+                    format!("\"{}\"", action.name()),
+                    "this rule can only refuse a plan: use \"off\" or \"veto\"",
+                );
+            }
+        }
+        c.open_closed(
+            &format!("{p}.layer_sparsity_cap"),
+            self.layer_sparsity_cap,
+            0.0,
+            1.0,
+        );
+        if !self.z_grad_cap.is_finite() {
+            c.fail(
+                &format!("{p}.z_grad_cap"),
+                self.z_grad_cap,
+                "must be a finite number",
+            );
+        }
+        c.int_range(
+            &format!("{p}.rollback_window"),
+            self.rollback_window.into(),
+            0,
+            1000,
+        );
+        c.closed(
+            &format!("{p}.overshoot_tolerance"),
+            self.overshoot_tolerance,
+            0.0,
+            0.5,
+        );
+        c.closed(&format!("{p}.min_gain"), self.min_gain, 0.0, 0.5);
+    }
+
+    /// What the planner must respect this iteration so that these rules would not
+    /// amend its plan: the layer cap, the z_grad cap and the recently rolled-back
+    /// layers, each only when its rule is on.
+    pub fn plan_constraints(&self, history: &[IterationRecord], iteration: u32) -> PlanConstraints {
+        PlanConstraints {
+            max_layer_sparsity: if self.max_layer_sparsity.is_on() {
+                self.layer_sparsity_cap
+            } else {
+                1.0
+            },
+            max_z_grad: self.high_z_grad.is_on().then_some(self.z_grad_cap),
+            forbidden_layers: if self.recent_rollback.is_on() {
+                recently_rolled_back(history, iteration, self.rollback_window)
+            } else {
+                Default::default()
+            },
+        }
+    }
+}
+
+/// `[critic.assessment]`: when the reflection calls an iteration Excellent, Good, Fair
+/// or Risky. "Cost" is the PPL increase as a fraction of τ (1.0 = at the rollback line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssessmentThresholds {
+    /// Global sparsity gain an iteration needs to be called Excellent.
+    pub excellent_min_gain: f64,
+    /// Largest cost still Excellent.
+    pub excellent_max_cost: f64,
+    /// Largest cost still Good.
+    pub good_max_cost: f64,
+    /// Largest cost still Fair; above it the iteration is Risky.
+    pub fair_max_cost: f64,
+}
+
+impl Default for AssessmentThresholds {
+    fn default() -> Self {
+        Self {
+            excellent_min_gain: 0.02,
+            excellent_max_cost: 0.2,
+            good_max_cost: 0.5,
+            fair_max_cost: 0.8,
+        }
+    }
+}
+
+impl AssessmentThresholds {
+    fn check(&self, c: &mut Checker) {
+        let p = "critic.assessment";
+        c.closed(
+            &format!("{p}.excellent_min_gain"),
+            self.excellent_min_gain,
+            0.0,
+            1.0,
+        );
+        c.closed(
+            &format!("{p}.excellent_max_cost"),
+            self.excellent_max_cost,
+            0.0,
+            1.0,
+        );
+        c.closed(&format!("{p}.good_max_cost"), self.good_max_cost, 0.0, 1.0);
+        c.closed(&format!("{p}.fair_max_cost"), self.fair_max_cost, 0.0, 1.0);
+        let ordered = self.excellent_max_cost <= self.good_max_cost
+            && self.good_max_cost <= self.fair_max_cost;
+        if !ordered {
+            c.fail(
+                &format!("{p}.good_max_cost"),
+                self.good_max_cost,
+                format!(
+                    "costs must satisfy excellent_max_cost ({}) <= good_max_cost <= fair_max_cost ({})",
+                    self.excellent_max_cost, self.fair_max_cost
+                ),
+            );
+        }
+    }
+}
+
+/// `[critic]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriticConfig {
+    /// How many times per iteration a fully vetoed set of candidates goes back to the
+    /// planner with the reasons before the iteration counts as "no plan" (the run stops).
+    pub max_replans: u32,
+    pub rules: CriticRules,
+    pub assessment: AssessmentThresholds,
+    /// LLM that writes the reflection; unset uses the built-in template (offline).
+    pub reflection: Option<BackendConfig>,
+}
+
+impl Default for CriticConfig {
+    fn default() -> Self {
+        Self {
+            max_replans: 2,
+            rules: CriticRules::default(),
+            assessment: AssessmentThresholds::default(),
+            reflection: None,
+        }
+    }
+}
+
+impl CriticConfig {
+    pub(crate) fn check(&self, c: &mut Checker) {
+        c.int_range("critic.max_replans", self.max_replans.into(), 0, 20);
+        self.rules.check(c);
+        self.assessment.check(c);
+        if let Some(r) = &self.reflection {
+            r.check("critic.reflection", c);
+        }
+    }
+}

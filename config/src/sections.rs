@@ -1,0 +1,277 @@
+//! The run-level sections: `[run]`, `[model]`, `[calibration]`, `[evaluation]`,
+//! `[pruning]`. Defaults are the offline default preset, so an empty file runs
+//! SmolLM2-135M on a small CPU in minutes.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::{at, Checker};
+
+/// `[run]`: identity and reproducibility of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seeds every random choice (sample order, heuristic candidate variants), so two
+    /// runs with the same config and model are identical.
+    pub seed: u64,
+    /// Folder holding run databases, reports and exports (created on demand).
+    pub runs_dir: PathBuf,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            runs_dir: PathBuf::from("runs"),
+        }
+    }
+}
+
+impl RunConfig {
+    pub(crate) fn check(&self, c: &mut Checker) {
+        c.non_empty("run.runs_dir", &self.runs_dir.to_string_lossy());
+    }
+}
+
+/// Where tensors live. `auto` takes CUDA when the binary was built with it and a device
+/// answers, else the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// `[model]`: the model being pruned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A GGUF file or an HF directory (config.json + *.safetensors + tokenizer.json).
+    pub path: PathBuf,
+    pub device: Device,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            device: Device::Auto,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub(crate) fn check(&self, c: &mut Checker) {
+        c.non_empty("model.path", &self.path.to_string_lossy());
+    }
+}
+
+/// `[calibration]`: texts for activation statistics and gradients (paper: 128 × 2048
+/// tokens of C4, 16 samples for activations, 8 for gradients). The in-loop perplexity
+/// uses the *next* `evaluation.ppl_samples` texts of the same source, so the two sets
+/// are disjoint by construction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CalibrationConfig {
+    /// Plain text file, JSONL, or C4-style json(.gz).
+    pub path: PathBuf,
+    /// JSONL field holding the text; unset reads a plain text file whole.
+    pub field: Option<String>,
+    /// Size of the calibration pool: the first `samples` texts of the source.
+    pub samples: usize,
+    /// Tokens per calibration sequence.
+    pub seq_len: usize,
+    /// Sequences of the pool used for activation statistics (each iteration).
+    pub activation_samples: usize,
+    /// Sequences of the pool used for gradient importance (every `pruning.gradient_every`).
+    pub gradient_samples: usize,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("assets/data/xsum/test.jsonl"),
+            field: Some("document".into()),
+            samples: 16,
+            seq_len: 256,
+            activation_samples: 16,
+            gradient_samples: 4,
+        }
+    }
+}
+
+/// Longest sequence we accept: longer windows than any supported model's context
+/// are a typo, not a setting.
+const MAX_SEQ_LEN: u64 = 131_072;
+
+impl CalibrationConfig {
+    pub(crate) fn check(&self, c: &mut Checker) {
+        let p = "calibration";
+        c.non_empty(&at(p, "path"), &self.path.to_string_lossy());
+        check_field(c, &at(p, "field"), self.field.as_deref());
+        c.int_range(&at(p, "samples"), self.samples as u64, 1, 100_000);
+        c.int_range(&at(p, "seq_len"), self.seq_len as u64, 2, MAX_SEQ_LEN);
+        c.int_range(
+            &at(p, "activation_samples"),
+            self.activation_samples as u64,
+            1,
+            self.samples.max(1) as u64,
+        );
+        // Zero disables gradient importance (z_grad is then 0 for every layer).
+        c.int_range(
+            &at(p, "gradient_samples"),
+            self.gradient_samples as u64,
+            0,
+            self.samples.max(1) as u64,
+        );
+    }
+}
+
+fn check_field(c: &mut Checker, name: &str, field: Option<&str>) {
+    if let Some(f) = field {
+        if f.trim().is_empty() {
+            c.fail(
+                name,
+                "\"\"",
+                "must not be empty (omit it to read a plain text file)",
+            );
+        }
+    }
+}
+
+/// `[evaluation.final]`: perplexity after the run over a whole text (WikiText-2 protocol:
+/// texts joined, non-overlapping windows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinalPplConfig {
+    pub path: PathBuf,
+    /// JSONL field holding the text; unset reads a plain text file whole.
+    pub field: Option<String>,
+    /// Tokens per non-overlapping window.
+    pub window: usize,
+    /// Use at most this many texts of a JSONL source (0 = all).
+    pub max_texts: usize,
+}
+
+impl Default for FinalPplConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("assets/data/quac/test.jsonl"),
+            field: Some("passage".into()),
+            window: 512,
+            max_texts: 200,
+        }
+    }
+}
+
+/// `[evaluation]`: perplexity measured inside the loop (paper: 32 samples).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Held-out sequences of the calibration source, taken after the calibration pool.
+    pub ppl_samples: usize,
+    /// Tokens per in-loop perplexity sequence.
+    pub ppl_seq_len: usize,
+    #[serde(rename = "final")]
+    pub final_ppl: FinalPplConfig,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            ppl_samples: 16,
+            ppl_seq_len: 256,
+            final_ppl: FinalPplConfig::default(),
+        }
+    }
+}
+
+impl EvaluationConfig {
+    pub(crate) fn check(&self, c: &mut Checker) {
+        c.int_range(
+            "evaluation.ppl_samples",
+            self.ppl_samples as u64,
+            1,
+            100_000,
+        );
+        c.int_range(
+            "evaluation.ppl_seq_len",
+            self.ppl_seq_len as u64,
+            2,
+            MAX_SEQ_LEN,
+        );
+        let f = &self.final_ppl;
+        c.non_empty("evaluation.final.path", &f.path.to_string_lossy());
+        check_field(c, "evaluation.final.field", f.field.as_deref());
+        c.int_range("evaluation.final.window", f.window as u64, 2, MAX_SEQ_LEN);
+    }
+}
+
+/// `[pruning]`: the loop of Algorithm 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PruningConfig {
+    /// Global (parameter-weighted) sparsity at which the run stops.
+    pub target_sparsity: f64,
+    /// Rollback threshold τ: an iteration raising PPL by more than this fraction is undone.
+    pub tau: f64,
+    /// Hard cap on iterations, whatever the planner says.
+    pub max_iterations: u32,
+    /// Recollect gradients every this many iterations (paper: 3); activations each one.
+    pub gradient_every: u32,
+    /// Percentile k of the active Wanda scores used as a layer's sensitivity (paper: 10).
+    pub sensitivity_percentile: f64,
+    /// Candidate plans the planner proposes per iteration (K); each surviving one is
+    /// evaluated and the best within τ is committed.
+    pub candidates: usize,
+}
+
+impl Default for PruningConfig {
+    fn default() -> Self {
+        Self {
+            target_sparsity: 0.5,
+            tau: 0.15,
+            max_iterations: 40,
+            gradient_every: 3,
+            sensitivity_percentile: 10.0,
+            candidates: 1,
+        }
+    }
+}
+
+/// More candidates than this would multiply evaluation cost beyond any budget we run.
+pub const MAX_CANDIDATES: usize = 16;
+
+impl PruningConfig {
+    pub(crate) fn check(&self, c: &mut Checker) {
+        c.open("pruning.target_sparsity", self.target_sparsity, 0.0, 1.0);
+        c.open_closed("pruning.tau", self.tau, 0.0, 1.0);
+        c.int_range(
+            "pruning.max_iterations",
+            self.max_iterations.into(),
+            1,
+            10_000,
+        );
+        c.int_range(
+            "pruning.gradient_every",
+            self.gradient_every.into(),
+            1,
+            10_000,
+        );
+        c.open(
+            "pruning.sensitivity_percentile",
+            self.sensitivity_percentile,
+            0.0,
+            100.0,
+        );
+        c.int_range(
+            "pruning.candidates",
+            self.candidates as u64,
+            1,
+            MAX_CANDIDATES as u64,
+        );
+    }
+}
