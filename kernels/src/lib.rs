@@ -1,1 +1,42 @@
-//! kernels
+//! Numeric pruning kernels on candle tensors (DESIGN.md §2, paper §3.2).
+//!
+//! - [`wanda_scores`] `S = |W| ⊙ sqrt(Σx²)`, [`magnitude_scores`] `|W|`;
+//! - incremental pruning to a target sparsity, per row ([`prune_rows_incremental`],
+//!   [`magnitude_mask_per_row`]) or per layer ([`prune_layer_incremental`],
+//!   [`magnitude_mask_per_layer`]); N:M masks ([`nm_mask`]);
+//! - layer statistics: [`percentile`], [`layer_sensitivity`], [`gradient_importance`],
+//!   [`z_scores`];
+//! - [`Mask`] bitsets (**1 = kept, 0 = pruned**) and [`MaskDelta`]s with a checked byte form.
+//!
+//! Weights are `[d_out, d_in]` like a torch `Linear`; scores are f32. The pruning order and
+//! tie rule (lowest score first, then lowest column index) are in [`prune`]'s docs.
+//!
+//! Devices: every function takes CPU tensors. [`wanda_scores`], [`prune_rows_incremental`]
+//! and [`nm_mask`] run on CUDA tensors with the `cuda` feature; without it they (like every
+//! other function given a CUDA tensor) return [`KernelError::CudaNotCompiled`]. With the
+//! feature, the other functions copy CUDA inputs to the host. The API is the same either way.
+//!
+//! Each kernel has a naive counterpart in [`reference`] that the tests compare it with.
+
+mod delta;
+mod device;
+mod error;
+mod mask;
+pub mod prune;
+pub mod reference;
+mod stats;
+
+// CUDA kernels are not written yet: every build has the stand-in.
+#[path = "cuda_stub.rs"]
+mod cuda;
+
+pub use delta::MaskDelta;
+pub use error::{KernelError, Result};
+pub use mask::Mask;
+pub use prune::{
+    magnitude_mask_per_layer, magnitude_mask_per_row, magnitude_scores, nm_mask,
+    prune_layer_incremental, prune_rows_incremental, wanda_scores,
+};
+pub use stats::{
+    gradient_importance, layer_sensitivity, percentile, z_scores, SENSITIVITY_PERCENTILE, Z_EPSILON,
+};
