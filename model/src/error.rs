@@ -62,4 +62,17 @@ pub enum ModelError {
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A weight map handed to the forward pass lacks a tensor the architecture needs.
+    #[error("missing weight `{tensor}` in the tensor map")]
+    MissingWeight { tensor: String },
+    /// A weight, mask or overlay tensor has the wrong shape for the layer it targets.
+    #[error("tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
+    WeightShape {
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    /// A layer name that is not one of the model's prunable linears.
+    #[error("no prunable layer named `{name}`")]
+    UnknownLayer { name: String },
 }

@@ -5,9 +5,22 @@
 //! This crate knows nothing of actors, async runtimes, storage or HTTP.
 
 pub mod arch;
+pub mod bench;
+mod decoder;
 pub mod error;
+pub mod families;
+mod generate;
+mod grad;
+mod linear;
 pub mod load;
+mod perplexity;
+pub mod testing;
+mod transformer;
 
 pub use arch::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
+pub use grad::GradImportance;
+pub use linear::{ActivationStats, LayerInfo, WeightOverlay};
 pub use load::{load_checkpoint, Checkpoint, SourceFormat};
+pub use perplexity::{Perplexity, DEFAULT_PPL_WINDOW};
+pub use transformer::Model;

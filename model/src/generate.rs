@@ -1,0 +1,80 @@
+//! Greedy generation with a KV cache. The cache lives in the call, not in the
+//! shared model, so any number of threads can generate on one `Model` at once.
+
+use candle_core::{DType, Tensor};
+
+use crate::decoder::LayerKv;
+use crate::linear::WeightOverlay;
+use crate::transformer::Model;
+use crate::{ModelError, Result};
+
+impl Model {
+    /// Greedy continuation of `prompt`: at most `max_new_tokens` new tokens, ending
+    /// early at the first token in `stop_tokens` (which is not returned) or when the
+    /// sequence reaches `max_position_embeddings`. Returns the new tokens only, never
+    /// the prompt. Ties between equal logits go to the lowest token id.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        stop_tokens: &[u32],
+    ) -> Result<Vec<u32>> {
+        self.generate_with(prompt, max_new_tokens, stop_tokens, None)
+    }
+
+    /// [`Model::generate`] with some layers' weights replaced for this call.
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        stop_tokens: &[u32],
+        overlay: Option<&WeightOverlay>,
+    ) -> Result<Vec<u32>> {
+        let context = self.config().max_position_embeddings;
+        if prompt.is_empty() {
+            return Err(ModelError::InvalidArgument("generate: empty prompt".into()));
+        }
+        if prompt.len() > context {
+            return Err(ModelError::InvalidArgument(format!(
+                "generate: prompt of {} tokens exceeds the context of {context}",
+                prompt.len()
+            )));
+        }
+        self.check_ids(prompt)?;
+        if let Some(o) = overlay {
+            self.check_overlay(o)?;
+        }
+        let mut cache: Vec<LayerKv> = Vec::new();
+        let mut out = Vec::new();
+        let mut input = prompt.to_vec();
+        let mut len = 0;
+        while out.len() < max_new_tokens && len + input.len() <= context {
+            let tokens = Tensor::new(input.as_slice(), self.device())?.unsqueeze(0)?;
+            let hidden = self.hidden(&tokens, overlay, Some(&mut cache))?;
+            len += input.len();
+            let last = hidden.narrow(1, input.len() - 1, 1)?;
+            let next = argmax(&self.logits(&last)?)?;
+            if stop_tokens.contains(&next) {
+                break;
+            }
+            out.push(next);
+            input = vec![next];
+        }
+        Ok(out)
+    }
+}
+
+/// Index of the largest logit, lowest index on ties; NaN never wins.
+pub(crate) fn argmax(logits: &Tensor) -> Result<u32> {
+    let values = logits
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] || values[best].is_nan() {
+            best = i;
+        }
+    }
+    Ok(best as u32)
+}

@@ -1,0 +1,349 @@
+//! The model: embeddings, the shared decoder layers, final norm and lm_head, plus
+//! the pruning-facing API (layer list, masks, overlays, activation statistics).
+//!
+//! One `Model` is shared (`Arc<Model>`, `Send + Sync`) by every thread that evaluates
+//! candidates: per-call state (overlays, KV caches, gradient variables) lives in the
+//! caller's stack, never in the model. Masks sit behind a per-layer `RwLock` so they
+//! can be committed through `&self`; a forward that runs while masks are being
+//! committed may see some layers before and some after the commit, so commit between
+//! evaluation rounds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::decoder::{causal_mask, rms_norm, DecoderLayer, LayerKv, RopeTables};
+use crate::families::{self, FamilySpec};
+use crate::linear::{ActivationStats, LayerInfo, Pass, PrunableLinear, WeightOverlay};
+use crate::{ModelConfig, ModelError, Result};
+
+/// A decoder-only transformer of one of the supported families.
+pub struct Model {
+    config: ModelConfig,
+    spec: FamilySpec,
+    dtype: DType,
+    device: Device,
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    final_norm: Tensor,
+    /// `[vocab, hidden]`; the embedding matrix itself when embeddings are tied.
+    lm_head: Tensor,
+    /// Prunable layer name → (decoder layer, projection slot).
+    index: HashMap<String, (usize, usize)>,
+    stats_enabled: AtomicBool,
+}
+
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Model>();
+};
+
+impl Model {
+    /// Build an f32 model from HF-named weights (e.g. `Checkpoint::tensors`). Tensors
+    /// not used by the architecture are ignored; missing or mis-shaped ones are errors
+    /// naming the tensor.
+    pub fn new(
+        cfg: &ModelConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::new_with_dtype(cfg, tensors, device, DType::F32)
+    }
+
+    /// As [`Model::new`] in another float dtype. F32 is the supported one; F64 exists
+    /// so gradient checks against finite differences are free of rounding noise.
+    pub fn new_with_dtype(
+        cfg: &ModelConfig,
+        tensors: &HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(ModelError::InvalidArgument(format!(
+                "model dtype must be a float type, got {dtype:?}"
+            )));
+        }
+        let spec = families::spec(cfg)?;
+        let shapes: HashMap<String, Vec<usize>> =
+            families::expected_weights(cfg)?.into_iter().collect();
+        let mut take = |name: &str| -> Result<Tensor> {
+            let t = tensors.get(name).ok_or_else(|| ModelError::MissingWeight {
+                tensor: name.to_string(),
+            })?;
+            if let Some(expected) = shapes.get(name) {
+                if t.dims() != expected.as_slice() {
+                    return Err(ModelError::WeightShape {
+                        tensor: name.to_string(),
+                        expected: expected.clone(),
+                        actual: t.dims().to_vec(),
+                    });
+                }
+            }
+            Ok(t.to_device(device)?.to_dtype(dtype)?)
+        };
+        let embed = take("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            layers.push(DecoderLayer::new(cfg, spec, i, &mut take)?);
+        }
+        let final_norm = take("model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            take("lm_head.weight")?
+        };
+        let mut index = HashMap::new();
+        for (l, layer) in layers.iter().enumerate() {
+            for (slot, proj) in layer.projections().iter().enumerate() {
+                index.insert(proj.name().to_string(), (l, slot));
+            }
+        }
+        Ok(Self {
+            config: cfg.clone(),
+            spec,
+            dtype,
+            device: device.clone(),
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            index,
+            stats_enabled: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn family(&self) -> FamilySpec {
+        self.spec
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Logits `[batch, seq, vocab]` (model dtype, f32 by default) for `tokens`
+    /// (`[batch, seq]`, u32). Rows of a batch must have equal length: there is no
+    /// padding mask, so run sequences of different lengths one at a time.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.forward_with(tokens, None)
+    }
+
+    /// [`Model::forward`] with some layers' weights replaced for this call only.
+    pub fn forward_with(&self, tokens: &Tensor, overlay: Option<&WeightOverlay>) -> Result<Tensor> {
+        self.check_tokens(tokens)?;
+        if let Some(o) = overlay {
+            self.check_overlay(o)?;
+        }
+        let hidden = self.hidden(tokens, overlay, None)?;
+        self.logits(&hidden)
+    }
+
+    /// Final-norm hidden states `[batch, seq, hidden]`. With a cache, `tokens` follow
+    /// the cached positions and their keys/values are appended to it. Inputs are
+    /// assumed checked.
+    pub(crate) fn hidden(
+        &self,
+        tokens: &Tensor,
+        overlay: Option<&WeightOverlay>,
+        cache: Option<&mut Vec<LayerKv>>,
+    ) -> Result<Tensor> {
+        let (b, l) = tokens.dims2()?;
+        let offset = match &cache {
+            Some(c) => c
+                .first()
+                .and_then(|kv| kv.as_ref())
+                .map_or(Ok(0), |(k, _)| k.dim(2))?,
+            None => 0,
+        };
+        let pass = Pass {
+            overlay,
+            record_stats: self.stats_enabled.load(Ordering::Relaxed),
+        };
+        let rope = RopeTables::new(&self.config, offset, l, self.dtype, &self.device)?;
+        let mask = causal_mask(l, offset, self.dtype, &self.device)?;
+        let mut x = self
+            .embed
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, l, self.config.hidden_size))?;
+        match cache {
+            Some(cache) => {
+                cache.resize(self.layers.len(), None);
+                for (layer, kv) in self.layers.iter().zip(cache.iter_mut()) {
+                    x = layer.forward(&x, &rope, mask.as_ref(), Some(kv), pass)?;
+                }
+            }
+            None => {
+                for layer in &self.layers {
+                    x = layer.forward(&x, &rope, mask.as_ref(), None, pass)?;
+                }
+            }
+        }
+        rms_norm(&x, &self.final_norm, self.config.rms_norm_eps)
+    }
+
+    /// lm_head over hidden states `[..., hidden]` → `[..., vocab]`.
+    pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let mut dims = hidden.dims().to_vec();
+        let h = self.config.hidden_size;
+        let rows = hidden.elem_count() / h;
+        let y = hidden.reshape((rows, h))?.matmul(&self.lm_head.t()?)?;
+        if let Some(last) = dims.last_mut() {
+            *last = self.config.vocab_size;
+        }
+        Ok(y.reshape(dims)?)
+    }
+
+    /// Every prunable projection, in model order (layer by layer: q, k, v, o, gate,
+    /// up, down).
+    pub fn prunable_layers(&self) -> Vec<LayerInfo> {
+        self.linears().map(PrunableLinear::info).collect()
+    }
+
+    /// Commit a mask (`[out, in]`, any numeric dtype, only 0/1, 1 = keep) to layer
+    /// `name`, or clear it with `None`. The masked weight `W ⊙ M` is computed once
+    /// here and used by every later forward; the dense weight is kept unchanged.
+    pub fn set_mask(&self, name: &str, mask: Option<&Tensor>) -> Result<()> {
+        self.linear(name)?.set_mask(mask)
+    }
+
+    /// The committed mask of `name` (u8, 1 = keep), `None` when the layer is dense.
+    pub fn layer_mask(&self, name: &str) -> Result<Option<Tensor>> {
+        Ok(self.linear(name)?.mask())
+    }
+
+    /// The dense (never masked) weight `[out, in]` of layer `name`.
+    pub fn layer_weight(&self, name: &str) -> Result<Tensor> {
+        Ok(self.linear(name)?.dense().clone())
+    }
+
+    /// The weight a plain forward uses for `name`: `W ⊙ M`, or `W` without a mask.
+    pub fn effective_weight(&self, name: &str) -> Result<Tensor> {
+        Ok(self.linear(name)?.effective())
+    }
+
+    /// Build an overlay from candidate masks (layer name → `[out, in]` 0/1 mask): each
+    /// entry becomes `W_dense ⊙ M`. Only the listed layers are copied.
+    pub fn overlay_from_masks<'a>(
+        &self,
+        masks: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    ) -> Result<WeightOverlay> {
+        let mut overlay = WeightOverlay::new();
+        for (name, mask) in masks {
+            let layer = self.linear(name)?;
+            let keep = layer.check_mask(mask)?;
+            overlay.insert(name, (layer.dense() * keep)?);
+        }
+        Ok(overlay)
+    }
+
+    /// Turn activation statistics on or off for every later forward (all entry
+    /// points, overlays and gradient passes included). Leave them off while
+    /// evaluating candidates, or the statistics mix in candidate activations.
+    pub fn set_stats_enabled(&self, enabled: bool) {
+        self.stats_enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    pub fn stats_enabled(&self) -> bool {
+        self.stats_enabled.load(Ordering::Relaxed)
+    }
+
+    /// Remove and return the statistics gathered so far, one entry per layer that
+    /// has seen at least one token.
+    pub fn take_stats(&self) -> HashMap<String, ActivationStats> {
+        self.linears()
+            .filter_map(|l| l.take_stats().map(|s| (l.name().to_string(), s)))
+            .collect()
+    }
+
+    /// Discard the statistics gathered so far.
+    pub fn reset_stats(&self) {
+        for l in self.linears() {
+            l.take_stats();
+        }
+    }
+
+    pub(crate) fn linears(&self) -> impl Iterator<Item = &PrunableLinear> {
+        self.layers.iter().flat_map(|l| l.projections().iter())
+    }
+
+    pub(crate) fn linear(&self, name: &str) -> Result<&PrunableLinear> {
+        let (l, slot) = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::UnknownLayer {
+                name: name.to_string(),
+            })?;
+        Ok(&self.layers[*l].projections()[*slot])
+    }
+
+    /// Tokens must be `[batch, seq]` u32 with `seq ≥ 1` and ids below the vocab size.
+    pub(crate) fn check_tokens(&self, tokens: &Tensor) -> Result<()> {
+        let (b, l) = tokens.dims2().map_err(|_| {
+            ModelError::InvalidArgument(format!(
+                "tokens must be [batch, seq], got shape {:?}",
+                tokens.dims()
+            ))
+        })?;
+        if tokens.dtype() != DType::U32 {
+            return Err(ModelError::InvalidArgument(format!(
+                "tokens must be u32, got {:?}",
+                tokens.dtype()
+            )));
+        }
+        if b == 0 || l == 0 {
+            return Err(ModelError::InvalidArgument(format!(
+                "tokens must be non-empty, got shape [{b}, {l}]"
+            )));
+        }
+        let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        self.check_ids(&[max])
+    }
+
+    pub(crate) fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            Some(t) => Err(ModelError::InvalidArgument(format!(
+                "token id {t} is out of range for vocab size {}",
+                self.config.vocab_size
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every overlay entry must name a prunable layer and match its shape and dtype.
+    pub(crate) fn check_overlay(&self, overlay: &WeightOverlay) -> Result<()> {
+        for name in overlay.names() {
+            let layer = self.linear(name)?;
+            let w = overlay.get(name).unwrap_or(layer.dense());
+            if w.dims() != layer.dense().dims() {
+                return Err(ModelError::WeightShape {
+                    tensor: format!("overlay weight of {name}"),
+                    expected: layer.dense().dims().to_vec(),
+                    actual: w.dims().to_vec(),
+                });
+            }
+            if !w.device().same_device(&self.device) {
+                return Err(ModelError::InvalidArgument(format!(
+                    "overlay weight of {name} is on {:?}, the model on {:?}",
+                    w.device(),
+                    self.device
+                )));
+            }
+            if w.dtype() != self.dtype {
+                return Err(ModelError::InvalidArgument(format!(
+                    "overlay weight of {name} is {:?}, the model runs in {:?}",
+                    w.dtype(),
+                    self.dtype
+                )));
+            }
+        }
+        Ok(())
+    }
+}
