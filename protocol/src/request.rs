@@ -74,6 +74,9 @@ pub struct PlanConstraints {
     pub max_z_grad: Option<f64>,
     /// Layers the planner must not touch (e.g. they caused a recent rollback).
     pub forbidden_layers: BTreeSet<String>,
+    /// Smallest global sparsity gain worth an evaluation (or the remaining gap, when
+    /// smaller); 0 when any progress will do.
+    pub min_gain: f64,
 }
 
 impl Default for PlanConstraints {
@@ -82,6 +85,7 @@ impl Default for PlanConstraints {
             max_layer_sparsity: 1.0,
             max_z_grad: None,
             forbidden_layers: BTreeSet::new(),
+            min_gain: 0.0,
         }
     }
 }
@@ -317,6 +321,7 @@ mod tests {
             max_layer_sparsity: 0.5,
             max_z_grad: Some(1.0),
             forbidden_layers: ["f".to_string()].into(),
+            min_gain: 0.0,
         };
         assert!(c.allows(&layer("a", 0.49, 1)));
         assert!(!c.allows(&layer("a", 0.495, 1)));
