@@ -55,7 +55,9 @@ pub struct CriticRules {
     pub high_z_grad: RuleAction,
     pub z_grad_cap: f64,
     /// A layer that was in a rolled-back plan in the last `rollback_window` iterations.
-    /// Amend: drop.
+    /// Amend: drop. Off by default: plans that spread a step over many layers (the
+    /// heuristic's do) would leave only the riskiest layers after one rollback. Meant
+    /// for planners that pick a few layers with large δ.
     pub recent_rollback: RuleAction,
     pub rollback_window: u32,
     /// A plan that would land more than `overshoot_tolerance` above the target sparsity.
@@ -84,7 +86,7 @@ impl Default for CriticRules {
             layer_sparsity_cap: 0.9,
             high_z_grad: RuleAction::Amend,
             z_grad_cap: 2.5,
-            recent_rollback: RuleAction::Amend,
+            recent_rollback: RuleAction::Off,
             rollback_window: 2,
             overshoot: RuleAction::Amend,
             overshoot_tolerance: 0.005,
@@ -142,7 +144,7 @@ impl CriticRules {
 
     /// What the planner must respect this iteration so that these rules would not
     /// amend its plan: the layer cap, the z_grad cap and the recently rolled-back
-    /// layers, each only when its rule is on.
+    /// layers and the minimum gain, each only when its rule is on.
     pub fn plan_constraints(&self, history: &[IterationRecord], iteration: u32) -> PlanConstraints {
         PlanConstraints {
             max_layer_sparsity: if self.max_layer_sparsity.is_on() {
@@ -155,6 +157,11 @@ impl CriticRules {
                 recently_rolled_back(history, iteration, self.rollback_window)
             } else {
                 Default::default()
+            },
+            min_gain: if self.min_progress.is_on() {
+                self.min_gain
+            } else {
+                0.0
             },
         }
     }

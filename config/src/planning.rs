@@ -44,7 +44,7 @@ impl Default for HeuristicConfig {
     fn default() -> Self {
         Self {
             base_step: 0.04,
-            layer_delta: 0.05,
+            layer_delta: 0.1,
             grad_weight: 0.5,
             sparsity_weight: 2.0,
             ppl_budget: 0.5,

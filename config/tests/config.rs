@@ -353,9 +353,12 @@ fn plan_constraints_follow_rule_switches() {
     let c = rules.plan_constraints(&[], 1);
     assert_eq!(c.max_layer_sparsity, 0.9);
     assert_eq!(c.max_z_grad, Some(2.5));
+    assert_eq!(c.min_gain, 0.001);
     rules.max_layer_sparsity = RuleAction::Off;
     rules.high_z_grad = RuleAction::Off;
+    rules.min_progress = RuleAction::Off;
     let c = rules.plan_constraints(&[], 1);
     assert_eq!(c.max_layer_sparsity, 1.0);
     assert_eq!(c.max_z_grad, None);
+    assert_eq!(c.min_gain, 0.0);
 }
