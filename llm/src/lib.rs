@@ -1,1 +1,19 @@
-//! llm
+//! Planner and critic backends (DESIGN.md §6).
+//!
+//! The pure parts live here today: the [`PlannerBackend`] trait every backend
+//! implements, the prompt builder LLM backends send ([`prompt`]), and the offline
+//! default, a deterministic [`HeuristicPlanner`]. HTTP and local-model backends will
+//! implement the same trait. This crate never depends on `actors`: the Planner actor
+//! calls a backend, not the other way round.
+
+pub mod error;
+pub mod heuristic;
+pub mod planner;
+pub mod prompt;
+pub mod sim;
+
+pub use error::LlmError;
+pub use heuristic::HeuristicPlanner;
+
+pub use planner::{PlanRequest, PlanResponse, PlannerBackend};
+pub use prompt::{build_prompt, Prompt};

@@ -1,0 +1,421 @@
+use super::*;
+use crate::sim::SimModel;
+use protocol::{Feedback, IterationOutcome, PlanConstraints, Rejection};
+use std::collections::HashSet;
+
+fn planner() -> HeuristicPlanner {
+    HeuristicPlanner::new(HeuristicConfig::default(), 42)
+}
+
+fn layer(name: &str, z_sens: f64, z_grad: f64, sparsity: f64, params: u64) -> LayerProfile {
+    LayerProfile {
+        name: name.into(),
+        z_sens,
+        z_grad,
+        sparsity,
+        params,
+    }
+}
+
+fn record(it: u32, gain: f64, ppl_change: f64, rolled_back: bool) -> IterationRecord {
+    IterationRecord {
+        plan: Plan {
+            reasoning: String::new(),
+            stop_pruning: false,
+            layer_decisions: vec![],
+        },
+        outcome: IterationOutcome {
+            iteration: it,
+            sparsity_before: 0.1,
+            sparsity_after: 0.1 + gain,
+            ppl_before: 10.0,
+            ppl_after: 10.0 * (1.0 + ppl_change),
+            rolled_back,
+        },
+        feedback: Feedback {
+            iteration: it,
+            summary: String::new(),
+            assessment: String::new(),
+        },
+    }
+}
+
+/// Σ δ over a plan's decisions.
+fn total_delta(p: &Plan) -> f64 {
+    p.layer_decisions.iter().map(|d| d.delta).sum()
+}
+
+fn gain(req: &PlanRequest, p: &Plan) -> f64 {
+    projected_sparsity(&req.profiles, &p.layer_decisions) - global_sparsity(&req.profiles)
+}
+
+fn sim_request(m: &SimModel, iteration: u32) -> PlanRequest {
+    let mut r = PlanRequest::new(iteration, 40, m.profiles(), 0.5, m.base_ppl, m.ppl(), 0.15);
+    r.constraints = PlanConstraints {
+        max_layer_sparsity: 0.9,
+        max_z_grad: Some(2.5),
+        forbidden_layers: Default::default(),
+        min_gain: 0.001,
+    };
+    r
+}
+
+#[test]
+fn prefers_negative_z_sens_and_non_positive_z_grad() {
+    let mut profiles = Vec::new();
+    for i in 0..10 {
+        profiles.push(layer(
+            &format!("safe{i}"),
+            -1.0 - 0.01 * i as f64,
+            -0.5,
+            0.0,
+            1000,
+        ));
+        profiles.push(layer(&format!("risky{i}"), 1.0, 0.5, 0.0, 1000));
+    }
+    // Low z_sens but a hot gradient: must rank behind every safe layer.
+    profiles.push(layer("hot_grad", -1.2, 3.0, 0.0, 1000));
+    let cfg = HeuristicConfig {
+        base_step: 0.02,
+        ..HeuristicConfig::default()
+    };
+    let p = HeuristicPlanner::new(cfg, 1);
+    let req = PlanRequest::new(1, 40, profiles, 0.5, 10.0, 10.0, 0.15);
+    let plan = p.plan(&req, 0);
+    assert!(!plan.stop_pruning);
+    let names: Vec<&str> = plan
+        .layer_decisions
+        .iter()
+        .map(|d| d.layer.as_str())
+        .collect();
+    assert!(!names.is_empty());
+    assert!(names.iter().all(|n| n.starts_with("safe")), "{names:?}");
+    // Safest first: safe9 has the lowest z_sens.
+    assert_eq!(names[0], "safe9");
+    // The step is covered (0.02 of global sparsity), not exceeded by more than rounding.
+    let g = gain(&req, &plan);
+    assert!((g - 0.02).abs() < 1e-3, "gain {g}");
+}
+
+#[test]
+fn conservative_after_rollback_bolder_after_cheap_gain() {
+    let m = SimModel::smollm_like(30, 3, 2.0);
+    let base = sim_request(&m, 2);
+    let with = |h: Vec<IterationRecord>| {
+        let mut r = base.clone();
+        r.history = h;
+        let plan = planner().plan(&r, 0);
+        (gain(&r, &plan), total_delta(&plan))
+    };
+    let (g_none, d_none) = with(vec![]);
+    let (g_cheap, d_cheap) = with(vec![record(1, 0.04, 0.01, false)]);
+    let (g_rb, d_rb) = with(vec![record(1, 0.04, 0.20, true)]);
+    assert!(
+        g_rb < g_none && g_none < g_cheap,
+        "{g_rb} {g_none} {g_cheap}"
+    );
+    assert!(
+        d_rb < d_none && d_none < d_cheap,
+        "{d_rb} {d_none} {d_cheap}"
+    );
+    // The numbers follow the documented policy: 0.04 base; ×1.25 after a cheap gain;
+    // after the rollback the budget 0.5·τ / (0.20 / 0.04) = 0.015 binds.
+    assert!((g_none - 0.04).abs() < 1e-3, "{g_none}");
+    assert!((g_cheap - 0.05).abs() < 1e-3, "{g_cheap}");
+    assert!((g_rb - 0.015).abs() < 1e-3, "{g_rb}");
+    let posture = planner().posture(&[record(1, 0.04, 0.2, true)], 0.15);
+    assert_eq!(posture.aggressiveness, 0.5);
+    assert_eq!(posture.rollbacks, 1);
+    assert!((posture.last_cost.unwrap() - 5.0).abs() < 1e-9);
+}
+
+#[test]
+fn k_candidates_differ_and_are_deterministic() {
+    let m = SimModel::smollm_like(30, 3, 2.0);
+    let req = sim_request(&m, 1);
+    let plans = planner().candidates(&req, 6);
+    assert_eq!(plans.len(), 6);
+    for i in 0..plans.len() {
+        for j in 0..i {
+            assert_ne!(
+                plans[i].layer_decisions, plans[j].layer_decisions,
+                "{i} vs {j}"
+            );
+        }
+    }
+    let g: Vec<f64> = plans.iter().map(|p| gain(&req, p)).collect();
+    // balanced, conservative, bold, spread, focused, exploratory
+    assert!(g[1] < g[0] && g[0] < g[2], "{g:?}");
+    let n: Vec<usize> = plans.iter().map(|p| p.layer_decisions.len()).collect();
+    assert!(n[3] > n[0] && n[0] > n[4], "{n:?}");
+    assert!(plans[1].reasoning.contains("conservative candidate"));
+    // Exploratory picks a different subset of layers, not just other δs.
+    let set = |p: &Plan| {
+        p.layer_decisions
+            .iter()
+            .map(|d| d.layer.clone())
+            .collect::<HashSet<_>>()
+    };
+    assert_ne!(set(&plans[5]), set(&plans[0]));
+    // Same seed: same plans. Other seed: only the seeded rung changes.
+    assert_eq!(planner().candidates(&req, 6), plans);
+    let other = HeuristicPlanner::new(HeuristicConfig::default(), 7).candidates(&req, 6);
+    assert_eq!(other[..5], plans[..5]);
+    assert_ne!(other[5], plans[5]);
+}
+
+#[test]
+fn a_rejection_moves_to_the_next_rung() {
+    let m = SimModel::smollm_like(4, 3, 2.0);
+    let req = sim_request(&m, 1);
+    let first = planner().plan(&req, 0);
+    let mut again = req.clone();
+    again.rejections.push(Rejection {
+        plan: first.clone(),
+        reasons: vec!["no".into()],
+    });
+    let second = planner().candidates(&again, 1);
+    assert_eq!(second, vec![planner().plan(&req, 1)]);
+    assert_ne!(second[0], first);
+}
+
+#[test]
+fn stops_when_target_reached_or_nothing_is_allowed() {
+    let at_target = vec![layer("a", 0.0, 0.0, 0.5, 10), layer("b", 0.0, 0.0, 0.5, 10)];
+    let req = PlanRequest::new(3, 40, at_target, 0.5, 10.0, 12.0, 0.15);
+    let out = planner().propose(&req, 3).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(out[0].plan.stop_pruning);
+    assert!(out[0].plan.layer_decisions.is_empty());
+    assert!(out[0].plan.reasoning.starts_with("Target reached"));
+    assert_eq!(out[0].backend, "heuristic");
+    assert_eq!(Plan::from_json(&out[0].raw_response).unwrap(), out[0].plan);
+
+    let capped = vec![layer("a", 0.0, 0.0, 0.3, 10), layer("b", 0.0, 0.0, 0.0, 10)];
+    let mut req = PlanRequest::new(3, 40, capped, 0.5, 10.0, 12.0, 0.15);
+    req.constraints.max_layer_sparsity = 0.305;
+    req.constraints.forbidden_layers.insert("b".into());
+    let plan = planner().plan(&req, 0);
+    assert!(plan.stop_pruning);
+    assert!(
+        plan.reasoning
+            .starts_with("No layer can take more sparsity"),
+        "{}",
+        plan.reasoning
+    );
+}
+
+#[test]
+fn bad_requests_are_errors_not_panics() {
+    let mut req = PlanRequest::new(
+        1,
+        40,
+        vec![layer("a", f64::NAN, 0.0, 0.0, 1)],
+        0.5,
+        1.0,
+        1.0,
+        0.15,
+    );
+    assert!(planner().propose(&req, 1).is_err());
+    req.profiles[0].z_sens = 0.0;
+    assert!(planner().propose(&req, 0).is_err());
+    assert_eq!(planner().propose(&req, 1).unwrap().len(), 1);
+}
+
+/// One simulated run of Algorithm 1 with the heuristic planner and no critic.
+struct SimRun {
+    model: SimModel,
+    history: Vec<IterationRecord>,
+    stopped_by_planner: bool,
+}
+
+fn simulate(cfg: HeuristicConfig, ratio: f64, seed: u64, max_iterations: u32) -> SimRun {
+    let planner = HeuristicPlanner::new(cfg, 42);
+    let mut m = SimModel::smollm_like(30, seed, ratio);
+    let (target, tau) = (0.5, 0.15);
+    let mut history: Vec<IterationRecord> = Vec::new();
+    let mut ppl = m.ppl();
+    let mut stopped_by_planner = false;
+    for it in 1..=max_iterations {
+        let mut req = PlanRequest::new(
+            it,
+            max_iterations,
+            m.profiles(),
+            target,
+            m.base_ppl,
+            ppl,
+            tau,
+        );
+        req.history = history.clone();
+        req.constraints = PlanConstraints {
+            max_layer_sparsity: 0.9,
+            max_z_grad: Some(2.5),
+            // No rollback memory: it would forbid most layers of a spread-out plan.
+            forbidden_layers: Default::default(),
+            min_gain: 0.001,
+        };
+        let plan = planner.propose(&req, 1).unwrap().remove(0).plan;
+        if plan.stop_pruning {
+            stopped_by_planner = true;
+            break;
+        }
+        assert!(plan.validate(&req.layer_names()).is_empty());
+        let before = global_sparsity(&req.profiles);
+        let after = projected_sparsity(&req.profiles, &plan.layer_decisions);
+        let new_ppl = m.ppl_with(&plan.layer_decisions);
+        let rolled_back = (new_ppl - ppl) / ppl > tau;
+        if !rolled_back {
+            m.apply(&plan.layer_decisions);
+        }
+        history.push(IterationRecord {
+            outcome: IterationOutcome {
+                iteration: it,
+                sparsity_before: before,
+                sparsity_after: after,
+                ppl_before: ppl,
+                ppl_after: new_ppl,
+                rolled_back,
+            },
+            plan,
+            feedback: Feedback {
+                iteration: it,
+                summary: String::new(),
+                assessment: String::new(),
+            },
+        });
+        if !rolled_back {
+            ppl = new_ppl;
+        }
+        if target_reached(m.global_sparsity(), target) {
+            break;
+        }
+    }
+    SimRun {
+        model: m,
+        history,
+        stopped_by_planner,
+    }
+}
+
+#[test]
+fn simulated_loop_reaches_target_better_than_uniform() {
+    let run = simulate(HeuristicConfig::default(), 2.0, 3, 40);
+    let s = run.model.global_sparsity();
+    assert!(target_reached(s, 0.5), "ended at {s}");
+    assert!(s < 0.5 + 0.001, "overshot to {s}");
+    assert!(!run.stopped_by_planner);
+    let n = run.history.len();
+    assert!((8..=20).contains(&n), "{n} iterations");
+    // Sensitivity-aware allocation must beat uniform pruning at the same sparsity.
+    let (ppl, uniform) = (run.model.ppl(), run.model.uniform_ppl(s));
+    assert!(ppl < uniform * 0.95, "ppl {ppl} vs uniform {uniform}");
+    // No layer beyond the cap; the next request is a stop.
+    assert!(run.model.sparsity.iter().all(|&x| x <= 0.9 + 1e-12));
+    let req = PlanRequest::new(n as u32 + 1, 40, run.model.profiles(), 0.5, 10.0, ppl, 0.15);
+    assert!(planner().plan(&req, 0).stop_pruning);
+    // Deterministic: a second run is identical.
+    assert_eq!(
+        simulate(HeuristicConfig::default(), 2.0, 3, 40).history,
+        run.history
+    );
+}
+
+#[test]
+fn harsh_model_recovers_from_rollbacks_with_smaller_steps() {
+    // A reckless configuration on a harsh model, so that rollbacks do happen.
+    let reckless = HeuristicConfig {
+        base_step: 0.1,
+        ppl_budget: 1.0,
+        bold_factor: 2.0,
+        ..HeuristicConfig::default()
+    };
+    let run = simulate(reckless, 8.0, 5, 40);
+    let s = run.model.global_sparsity();
+    assert!(
+        target_reached(s, 0.5),
+        "ended at {s} after {} iterations",
+        run.history.len()
+    );
+    let rollbacks: Vec<usize> = (0..run.history.len())
+        .filter(|&i| run.history[i].outcome.rolled_back)
+        .collect();
+    assert!(
+        !rollbacks.is_empty(),
+        "a model this harsh should trigger a rollback"
+    );
+    for &i in &rollbacks {
+        if let Some(next) = run.history.get(i + 1) {
+            let g = |r: &IterationRecord| r.outcome.sparsity_gain();
+            assert!(g(next) < g(&run.history[i]), "iteration {}", i + 2);
+        }
+    }
+    // Committed iterations never exceed τ.
+    for r in &run.history {
+        assert!(r.outcome.rolled_back || r.outcome.ppl_change() <= 0.15);
+    }
+}
+
+mod bounds {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_profile() -> impl Strategy<Value = (f64, f64, f64, u64)> {
+        (-3.0..3.0f64, -3.0..3.0f64, 0.0..1.0f64, 0u64..10_000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn plans_respect_bounds_and_constraints(
+            layers in prop::collection::vec(arb_profile(), 1..40),
+            target in 0.05..0.95f64,
+            cap in 0.3..1.0f64,
+            z_cap in prop::option::of(-1.0..3.0f64),
+            forbid_every in 2usize..6,
+            history in prop::collection::vec((0.0..0.1f64, -0.05..0.5f64, any::<bool>()), 0..4),
+            k in 1usize..7,
+            seed in any::<u64>(),
+        ) {
+            let profiles: Vec<LayerProfile> = layers
+                .iter()
+                .enumerate()
+                .map(|(i, &(zs, zg, s, p))| layer(&format!("l{i}"), zs, zg, s, p))
+                .collect();
+            prop_assume!(profiles.iter().any(|p| p.params > 0));
+            let mut req = PlanRequest::new(3, 40, profiles, target, 10.0, 11.0, 0.15);
+            req.constraints.max_layer_sparsity = cap;
+            req.constraints.max_z_grad = z_cap;
+            req.constraints.forbidden_layers =
+                (0..layers.len()).step_by(forbid_every).map(|i| format!("l{i}")).collect();
+            req.history = history
+                .iter()
+                .enumerate()
+                .map(|(i, &(g, c, rb))| record(i as u32 + 1, g, c, rb))
+                .collect();
+            let out = HeuristicPlanner::new(HeuristicConfig::default(), seed)
+                .propose(&req, k)
+                .unwrap();
+            prop_assert!(!out.is_empty() && out.len() <= k);
+            let total: f64 = req.profiles.iter().map(|p| p.params as f64).sum();
+            let max_w = req.profiles.iter().map(|p| p.params as f64 / total).fold(0.0, f64::max);
+            for r in &out {
+                let plan = &r.plan;
+                prop_assert!(plan.validate(&req.layer_names()).is_empty());
+                prop_assert!(plan.stop_pruning || !plan.layer_decisions.is_empty());
+                for d in &plan.layer_decisions {
+                    let p = req.profiles.iter().find(|p| p.name == d.layer).unwrap();
+                    prop_assert!((DELTA_MIN..=DELTA_MAX).contains(&d.delta), "{}", d.delta);
+                    prop_assert!(p.sparsity + d.delta <= cap + 1e-12);
+                    prop_assert!(!req.constraints.forbidden_layers.contains(&d.layer));
+                    if let Some(z) = z_cap {
+                        prop_assert!(p.z_grad <= z);
+                    }
+                }
+                let proj = projected_sparsity(&req.profiles, &plan.layer_decisions);
+                let start = global_sparsity(&req.profiles);
+                // Never past the target by more than one minimal δ on one layer.
+                prop_assert!(proj <= target.max(start) + DELTA_MIN * max_w + 1e-12);
+            }
+        }
+    }
+}

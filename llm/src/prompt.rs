@@ -1,0 +1,332 @@
+//! The prompt LLM planners receive (paper §3.3–3.4): current and target sparsity, layer
+//! profiles sorted by z_sens, baseline and current PPL, and the critic's feedback on
+//! past iterations. The system prompt asks the model to analyse its past decisions and
+//! to answer JSON per [`protocol::plan_json_schema`].
+//!
+//! Long layer lists are grouped by name pattern (`model.layers.{N}.mlp.down_proj`), one
+//! short row per layer, so a 30-block model (210 layers) fits well under 6k tokens;
+//! short lists keep one full name per line. Both keep the z_sens order (a global rank
+//! column survives the grouping).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use config::PromptConfig;
+use protocol::{plan_json_schema, LayerDecision, LayerProfile, PlanRequest, DELTA_MAX, DELTA_MIN};
+
+/// A system + user message pair, as sent to chat backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub system: String,
+    pub user: String,
+}
+
+impl Prompt {
+    /// Total characters (≈ 4 per token for English and numbers).
+    pub fn chars(&self) -> usize {
+        self.system.chars().count() + self.user.chars().count()
+    }
+}
+
+/// What candidate `index` of K should aim for; index 0 is the model's best guess. The
+/// ladder matches the heuristic planner's variants so K candidates differ in kind.
+pub fn candidate_style(index: usize) -> &'static str {
+    const STYLES: [&str; 6] = [
+        "balanced: your best estimate of the right step",
+        "conservative: about half your usual step, only the safest layers",
+        "bold: about 1.5 times your usual step",
+        "spread: many layers with small deltas",
+        "focused: few layers with large deltas",
+        "exploratory: prefer safe layers you have not pruned yet",
+    ];
+    STYLES[index.min(STYLES.len() - 1)]
+}
+
+/// The system prompt: role, meaning of the statistics, rules, the instruction to
+/// analyse past decisions, and the answer schema.
+pub fn system_prompt() -> String {
+    let schema = serde_json::to_string(&plan_json_schema(None)).unwrap_or_default();
+    format!(
+        "You are a pruning agent. One iteration at a time, you decide which linear layers of a \
+large language model to prune further and by how much, so that the model reaches a target \
+global sparsity with as little perplexity (PPL) damage as possible. Inside a layer, weights are \
+removed by Wanda (smallest |W|*||X||_2 of each output row first); you only choose layers and \
+amounts.
+
+How to read the layer statistics:
+- z_sens: z-score across layers of the layer's Wanda sensitivity (10th percentile of its \
+active |W|*||X||_2 scores). Negative = below-average sensitivity, safer to prune; positive = riskier.
+- z_grad: z-score of the layer's mean gradient magnitude |dL/dW|. Positive = the loss depends on \
+this layer more than average; prefer layers with z_grad <= 0.
+- sparsity: the layer's current fraction of pruned weights. Heavily pruned layers get riskier.
+- Global sparsity is weighted by parameter count: sum(params * min(1, s + delta)) / sum(params), \
+so large layers move it more.
+
+Rules: each decision adds delta in [{DELTA_MIN}, {DELTA_MAX}] to one layer; name each layer at \
+most once, exactly as listed; respect the constraints you are given. An iteration that raises \
+PPL by more than the rollback threshold is undone and reported back to you. Set stop_pruning to \
+true only when the target is reached or further pruning would clearly be too harmful.
+
+Before deciding, analyse your previous decisions against their outcomes in the feedback: which \
+choices gained sparsity cheaply, which cost perplexity or caused a rollback. Adjust: more \
+conservative after damage, bolder after cheap gains. Put this analysis and your strategy in \
+`reasoning` (a few sentences).
+
+Answer with one JSON object and nothing else, following this JSON schema:
+{schema}"
+    )
+}
+
+/// Build the prompt for candidate `candidate` (0-based) of `k` for this request.
+pub fn build_prompt(
+    request: &PlanRequest,
+    options: &PromptConfig,
+    candidate: usize,
+    k: usize,
+) -> Prompt {
+    let mut u = String::new();
+    let r = request;
+    let gap = (r.target_sparsity - r.current_sparsity).max(0.0);
+    let _ = writeln!(
+        u,
+        "Iteration {} of at most {}.",
+        r.iteration, r.max_iterations
+    );
+    let _ = writeln!(
+        u,
+        "Global sparsity: {:.4} now, target {:.4} (gap {:.4}).",
+        r.current_sparsity, r.target_sparsity, gap
+    );
+    let _ = writeln!(
+        u,
+        "Perplexity: baseline {:.3}, current {:.3} ({:+.1}% vs baseline). An iteration that \
+raises perplexity by more than {:.1}% is rolled back.",
+        r.baseline_ppl,
+        r.current_ppl,
+        pct(r.current_ppl, r.baseline_ppl),
+        r.tau * 100.0
+    );
+    u.push_str(&constraints_text(request));
+
+    u.push_str("\nFeedback on previous iterations (oldest first):\n");
+    let feedback: Vec<_> = r.recent_feedback(options.feedback_window).collect();
+    if feedback.is_empty() {
+        u.push_str("(none yet: this is the first iteration)\n");
+    }
+    for f in feedback {
+        let _ = writeln!(
+            u,
+            "- Iteration {}: {}\n  Assessment: {}",
+            f.iteration,
+            f.summary.trim().replace('\n', "\n  "),
+            f.assessment
+        );
+    }
+
+    if !r.rejections.is_empty() {
+        u.push_str("\nThe critic vetoed these earlier plans for this iteration; do not repeat their mistakes:\n");
+        for (i, rej) in r.rejections.iter().enumerate() {
+            let _ = writeln!(
+                u,
+                "- Vetoed plan {}: {}\n  Reasons: {}",
+                i + 1,
+                decisions_text(&rej.plan.layer_decisions, 8),
+                rej.reasons.join("; ")
+            );
+        }
+    }
+
+    if k > 1 {
+        let _ = writeln!(
+            u,
+            "\nYou are asked for candidate {} of {k}; the candidates are evaluated side by side \
+and the best one within the rollback threshold is kept. Make this one {}.",
+            candidate + 1,
+            candidate_style(candidate)
+        );
+    }
+
+    u.push('\n');
+    u.push_str(&layer_table(&r.profiles, options.compact_above));
+    u.push_str(
+        "\nAnalyse your previous decisions against their outcomes, then answer with the JSON \
+object only.\n",
+    );
+    Prompt {
+        system: system_prompt(),
+        user: u,
+    }
+}
+
+fn pct(now: f64, base: f64) -> f64 {
+    if base > 0.0 {
+        (now / base - 1.0) * 100.0
+    } else {
+        0.0
+    }
+}
+
+fn constraints_text(r: &PlanRequest) -> String {
+    let c = &r.constraints;
+    let mut t = format!(
+        "Constraints: delta per layer in [{DELTA_MIN}, {DELTA_MAX}]; no layer may exceed sparsity {:.2}",
+        c.max_layer_sparsity
+    );
+    if let Some(m) = c.max_z_grad {
+        let _ = write!(t, "; layers with z_grad above {m:.2} are off limits");
+    }
+    if !c.forbidden_layers.is_empty() {
+        let names: Vec<_> = c.forbidden_layers.iter().map(String::as_str).collect();
+        let _ = write!(
+            t,
+            "; do not choose these layers (they were in a plan that was rolled back recently): {}",
+            names.join(", ")
+        );
+    }
+    if c.min_gain > 0.0 {
+        let _ = write!(
+            t,
+            "; plans must gain at least {:.4} of global sparsity (or the whole remaining gap)",
+            c.min_gain
+        );
+    }
+    t.push_str(".\n");
+    t
+}
+
+/// `a +0.050, b +0.030, … and 4 more`.
+pub fn decisions_text(decisions: &[LayerDecision], max: usize) -> String {
+    if decisions.is_empty() {
+        return "no layers".into();
+    }
+    let mut parts: Vec<String> = decisions
+        .iter()
+        .take(max)
+        .map(|d| format!("{} +{:.3}", d.layer, d.delta))
+        .collect();
+    if decisions.len() > max {
+        parts.push(format!("and {} more", decisions.len() - max));
+    }
+    parts.join(", ")
+}
+
+/// Split `model.layers.12.mlp.down_proj` into (`model.layers.{N}.mlp.down_proj`, 12) at
+/// the first all-digit segment; `None` for names without one.
+fn split_pattern(name: &str) -> Option<(String, u64)> {
+    let segs: Vec<&str> = name.split('.').collect();
+    let i = segs
+        .iter()
+        .position(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))?;
+    let n = segs[i].parse().ok()?;
+    let mut pat: Vec<&str> = segs.clone();
+    pat[i] = "{N}";
+    Some((pat.join("."), n))
+}
+
+/// The layer list, sorted by z_sens (safest first): one full name per line when there
+/// are at most `compact_above` layers, else grouped by name pattern.
+pub fn layer_table(profiles: &[LayerProfile], compact_above: usize) -> String {
+    let mut order: Vec<&LayerProfile> = profiles.iter().collect();
+    order.sort_by(|a, b| a.z_sens.total_cmp(&b.z_sens).then(a.name.cmp(&b.name)));
+    let rank: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i + 1))
+        .collect();
+    let row = |p: &LayerProfile| format!("{:+.2} {:+.2} {:.3}", p.z_sens, p.z_grad, p.sparsity);
+    let mut t = String::new();
+    if profiles.len() <= compact_above {
+        let _ = writeln!(
+            t,
+            "Layer profiles ({} layers), sorted by z_sens (safest first). Columns: rank, name, \
+z_sens, z_grad, sparsity, params.",
+            profiles.len()
+        );
+        for p in &order {
+            let _ = writeln!(
+                t,
+                "#{} {} {} {}",
+                rank[p.name.as_str()],
+                p.name,
+                row(p),
+                p.params
+            );
+        }
+        return t;
+    }
+
+    // Group by pattern, keeping z_sens order inside each group.
+    let mut groups: BTreeMap<String, Vec<(u64, &LayerProfile)>> = BTreeMap::new();
+    let mut other: Vec<&LayerProfile> = Vec::new();
+    for p in &order {
+        match split_pattern(&p.name) {
+            Some((pat, n)) => groups.entry(pat).or_default().push((n, p)),
+            None => other.push(p),
+        }
+    }
+    // A pattern with one member saves nothing: show it with its full name.
+    let singles: Vec<String> = groups
+        .iter()
+        .filter(|(_, v)| v.len() == 1)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in singles {
+        if let Some(v) = groups.remove(&k) {
+            other.extend(v.into_iter().map(|(_, p)| p));
+        }
+    }
+    other.sort_by_key(|p| rank[p.name.as_str()]);
+    let mut groups: Vec<(String, Vec<(u64, &LayerProfile)>)> = groups.into_iter().collect();
+    groups.sort_by_key(|(_, v)| v.first().map_or(usize::MAX, |(_, p)| rank[p.name.as_str()]));
+
+    let example = groups
+        .first()
+        .and_then(|(pat, v)| v.first().map(|(n, _)| pat.replace("{N}", &n.to_string())));
+    let _ = write!(
+        t,
+        "Layer profiles ({} layers), grouped by name pattern: replace {{N}} with the number in the \
+first column to get the exact layer name",
+        profiles.len()
+    );
+    if let Some(e) = example {
+        let _ = write!(t, " (e.g. {e})");
+    }
+    t.push_str(
+        ". Groups are ordered by their safest layer, rows by z_sens. Columns: N, rank (1 = \
+lowest z_sens of all layers), z_sens, z_grad, sparsity.\n",
+    );
+    for (pat, rows) in &groups {
+        let params = rows[0].1.params;
+        let uniform = rows.iter().all(|(_, p)| p.params == params);
+        if uniform {
+            let _ = writeln!(t, "[{pat}] {} layers x {params} params", rows.len());
+        } else {
+            let _ = writeln!(t, "[{pat}] {} layers, params in last column", rows.len());
+        }
+        for (n, p) in rows {
+            let _ = write!(t, "{n} #{} {}", rank[p.name.as_str()], row(p));
+            if !uniform {
+                let _ = write!(t, " {}", p.params);
+            }
+            t.push('\n');
+        }
+    }
+    if !other.is_empty() {
+        t.push_str("[other layers] full name, rank, z_sens, z_grad, sparsity, params\n");
+        for p in other {
+            let _ = writeln!(
+                t,
+                "{} #{} {} {}",
+                p.name,
+                rank[p.name.as_str()],
+                row(p),
+                p.params
+            );
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+#[path = "prompt_tests.rs"]
+mod tests;

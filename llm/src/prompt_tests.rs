@@ -1,0 +1,225 @@
+use super::*;
+use crate::sim::SimModel;
+use protocol::{Feedback, IterationOutcome, IterationRecord, Plan, PlanConstraints, Rejection};
+
+fn options() -> PromptConfig {
+    PromptConfig::default()
+}
+
+fn record(it: u32, summary: &str, assessment: &str, rolled_back: bool) -> IterationRecord {
+    IterationRecord {
+        plan: Plan {
+            reasoning: "r".into(),
+            stop_pruning: false,
+            layer_decisions: vec![LayerDecision {
+                layer: "model.layers.3.mlp.up_proj".into(),
+                delta: 0.05,
+            }],
+        },
+        outcome: IterationOutcome {
+            iteration: it,
+            sparsity_before: 0.1,
+            sparsity_after: 0.13,
+            ppl_before: 10.0,
+            ppl_after: 10.4,
+            rolled_back,
+        },
+        feedback: Feedback {
+            iteration: it,
+            summary: summary.into(),
+            assessment: assessment.into(),
+        },
+    }
+}
+
+/// A 30-block request with a full memory, as big as a default run gets.
+fn big_request() -> PlanRequest {
+    let mut m = SimModel::smollm_like(30, 7, 2.0);
+    for i in (0..m.sparsity.len()).step_by(3) {
+        m.sparsity[i] = 0.25;
+    }
+    let mut r = PlanRequest::new(9, 40, m.profiles(), 0.5, 17.3, 21.9, 0.15);
+    let long = "You proposed 60 layers (model.layers.4.mlp.down_proj +0.050, \
+                model.layers.5.mlp.down_proj +0.050, and 58 more). Global sparsity 0.2100 -> \
+                0.2480 (+3.80 pp); PPL 20.10 -> 21.90 (+9.0%).";
+    r.history = (1..=8)
+        .map(|i| {
+            record(
+                i,
+                long,
+                "Good - Solid sparsity gain with acceptable PPL impact",
+                false,
+            )
+        })
+        .collect();
+    r.constraints = PlanConstraints {
+        max_layer_sparsity: 0.9,
+        max_z_grad: Some(2.5),
+        forbidden_layers: ["model.layers.0.mlp.down_proj".to_string()].into(),
+        min_gain: 0.001,
+    };
+    r.rejections = vec![Rejection {
+        plan: r.history[0].plan.clone(),
+        reasons: vec!["gain 0.0003 below min_gain 0.001".into()],
+    }];
+    r
+}
+
+#[test]
+fn prompt_contains_what_the_paper_lists() {
+    let r = big_request();
+    let p = build_prompt(&r, &options(), 0, 1);
+    let u = &p.user;
+    assert!(u.contains("Iteration 9 of at most 40."), "{u}");
+    let gap = r.target_sparsity - r.current_sparsity;
+    assert!(u.contains(&format!(
+        "Global sparsity: {:.4} now, target 0.5000 (gap {gap:.4}).",
+        r.current_sparsity
+    )));
+    assert!(u.contains("Perplexity: baseline 17.300, current 21.900 (+26.6% vs baseline)"));
+    assert!(u.contains("more than 15.0% is rolled back"));
+    // Only the last `feedback_window` (3) reflections, oldest first.
+    assert!(u.contains("- Iteration 6: You proposed 60 layers"));
+    assert!(u.contains("- Iteration 8:"));
+    assert!(!u.contains("- Iteration 5:"));
+    assert!(u.contains("Assessment: Good - Solid sparsity gain with acceptable PPL impact"));
+    assert!(u.contains("do not choose these layers (they were in a plan that was rolled back recently): model.layers.0.mlp.down_proj"));
+    assert!(u.contains("layers with z_grad above 2.50 are off limits"));
+    assert!(u.contains("plans must gain at least 0.0010 of global sparsity"));
+    assert!(u.contains("Reasons: gain 0.0003 below min_gain 0.001"));
+    // Every layer's statistics are present, by group row.
+    assert!(u.contains("[model.layers.{N}.mlp.down_proj] 30 layers x 884736 params"));
+    assert!(u.contains("[model.layers.{N}.self_attn.k_proj] 30 layers x 110592 params"));
+    let rows = u
+        .lines()
+        .filter(|l| l.split(' ').nth(1).is_some_and(|c| c.starts_with('#')))
+        .count();
+    assert_eq!(rows, 210);
+    // System prompt: analyse past decisions, JSON per schema.
+    assert!(p.system.contains("analyse your previous decisions"));
+    assert!(p.system.contains("\"layer_decisions\""));
+    assert!(p.system.contains("\"stop_pruning\""));
+    assert!(p
+        .system
+        .contains("Answer with one JSON object and nothing else"));
+}
+
+#[test]
+fn thirty_blocks_fit_a_small_context() {
+    let p = build_prompt(&big_request(), &options(), 1, 3);
+    // < 6k tokens at ≈ 4 characters per token.
+    assert!(p.chars() < 24_000, "prompt is {} chars", p.chars());
+    // And it really is compact: a full-name listing would be about twice as long.
+    let full = layer_table(&big_request().profiles, usize::MAX);
+    let compact = layer_table(&big_request().profiles, 48);
+    assert!(
+        compact.len() * 2 < full.len(),
+        "{} vs {}",
+        compact.len(),
+        full.len()
+    );
+}
+
+#[test]
+fn rows_are_sorted_by_z_sens_and_ranks_are_global() {
+    let r = big_request();
+    let table = layer_table(&r.profiles, 48);
+    let mut sorted: Vec<&LayerProfile> = r.profiles.iter().collect();
+    sorted.sort_by(|a, b| a.z_sens.total_cmp(&b.z_sens));
+    let safest = sorted[0];
+    let (pat, n) = split_pattern(&safest.name).unwrap();
+    // The group holding rank #1 comes first and its first row is rank #1.
+    let first_group = table.lines().find(|l| l.starts_with('[')).unwrap();
+    assert!(
+        first_group.starts_with(&format!("[{pat}]")),
+        "{first_group}"
+    );
+    let first_row = table.lines().find(|l| l.contains(" #")).unwrap();
+    assert!(
+        first_row.starts_with(&format!("{n} #1 {:+.2}", safest.z_sens)),
+        "{first_row}"
+    );
+    // Within each group, z_sens never decreases.
+    let mut last = f64::NEG_INFINITY;
+    for line in table.lines() {
+        if line.starts_with('[') {
+            last = f64::NEG_INFINITY;
+        } else if let Some(z) = line.split(' ').nth(2).and_then(|v| v.parse::<f64>().ok()) {
+            assert!(z >= last, "{line}");
+            last = z;
+        }
+    }
+}
+
+#[test]
+fn short_lists_use_full_names_sorted() {
+    let mk = |name: &str, z: f64| LayerProfile {
+        name: name.into(),
+        z_sens: z,
+        z_grad: -0.5,
+        sparsity: 0.1,
+        params: 100,
+    };
+    let t = layer_table(&[mk("b", 0.5), mk("a.0.x", -1.0), mk("c", 0.0)], 48);
+    let rows: Vec<&str> = t.lines().skip(1).collect();
+    assert_eq!(
+        rows,
+        vec![
+            "#1 a.0.x -1.00 -0.50 0.100 100",
+            "#2 c +0.00 -0.50 0.100 100",
+            "#3 b +0.50 -0.50 0.100 100"
+        ]
+    );
+}
+
+#[test]
+fn odd_names_fall_back_to_full_names_in_compact_mode() {
+    let mk = |name: &str, z: f64, params: u64| LayerProfile {
+        name: name.into(),
+        z_sens: z,
+        z_grad: 0.0,
+        sparsity: 0.0,
+        params,
+    };
+    let profiles = vec![
+        mk("blk.0.ffn", 0.1, 10),
+        mk("blk.1.ffn", -0.3, 20),
+        mk("lonely.7.x", 0.2, 5),
+        mk("head", -1.0, 7),
+    ];
+    let t = layer_table(&profiles, 2);
+    assert!(
+        t.contains("(e.g. head)") || t.contains("(e.g. blk.1.ffn)"),
+        "{t}"
+    );
+    assert!(t.contains("[blk.{N}.ffn] 2 layers, params in last column\n1 #2 -0.30 +0.00 0.000 20\n0 #3 +0.10 +0.00 0.000 10\n"), "{t}");
+    assert!(t.contains("[other layers] full name, rank, z_sens, z_grad, sparsity, params\nhead #1 -1.00 +0.00 0.000 7\nlonely.7.x #4 +0.20 +0.00 0.000 5\n"), "{t}");
+}
+
+#[test]
+fn candidates_get_distinct_styles_and_first_iteration_says_so() {
+    let m = SimModel::smollm_like(2, 1, 2.0);
+    let r = PlanRequest::new(1, 40, m.profiles(), 0.5, 10.0, 10.0, 0.15);
+    let one = build_prompt(&r, &options(), 0, 1);
+    assert!(one.user.contains("(none yet: this is the first iteration)"));
+    assert!(!one.user.contains("candidate 1 of"));
+    let second = build_prompt(&r, &options(), 1, 3);
+    assert!(second
+        .user
+        .contains("candidate 2 of 3; the candidates are evaluated side by side"));
+    assert!(second.user.contains("Make this one conservative"));
+    assert_ne!(candidate_style(0), candidate_style(1));
+    assert_eq!(candidate_style(99), candidate_style(5));
+}
+
+#[test]
+fn decisions_text_truncates() {
+    let d: Vec<LayerDecision> = (0..5)
+        .map(|i| LayerDecision {
+            layer: format!("l{i}"),
+            delta: 0.01 * (i + 1) as f64,
+        })
+        .collect();
+    assert_eq!(decisions_text(&d, 2), "l0 +0.010, l1 +0.020, and 3 more");
+    assert_eq!(decisions_text(&[], 2), "no layers");
+}

@@ -1,0 +1,203 @@
+//! A synthetic target model for testing planners and the pruning loop without tensors.
+//!
+//! Each layer has a hidden true sensitivity; perplexity grows as
+//! `PPL = PPL₀ · exp(c · Σ params·s²·sens / Σ params)`, so pruning a sensitive or an
+//! already-sparse layer costs more (the convexity every real model shows). The profiles
+//! it reports are z-scores of noisy observations of that sensitivity, rising with the
+//! layer's sparsity as the real Wanda percentile does. Shapes default to
+//! SmolLM2-135M's (30 blocks × 7 projections). Public so the actor tests can drive a
+//! whole loop with it.
+
+use protocol::{global_sparsity, LayerDecision, LayerProfile};
+
+/// SplitMix64: a tiny, stable PRNG (its output never changes across crate versions,
+/// unlike `rand`'s `StdRng`), enough for deterministic test data and tie-breaking.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform in [0, 1) from [`splitmix64`].
+pub fn unit(state: &mut u64) -> f64 {
+    (splitmix64(state) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// (name suffix, rows, cols, relative sensitivity) of SmolLM2-135M's projections.
+const KINDS: [(&str, u64, u64, f64); 7] = [
+    ("self_attn.q_proj", 576, 576, 0.6),
+    ("self_attn.k_proj", 192, 576, 0.5),
+    ("self_attn.v_proj", 192, 576, 1.2),
+    ("self_attn.o_proj", 576, 576, 1.0),
+    ("mlp.gate_proj", 1536, 576, 0.8),
+    ("mlp.up_proj", 1536, 576, 0.9),
+    ("mlp.down_proj", 576, 1536, 1.5),
+];
+
+/// The synthetic model's state: layers, hidden sensitivities, current sparsities.
+#[derive(Debug, Clone)]
+pub struct SimModel {
+    pub names: Vec<String>,
+    pub params: Vec<u64>,
+    /// Hidden true sensitivity per layer (what a good planner should infer).
+    pub sens: Vec<f64>,
+    pub sparsity: Vec<f64>,
+    pub base_ppl: f64,
+    /// `c` in the PPL formula.
+    pub curvature: f64,
+}
+
+impl SimModel {
+    /// `blocks` × 7 layers with SmolLM2-like shapes; early and late blocks are more
+    /// sensitive. `uniform_half_ppl_ratio` sets how much uniform 50 % pruning multiplies
+    /// PPL (e.g. 2.0), which fixes the curvature.
+    pub fn smollm_like(blocks: usize, seed: u64, uniform_half_ppl_ratio: f64) -> Self {
+        let mut rng = seed ^ 0x5EC4_7E02;
+        let (mut names, mut params, mut sens) = (Vec::new(), Vec::new(), Vec::new());
+        for b in 0..blocks {
+            let bf = b as f64;
+            let last = (blocks.max(1) - 1) as f64;
+            let block_factor = 1.0 + 1.5 * (-bf / 2.0).exp() + 0.8 * (-(last - bf) / 2.0).exp();
+            for (kind, rows, cols, kind_factor) in KINDS {
+                names.push(format!("model.layers.{b}.{kind}"));
+                params.push(rows * cols);
+                let noise = (0.6 * (unit(&mut rng) - 0.5)).exp();
+                sens.push(kind_factor * block_factor * noise);
+            }
+        }
+        let mut m = Self {
+            sparsity: vec![0.0; names.len()],
+            names,
+            params,
+            sens,
+            base_ppl: 10.0,
+            curvature: 1.0,
+        };
+        // Choose c so that uniform 50 % gives the requested PPL ratio.
+        let load = m.load(&vec![0.5; m.names.len()]);
+        m.curvature = uniform_half_ppl_ratio.max(1.0 + 1e-9).ln() / load;
+        m
+    }
+
+    fn total(&self) -> f64 {
+        self.params.iter().map(|&p| p as f64).sum()
+    }
+
+    /// Σ params·s²·sens / Σ params.
+    fn load(&self, sparsity: &[f64]) -> f64 {
+        let t = self.total();
+        self.params
+            .iter()
+            .zip(sparsity)
+            .zip(&self.sens)
+            .map(|((&p, &s), &k)| p as f64 * s * s * k)
+            .sum::<f64>()
+            / t
+    }
+
+    /// Current perplexity.
+    pub fn ppl(&self) -> f64 {
+        self.ppl_of(&self.sparsity)
+    }
+
+    fn ppl_of(&self, sparsity: &[f64]) -> f64 {
+        self.base_ppl * (self.curvature * self.load(sparsity)).exp()
+    }
+
+    /// Perplexity after uniform pruning of every layer to `s` (the baseline to beat).
+    pub fn uniform_ppl(&self, s: f64) -> f64 {
+        self.ppl_of(&vec![s; self.names.len()])
+    }
+
+    /// Sparsities after applying `decisions` (unknown layers ignored, capped at 1).
+    pub fn with(&self, decisions: &[LayerDecision]) -> Vec<f64> {
+        let mut s = self.sparsity.clone();
+        for d in decisions {
+            if let Some(i) = self.names.iter().position(|n| *n == d.layer) {
+                s[i] = (s[i] + d.delta.max(0.0)).min(1.0);
+            }
+        }
+        s
+    }
+
+    /// Perplexity `decisions` would give, without applying them.
+    pub fn ppl_with(&self, decisions: &[LayerDecision]) -> f64 {
+        self.ppl_of(&self.with(decisions))
+    }
+
+    pub fn apply(&mut self, decisions: &[LayerDecision]) {
+        self.sparsity = self.with(decisions);
+    }
+
+    /// Global parameter-weighted sparsity.
+    pub fn global_sparsity(&self) -> f64 {
+        global_sparsity(&self.profiles())
+    }
+
+    /// What the profiler would report now: z-scores of noisy sensitivity observations.
+    pub fn profiles(&self) -> Vec<LayerProfile> {
+        let mut rng = 0xC0FFEE_u64;
+        let raw_sens: Vec<f64> = self
+            .sens
+            .iter()
+            .zip(&self.sparsity)
+            .map(|(&k, &s)| k.ln() + 2.0 * s + 0.2 * (unit(&mut rng) - 0.5))
+            .collect();
+        let raw_grad: Vec<f64> = self
+            .sens
+            .iter()
+            .map(|&k| k.ln() + 0.6 * (unit(&mut rng) - 0.5))
+            .collect();
+        let (zs, zg) = (zscore(&raw_sens), zscore(&raw_grad));
+        (0..self.names.len())
+            .map(|i| LayerProfile {
+                name: self.names[i].clone(),
+                z_sens: zs[i],
+                z_grad: zg[i],
+                sparsity: self.sparsity[i],
+                params: self.params[i],
+            })
+            .collect()
+    }
+}
+
+/// (x − μ) / (σ + 1e-9), the paper's normalisation (eq. 3).
+pub fn zscore(x: &[f64]) -> Vec<f64> {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let sd = (x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    x.iter().map(|v| (v - mean) / (sd + 1e-9)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_half_hits_requested_ratio_and_shapes_match_smollm() {
+        let m = SimModel::smollm_like(30, 1, 2.0);
+        assert_eq!(m.names.len(), 210);
+        assert_eq!(m.params[0], 576 * 576);
+        assert_eq!(m.params[6], 576 * 1536);
+        assert!((m.uniform_ppl(0.5) / m.base_ppl - 2.0).abs() < 1e-9);
+        assert_eq!(m.ppl(), m.base_ppl);
+    }
+
+    #[test]
+    fn zscores_are_standardised() {
+        let z = zscore(&[1.0, 2.0, 3.0, 4.0]);
+        assert!(z.iter().sum::<f64>().abs() < 1e-12);
+        let var = z.iter().map(|v| v * v).sum::<f64>() / 4.0;
+        assert!((var - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn splitmix_is_stable() {
+        // Reference values of SplitMix64 seeded with 0 (Vigna's reference implementation).
+        let mut s = 0u64;
+        assert_eq!(splitmix64(&mut s), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix64(&mut s), 0x6E78_9E6A_A1B9_65F4);
+    }
+}
