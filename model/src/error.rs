@@ -50,6 +50,17 @@ pub enum ModelError {
         tensor: String,
         dtype: String,
     },
+    /// A tensor the engine does not know how to use (e.g. llama3 `rope_freqs`): refusing it
+    /// beats silently computing a different model.
+    #[error("{path}: tensor `{tensor}`: {reason}")]
+    UnsupportedTensor {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+    /// A chat template that does not compile or fails to render.
+    #[error("chat template: {reason}")]
+    ChatTemplate { reason: String },
     /// No tokenizer could be found or built.
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },

@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod chat;
 mod decoder;
 pub mod error;
 pub mod families;
@@ -18,9 +19,10 @@ pub mod testing;
 mod transformer;
 
 pub use arch::{Architecture, ModelConfig};
+pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
 pub use grad::GradImportance;
 pub use linear::{ActivationStats, LayerInfo, WeightOverlay};
-pub use load::{load_checkpoint, Checkpoint, SourceFormat};
+pub use load::{load_checkpoint, Checkpoint, SourceFormat, TensorSummary};
 pub use perplexity::{Perplexity, DEFAULT_PPL_WINDOW};
 pub use transformer::Model;
