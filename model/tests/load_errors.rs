@@ -275,6 +275,10 @@ fn hf_config_tokenizer_and_tensor_errors() {
         c["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0})
     });
     assert_names(&load_err(&p), &p, &["rope_scaling"]);
+    let p = hf_fixture(&root.join("d2"), |c| {
+        c["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "rope_theta": 1e6})
+    });
+    assert_names(&load_err(&p), &p, &["rope_parameters", "yarn"]);
 
     // Config disagrees with the weights: tensors are 64 wide, config says 32.
     let p = hf_fixture(&root.join("e"), |c| c["intermediate_size"] = 32.into());

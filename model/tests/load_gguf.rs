@@ -169,6 +169,33 @@ fn qwen2_keeps_rows_and_biases_and_unties_lm_head() {
     assert!(ck.tensors.contains_key("lm_head.weight"));
 }
 
+#[test]
+fn qwen3_takes_head_dim_from_key_length_and_maps_qk_norms() {
+    let spec = Spec {
+        arch: Architecture::Qwen3,
+        head_dim: 32,
+        ..Spec::llama()
+    };
+    let hf = hf_weights(&spec, 13);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen3.gguf");
+    let qts = gguf_tensors(&spec, &hf, GgmlDType::F32);
+    assert!(qts.iter().any(|(n, _)| n == "blk.0.attn_k_norm.weight"));
+    write_gguf(&path, &gguf_metadata(&spec), &qts);
+    let ck = load_checkpoint(&path).unwrap();
+    let c = &ck.config;
+    assert_eq!(c.architecture, Architecture::Qwen3);
+    assert_eq!(
+        c.head_dim, 32,
+        "from qwen3.attention.key_length, not 64 / 4"
+    );
+    assert!(c.qk_norm && !c.attention_bias && c.tie_word_embeddings);
+    // Qwen3, like Qwen2, is stored without the llama permutation.
+    for (name, t) in &hf {
+        assert_eq!(values(&ck.tensors[name]), values(t), "{name}");
+    }
+}
+
 /// candle's GGUF llama (interleaved RoPE on permuted rows) and candle's HF llama
 /// (rotate-half RoPE) on our loaded tensors must compute the same logits. Feeding the
 /// HF llama the rows *without* our unpermute must not: that is what the test guards.

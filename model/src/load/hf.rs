@@ -126,12 +126,39 @@ pub(crate) fn parse_config(path: &Path, json: &Value) -> Result<ModelConfig> {
             path: path.to_path_buf(),
             arch: model_type.to_string(),
         })?;
-    if let Some(scaling) = get("rope_scaling") {
-        return Err(field(
-            "rope_scaling",
-            format!("RoPE scaling {scaling} is not implemented"),
-        ));
+    // Only plain RoPE is implemented; scaled variants (llama3, yarn, linear, dynamic)
+    // would silently compute a different model. transformers >= 5 moves the kind and
+    // theta into `rope_parameters`, older versions write `rope_scaling` + `rope_theta`.
+    for key in ["rope_scaling", "rope_parameters"] {
+        if let Some(rope) = get(key) {
+            let kind = rope
+                .get("rope_type")
+                .or_else(|| rope.get("type"))
+                .and_then(|v| v.as_str());
+            let plain = match kind {
+                Some(kind) => kind == "default",
+                None => key == "rope_parameters", // theta only
+            };
+            if !plain {
+                return Err(field(
+                    key,
+                    format!("RoPE scaling {rope} is not implemented"),
+                ));
+            }
+        }
     }
+    let rope_theta = match opt_f64("rope_theta")? {
+        Some(theta) => theta,
+        None => match get("rope_parameters").and_then(|p| p.get("rope_theta")) {
+            Some(v) => v.as_f64().ok_or_else(|| {
+                field(
+                    "rope_parameters.rope_theta",
+                    format!("expected a number, got {v}"),
+                )
+            })?,
+            None => 10_000.0,
+        },
+    };
 
     let hidden_size = req_usize("hidden_size")?;
     let num_attention_heads = req_usize("num_attention_heads")?;
@@ -151,7 +178,7 @@ pub(crate) fn parse_config(path: &Path, json: &Value) -> Result<ModelConfig> {
         head_dim,
         rms_norm_eps: opt_f64("rms_norm_eps")?
             .ok_or_else(|| field("rms_norm_eps", "missing".into()))?,
-        rope_theta: opt_f64("rope_theta")?.unwrap_or(10_000.0),
+        rope_theta,
         max_position_embeddings: req_usize("max_position_embeddings")?,
         tie_word_embeddings: opt_bool("tie_word_embeddings")?.unwrap_or(false),
         // transformers' Qwen2 always builds q/k/v with bias and has no switch for it.

@@ -173,6 +173,23 @@ pub fn hf_weights(spec: &Spec, seed: u64) -> BTreeMap<String, Tensor> {
                 &mut rng,
             );
         }
+        if spec.arch == Architecture::Qwen3 {
+            let d = spec.head_dim;
+            put(
+                format!("{p}.self_attn.q_norm.weight"),
+                &[d],
+                0.1,
+                1.0,
+                &mut rng,
+            );
+            put(
+                format!("{p}.self_attn.k_norm.weight"),
+                &[d],
+                0.1,
+                1.0,
+                &mut rng,
+            );
+        }
         put(
             format!("{p}.post_attention_layernorm.weight"),
             &[h],
@@ -247,6 +264,8 @@ pub fn gguf_name(hf: &str) -> String {
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
@@ -329,6 +348,10 @@ pub fn gguf_metadata(spec: &Spec) -> Vec<(String, Value)> {
         (
             format!("{a}.attention.head_count_kv"),
             Value::U32(spec.kv_heads as u32),
+        ),
+        (
+            format!("{a}.attention.key_length"),
+            Value::U32(spec.head_dim as u32),
         ),
         (
             format!("{a}.rope.dimension_count"),
