@@ -26,7 +26,7 @@ use protocol::{
 
 use crate::error::Result;
 use crate::planner::{check_request, PlannerBackend};
-use crate::sim::unit;
+use crate::rng::unit;
 
 /// One rung of the candidate ladder.
 #[derive(Debug, Clone, Copy)]
@@ -40,37 +40,22 @@ struct Variant {
     jitter: f64,
 }
 
+/// A fixed rung (no jitter): (label, step multiplier, δ multiplier).
+const fn rung(label: &'static str, step: f64, delta: f64) -> Variant {
+    Variant {
+        label,
+        step,
+        delta,
+        jitter: 0.0,
+    }
+}
+
 const LADDER: [Variant; 5] = [
-    Variant {
-        label: "balanced",
-        step: 1.0,
-        delta: 1.0,
-        jitter: 0.0,
-    },
-    Variant {
-        label: "conservative",
-        step: 0.5,
-        delta: 1.0,
-        jitter: 0.0,
-    },
-    Variant {
-        label: "bold",
-        step: 1.5,
-        delta: 1.25,
-        jitter: 0.0,
-    },
-    Variant {
-        label: "spread",
-        step: 1.0,
-        delta: 0.5,
-        jitter: 0.0,
-    },
-    Variant {
-        label: "focused",
-        step: 1.0,
-        delta: 2.0,
-        jitter: 0.0,
-    },
+    rung("balanced", 1.0, 1.0),
+    rung("conservative", 0.5, 1.0),
+    rung("bold", 1.5, 1.25),
+    rung("spread", 1.0, 0.5),
+    rung("focused", 1.0, 2.0),
 ];
 
 fn variant(index: usize) -> Variant {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod heuristic;
 pub mod planner;
 pub mod prompt;
+pub mod rng;
 pub mod sim;
 
 pub use error::LlmError;
