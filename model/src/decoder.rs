@@ -1,11 +1,14 @@
 //! The decoder shared by every family: RMSNorm, RoPE (HF "rotate_half", not
 //! interleaved), causal grouped-query attention, SwiGLU MLP.
 //!
-//! Every op here is written from basic candle ops that have a backward pass.
-//! `candle_nn::ops::{rms_norm, softmax_last_dim}` and `candle_nn::rotary_emb::rope`
-//! are built with `apply_op*_no_bwd`: gradients through them vanish without an
-//! error. One differentiable implementation serves both the inference and the
-//! gradient path, so the two can never disagree.
+//! Trap: `candle_nn::ops::{rms_norm, softmax_last_dim}` and
+//! `candle_nn::rotary_emb::rope` are built with `apply_op*_no_bwd`, so gradients
+//! through them vanish without an error. Each of these ops therefore has two forms
+//! under one name, as in candle-nn's `ops.rs`: a differentiable one written from
+//! basic ops (used when [`Pass::grad`] is set, i.e. by `gradient_importance`) and
+//! candle's fused kernel (every other call). The fused kernels are 5–20× faster on
+//! the CPU (RMSNorm 0.2 vs 4.9 ms, softmax 4.6 vs 22 ms at SmolLM2 shapes, 512
+//! tokens), about a sixth of a forward. Unit tests below check both forms agree.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -14,22 +17,37 @@ use crate::linear::{Pass, PrunableLinear};
 use crate::{ModelConfig, Result};
 
 /// `x / sqrt(mean(x²) + eps) · weight` over the last dimension.
-pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dim = x.dim(D::Minus1)? as f64;
-    let mean_sq = (x.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
-    Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?
-        .broadcast_mul(weight)?)
+/// Candle's fused kernel has no f64 version; f64 models (gradient checks) take the
+/// differentiable form.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, grad: bool) -> Result<Tensor> {
+    if grad || x.dtype() == DType::F64 {
+        let dim = x.dim(D::Minus1)? as f64;
+        let mean_sq = (x.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
+        Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?
+            .broadcast_mul(weight)?)
+    } else {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            weight,
+            eps as f32,
+        )?)
+    }
 }
 
-/// Softmax over the last dimension. The row max is detached: it only guards
-/// `exp` against overflow and cancels out of the value and of the gradient.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+/// Softmax over the last dimension. In the differentiable form the row max is
+/// detached: it only guards `exp` against overflow and cancels out of the value and
+/// of the gradient.
+pub(crate) fn softmax_last_dim(x: &Tensor, grad: bool) -> Result<Tensor> {
+    if grad {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+    }
 }
 
-/// Log-softmax over the last dimension (same max trick as [`softmax_last_dim`]).
+/// Log-softmax over the last dimension (differentiable; candle has no fused one).
 pub(crate) fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&max)?;
@@ -42,6 +60,9 @@ pub(crate) fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub(crate) struct RopeTables {
     cos: Tensor,
     sin: Tensor,
+    /// `[seq, head_dim / 2]`: the halves candle's fused `rope` kernel takes.
+    cos_half: Tensor,
+    sin_half: Tensor,
 }
 
 impl RopeTables {
@@ -74,14 +95,25 @@ impl RopeTables {
         let table = |v: Vec<f64>| -> Result<Tensor> {
             Ok(Tensor::from_vec(v, (len, d), dev)?.to_dtype(dtype)?)
         };
+        let (cos, sin) = (table(cos)?, table(sin)?);
         Ok(Self {
-            cos: table(cos)?,
-            sin: table(sin)?,
+            cos_half: cos.narrow(1, 0, d / 2)?.contiguous()?,
+            sin_half: sin.narrow(1, 0, d / 2)?.contiguous()?,
+            cos,
+            sin,
         })
     }
 
-    /// Apply to `x` of shape `[batch, heads, seq, head_dim]`.
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+    /// Apply to `x` of shape `[batch, heads, seq, head_dim]`:
+    /// `x · cos + rotate_half(x) · sin`.
+    pub fn apply(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        if !grad {
+            return Ok(candle_nn::rotary_emb::rope(
+                &x.contiguous()?,
+                &self.cos_half,
+                &self.sin_half,
+            )?);
+        }
         let half = x.dim(D::Minus1)? / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
@@ -198,9 +230,9 @@ impl DecoderLayer {
         kv: Option<&mut LayerKv>,
         pass: Pass<'_>,
     ) -> Result<Tensor> {
-        let h = rms_norm(x, &self.input_norm, self.eps)?;
+        let h = rms_norm(x, &self.input_norm, self.eps, pass.grad)?;
         let x = (x + self.attention(&h, rope, mask, kv, pass)?)?;
-        let h = rms_norm(&x, &self.post_attn_norm, self.eps)?;
+        let h = rms_norm(&x, &self.post_attn_norm, self.eps, pass.grad)?;
         let [.., gate, up, down] = &self.proj;
         let act = (gate.forward(&h, pass)?.silu()? * up.forward(&h, pass)?)?;
         Ok((x + down.forward(&act, pass)?)?)
@@ -227,11 +259,11 @@ impl DecoderLayer {
         let mut k = split(k_proj.forward(x, pass)?, nkv)?;
         let mut v = split(v_proj.forward(x, pass)?, nkv)?.contiguous()?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = rms_norm(&q, qn, self.eps)?;
-            k = rms_norm(&k, kn, self.eps)?;
+            q = rms_norm(&q, qn, self.eps, pass.grad)?;
+            k = rms_norm(&k, kn, self.eps, pass.grad)?;
         }
-        let q = rope.apply(&q)?;
-        let mut k = rope.apply(&k)?;
+        let q = rope.apply(&q, pass.grad)?;
+        let mut k = rope.apply(&k, pass.grad)?;
         if let Some(cache) = kv {
             if let Some((pk, pv)) = cache.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -248,12 +280,104 @@ impl DecoderLayer {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = softmax_last_dim(&scores)?.reshape((b, nkv, group * l, keys))?;
+        let probs = softmax_last_dim(&scores, pass.grad)?.reshape((b, nkv, group * l, keys))?;
         let ctx = probs
             .matmul(&v)?
             .reshape((b, nh, l, hd))?
             .transpose(1, 2)?
             .reshape((b, l, nh * hd))?;
         o_proj.forward(&ctx, pass)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tiny_config;
+    use crate::Architecture;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// `[batch 2, heads 3, seq 5, head_dim 8]` input, contiguous and strided (a
+    /// transpose, as attention produces), in both float dtypes the model runs in.
+    fn inputs(dtype: DType) -> Vec<Tensor> {
+        let x = Tensor::randn(0f32, 2.0, (2, 5, 3, 8), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        vec![
+            x.transpose(1, 2).unwrap().contiguous().unwrap(),
+            x.transpose(1, 2).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn fused_and_differentiable_forms_agree() {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-6)] {
+            let w = Tensor::randn(1f32, 0.1, 8, &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let cfg = ModelConfig {
+                head_dim: 8,
+                ..tiny_config(Architecture::Llama)
+            };
+            let rope = RopeTables::new(&cfg, 7, 5, dtype, &Device::Cpu).unwrap();
+            for x in inputs(dtype) {
+                let pairs = [
+                    (rms_norm(&x, &w, 1e-6, true), rms_norm(&x, &w, 1e-6, false)),
+                    (softmax_last_dim(&x, true), softmax_last_dim(&x, false)),
+                    (rope.apply(&x, true), rope.apply(&x, false)),
+                ];
+                for (i, (slow, fast)) in pairs.into_iter().enumerate() {
+                    let d = max_diff(&slow.unwrap(), &fast.unwrap());
+                    assert!(d < tol, "{dtype:?} op {i}: {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_handles_the_causal_mask() {
+        let mask = causal_mask(3, 1, DType::F32, &Device::Cpu)
+            .unwrap()
+            .unwrap();
+        assert_eq!(mask.dims(), &[3, 4]);
+        let x = Tensor::zeros((3, 4), DType::F32, &Device::Cpu)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        for grad in [true, false] {
+            let p = softmax_last_dim(&x, grad)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(p[0], vec![0.5, 0.5, 0.0, 0.0]);
+            assert_eq!(p[2], vec![0.25; 4]);
+        }
+        assert!(causal_mask(1, 5, DType::F32, &Device::Cpu)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn log_softmax_is_log_of_softmax() {
+        let x = Tensor::randn(0f32, 3.0, (4, 11), &Device::Cpu).unwrap();
+        let a = log_softmax_last_dim(&x).unwrap();
+        let b = softmax_last_dim(&x, false).unwrap().log().unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
     }
 }

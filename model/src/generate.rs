@@ -50,7 +50,7 @@ impl Model {
         let mut len = 0;
         while out.len() < max_new_tokens && len + input.len() <= context {
             let tokens = Tensor::new(input.as_slice(), self.device())?.unsqueeze(0)?;
-            let hidden = self.hidden(&tokens, overlay, Some(&mut cache))?;
+            let hidden = self.hidden(&tokens, overlay, Some(&mut cache), false)?;
             len += input.len();
             let last = hidden.narrow(1, input.len() - 1, 1)?;
             let next = argmax(&self.logits(&last)?)?;

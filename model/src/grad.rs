@@ -63,7 +63,7 @@ impl Model {
                 overlay.insert(name.clone(), w);
             }
             let tokens = Tensor::new(sample.as_slice(), self.device())?.unsqueeze(0)?;
-            let hidden = self.hidden(&tokens, Some(&overlay), None)?;
+            let hidden = self.hidden(&tokens, Some(&overlay), None, true)?;
             let logits = self.logits(&hidden)?.squeeze(0)?;
             let loss = next_token_nll(&logits, &sample[1..])?.mean_all()?;
             let grads = loss.backward()?;

@@ -74,6 +74,8 @@ impl WeightOverlay {
 pub(crate) struct Pass<'a> {
     pub overlay: Option<&'a WeightOverlay>,
     pub record_stats: bool,
+    /// Build a graph `backward()` can differentiate (see `crate::decoder`).
+    pub grad: bool,
 }
 
 /// A committed mask and the cached effective weight `W ⊙ M` built from it once, so

@@ -91,7 +91,7 @@ impl Model {
         for chunk in tokens.chunks(window).filter(|c| c.len() >= 2) {
             let input = Tensor::new(chunk, self.device())?.unsqueeze(0)?;
             let logits = self
-                .logits(&self.hidden(&input, overlay, None)?)?
+                .logits(&self.hidden(&input, overlay, None, false)?)?
                 .squeeze(0)?;
             let nll = next_token_nll(&logits, &chunk[1..])?;
             nll_sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;

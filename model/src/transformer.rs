@@ -142,18 +142,19 @@ impl Model {
         if let Some(o) = overlay {
             self.check_overlay(o)?;
         }
-        let hidden = self.hidden(tokens, overlay, None)?;
+        let hidden = self.hidden(tokens, overlay, None, false)?;
         self.logits(&hidden)
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]`. With a cache, `tokens` follow
-    /// the cached positions and their keys/values are appended to it. Inputs are
-    /// assumed checked.
+    /// the cached positions and their keys/values are appended to it. With `grad`,
+    /// every op keeps its backward (slower). Inputs are assumed checked.
     pub(crate) fn hidden(
         &self,
         tokens: &Tensor,
         overlay: Option<&WeightOverlay>,
         cache: Option<&mut Vec<LayerKv>>,
+        grad: bool,
     ) -> Result<Tensor> {
         let (b, l) = tokens.dims2()?;
         let offset = match &cache {
@@ -166,6 +167,7 @@ impl Model {
         let pass = Pass {
             overlay,
             record_stats: self.stats_enabled.load(Ordering::Relaxed),
+            grad,
         };
         let rope = RopeTables::new(&self.config, offset, l, self.dtype, &self.device)?;
         let mask = causal_mask(l, offset, self.dtype, &self.device)?;
@@ -186,7 +188,7 @@ impl Model {
                 }
             }
         }
-        rms_norm(&x, &self.final_norm, self.config.rms_norm_eps)
+        rms_norm(&x, &self.final_norm, self.config.rms_norm_eps, grad)
     }
 
     /// lm_head over hidden states `[..., hidden]` → `[..., vocab]`.
@@ -345,5 +347,44 @@ impl Model {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{random_weights, tiny_config};
+    use crate::Architecture;
+
+    /// The fused-kernel path (every forward) and the differentiable path (gradient
+    /// importance) compute the same logits for every family.
+    #[test]
+    fn fused_and_differentiable_paths_agree() {
+        let tokens = Tensor::new(&[[3u32, 1, 4, 1, 5, 9, 2, 6]], &Device::Cpu).unwrap();
+        for arch in [
+            Architecture::Llama,
+            Architecture::Mistral,
+            Architecture::Qwen2,
+            Architecture::Qwen3,
+        ] {
+            let cfg = tiny_config(arch);
+            let w = random_weights(&cfg, 5, &Device::Cpu).unwrap();
+            let m = Model::new(&cfg, &w, &Device::Cpu).unwrap();
+            let fast = m
+                .logits(&m.hidden(&tokens, None, None, false).unwrap())
+                .unwrap();
+            let slow = m
+                .logits(&m.hidden(&tokens, None, None, true).unwrap())
+                .unwrap();
+            let d = (fast - slow)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{arch:?}: {d}");
+        }
     }
 }
