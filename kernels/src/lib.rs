@@ -16,6 +16,14 @@
 //! other function given a CUDA tensor) return [`KernelError::CudaNotCompiled`]. With the
 //! feature, the other functions copy CUDA inputs to the host. The API is the same either way.
 //!
+//! Building with CUDA: `cargo check -p kernels --features cuda` needs nvcc on `PATH` (candle's
+//! own kernels are compiled at build time); the PyPI wheels `nvidia-cuda-nvcc`,
+//! `nvidia-cuda-runtime`, `nvidia-cuda-cccl`, `nvidia-cuda-crt`, `nvidia-nvvm` (13.0) provide it
+//! with `CUDA_HOME=<target>/nvidia/cu13` and `PATH=$CUDA_HOME/bin:$PATH`. This crate's kernels
+//! (`src/cuda/prune.cu`) are compiled at run time by NVRTC, so running needs only the driver
+//! and libnvrtc. `cargo test -p kernels --features cuda` compares them with the CPU kernels on
+//! the first CUDA device.
+//!
 //! Each kernel has a naive counterpart in [`reference`] that the tests compare it with.
 
 mod delta;
@@ -26,7 +34,9 @@ pub mod prune;
 pub mod reference;
 mod stats;
 
-// CUDA kernels are not written yet: every build has the stand-in.
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(not(feature = "cuda"))]
 #[path = "cuda_stub.rs"]
 mod cuda;
 
