@@ -52,16 +52,18 @@ impl Model {
                 Ok((l.name().to_string(), Var::from_tensor(l.dense())?, mask))
             })
             .collect::<Result<Vec<_>>>()?;
+        // Built once: each sample's backward walks from its own loss through these
+        // shared `W ⊙ M` nodes to the variables, so they need not be rebuilt.
+        let mut overlay = WeightOverlay::new();
+        for (name, var, mask) in &vars {
+            let w = match mask {
+                Some(m) => (var.as_tensor() * m)?,
+                None => var.as_tensor().clone(),
+            };
+            overlay.insert(name.clone(), w);
+        }
         let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
         for sample in samples {
-            let mut overlay = WeightOverlay::new();
-            for (name, var, mask) in &vars {
-                let w = match mask {
-                    Some(m) => (var.as_tensor() * m)?,
-                    None => var.as_tensor().clone(),
-                };
-                overlay.insert(name.clone(), w);
-            }
             let tokens = Tensor::new(sample.as_slice(), self.device())?.unsqueeze(0)?;
             let hidden = self.hidden(&tokens, Some(&overlay), None, true)?;
             let logits = self.logits(&hidden)?.squeeze(0)?;
