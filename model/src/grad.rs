@@ -43,6 +43,7 @@ impl Model {
                     s.len()
                 )));
             }
+            self.check_len(s.len())?;
             self.check_ids(s)?;
         }
         let vars = self

@@ -60,7 +60,8 @@ impl Perplexity {
 impl Model {
     /// Perplexity of `tokens` cut into consecutive windows of `window` tokens. In each
     /// window the first token is context only, so a window of L tokens scores L − 1;
-    /// the last, shorter window counts when it has at least 2 tokens.
+    /// the last, shorter window counts when it has at least 2 tokens. Windows may not
+    /// exceed `max_position_embeddings`.
     pub fn perplexity(&self, tokens: &[u32], window: usize) -> Result<Perplexity> {
         self.perplexity_with(tokens, window, None)
     }
@@ -83,6 +84,7 @@ impl Model {
                 tokens.len()
             )));
         }
+        self.check_len(window.min(tokens.len()))?;
         self.check_ids(tokens)?;
         if let Some(o) = overlay {
             self.check_overlay(o)?;

@@ -130,8 +130,9 @@ impl Model {
     }
 
     /// Logits `[batch, seq, vocab]` (model dtype, f32 by default) for `tokens`
-    /// (`[batch, seq]`, u32). Rows of a batch must have equal length: there is no
-    /// padding mask, so run sequences of different lengths one at a time.
+    /// (`[batch, seq]`, u32, `seq ≤ max_position_embeddings`). Rows of a batch must
+    /// have equal length: there is no padding mask, so run sequences of different
+    /// lengths one at a time.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         self.forward_with(tokens, None)
     }
@@ -305,8 +306,21 @@ impl Model {
                 "tokens must be non-empty, got shape [{b}, {l}]"
             )));
         }
+        self.check_len(l)?;
         let max = tokens.flatten_all()?.max(0)?.to_scalar::<u32>()?;
         self.check_ids(&[max])
+    }
+
+    /// One forward sees at most `max_position_embeddings` positions: RoPE would
+    /// extrapolate beyond it and the numbers would silently stop meaning anything.
+    pub(crate) fn check_len(&self, len: usize) -> Result<()> {
+        let context = self.config.max_position_embeddings;
+        if len > context {
+            return Err(ModelError::InvalidArgument(format!(
+                "sequence of {len} tokens exceeds the model context of {context}"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn check_ids(&self, ids: &[u32]) -> Result<()> {

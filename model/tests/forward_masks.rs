@@ -270,6 +270,17 @@ fn bad_masks_overlays_and_tokens_are_typed_errors() {
         m.forward(&wrong_dtype).unwrap_err(),
         ModelError::InvalidArgument(_)
     ));
+    let too_long = Tensor::zeros(
+        (1, cfg.max_position_embeddings + 1),
+        DType::U32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(m
+        .forward(&too_long)
+        .unwrap_err()
+        .to_string()
+        .contains("context"));
     let one_d = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
     assert!(matches!(
         m.forward(&one_d).unwrap_err(),

@@ -34,11 +34,11 @@ fn window_and_token_arithmetic() {
     let m = uniform_model();
     let cases = [
         // (tokens, window, windows, scored)
-        (9, 4, 2, 6),         // [4, 4, 1]: the lone last token has nothing to score
-        (8, 4, 2, 6),         // [4, 4]
-        (2, 512, 1, 1),       // one short window
-        (1030, 512, 3, 1027), // [512, 512, 6]
-        (5, 2, 2, 2),         // [2, 2, 1]
+        (9, 4, 2, 6),       // [4, 4, 1]: the lone last token has nothing to score
+        (8, 4, 2, 6),       // [4, 4]
+        (2, 512, 1, 1),     // one short window
+        (300, 128, 3, 297), // [128, 128, 44], 128 = the tiny context
+        (5, 2, 2, 2),       // [2, 2, 1]
     ];
     for (n, window, windows, scored) in cases {
         let p = m.perplexity(&stream(n), window).unwrap();
@@ -145,4 +145,8 @@ fn bad_arguments_are_errors() {
     ));
     let err = m.perplexity(&[3, 64], 8).unwrap_err();
     assert!(err.to_string().contains("64"), "{err}");
+    // Tiny context is 128: a 129-token window is refused, 129 tokens in 128-windows not.
+    let err = m.perplexity(&stream(129), 129).unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+    assert_eq!(m.perplexity(&stream(129), 128).unwrap().tokens_scored, 127);
 }

@@ -41,7 +41,7 @@ fn finite_difference(m: &Model, name: &str, i: usize, j: usize) -> f64 {
 /// Check a few entries per layer: the largest-gradient entry and a spread of others.
 fn check_layers(m: &Model, layers: &[&str]) -> usize {
     let grads = m.gradient_importance(&[SAMPLE.to_vec()]).unwrap();
-    let mut checked = 0;
+    let (mut checked, mut worst) = (0, 0f64);
     for name in layers {
         let g = grads[*name].mean_abs.to_vec2::<f64>().unwrap();
         let (rows, cols) = (g.len(), g[0].len());
@@ -70,8 +70,10 @@ fn check_layers(m: &Model, layers: &[&str]) -> usize {
                 "{name}[{i},{j}]: backprop {bp:e} vs finite difference {fd:e}"
             );
             checked += 1;
+            worst = worst.max(rel);
         }
     }
+    println!("{checked} entries, worst relative error {worst:e}");
     checked
 }
 
@@ -204,4 +206,6 @@ fn bad_samples_are_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("sample 1"), "{err}");
     assert!(m.gradient_importance(&[vec![1, 99]]).is_err());
+    let too_long = vec![1; m.config().max_position_embeddings + 1];
+    assert!(m.gradient_importance(&[too_long]).is_err());
 }
