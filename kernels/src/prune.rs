@@ -100,10 +100,13 @@ pub fn prune_layer_incremental(scores: &Tensor, mask: &Mask, target_sparsity: f6
     }
     let wpr = mask.words_per_row();
     with_host_f32(scores, |s| {
-        let mut keys: Vec<u64> = Vec::with_capacity(mask.count_kept() + cols);
+        // Each row is gathered into a full-width window after the active keys so far.
+        let mut keys = vec![0u64; mask.count_kept() + cols];
+        let mut active = 0;
         for (r, (row, words)) in s.chunks(cols).zip(mask.words().chunks(wpr)).enumerate() {
-            gather_active(row, words, r * cols, &mut keys)?;
+            active += gather_active(row, words, r * cols, &mut keys[active..active + cols])?;
         }
+        keys.truncate(active);
         let mut out = mask.clone();
         for &key in smallest(&mut keys, target - pruned, select_nth) {
             let i = (key & 0xffff_ffff) as usize;
@@ -125,7 +128,8 @@ pub fn magnitude_mask_per_layer(w: &Tensor, mask: &Mask, target_sparsity: f64) -
 
 /// N:M semi-structured mask: in every row, of each group of `m` consecutive columns the `n`
 /// lowest-scoring are pruned (ties by column), as in Wanda's `prune.py` (2:4 prunes 2 of 4).
-/// Needs `0 < n < m` and `m` dividing the column count.
+/// Needs `0 < n < m` and `m` dividing the column count. Costs O(m) per weight: meant for the
+/// small M of semi-structured sparsity (4, 8).
 pub fn nm_mask(scores: &Tensor, n: usize, m: usize) -> Result<Mask> {
     let (rows, cols) = matrix_dims(scores, "scores")?;
     let bad = |reason: &str| {
@@ -149,22 +153,37 @@ pub fn nm_mask(scores: &Tensor, n: usize, m: usize) -> Result<Mask> {
             out.words_mut()
                 .par_chunks_mut(wpr)
                 .zip(s.par_chunks(cols))
-                .try_for_each_init(Vec::new, |keys, (words, row)| {
+                .try_for_each_init(Vec::new, |keys: &mut Vec<u32>, (words, row)| {
                     if row.iter().any(|s| s.is_nan()) {
                         return Err(KernelError::NaN("scores"));
                     }
-                    for (g, group) in row.chunks(m).enumerate() {
-                        keys.clear();
-                        keys.extend(group.iter().zip(g * m..).map(|(&s, c)| key(s, c)));
-                        for &key in smallest(keys, n, select_nth) {
-                            let c = (key & 0xffff_ffff) as usize;
-                            words[c / 64] &= !(1u64 << (c % 64));
-                        }
+                    keys.clear();
+                    keys.extend(row.iter().map(|&s| order_key(s)));
+                    // Constant M for the usual patterns lets the compiler unroll the group loop.
+                    match m {
+                        4 => nm_row(keys, n, 4, words),
+                        8 => nm_row(keys, n, 8, words),
+                        _ => nm_row(keys, n, m, words),
                     }
                     Ok::<_, KernelError>(())
                 })?;
             Ok(out)
         }),
+    }
+}
+
+/// N:M for one row of order keys: a weight is pruned iff fewer than `n` of its group precede
+/// it in (score, column) order. O(m) per weight and no selection, like the CUDA kernel.
+#[inline(always)]
+fn nm_row(keys: &[u32], n: usize, m: usize, words: &mut [u64]) {
+    for (g, group) in keys.chunks_exact(m).enumerate() {
+        for (j, &k) in group.iter().enumerate() {
+            let before: usize = (group.iter().enumerate())
+                .map(|(o, &ko)| usize::from((ko < k) | ((ko == k) & (o < j))))
+                .sum();
+            let c = g * m + j;
+            words[c / 64] &= !(u64::from(before < n) << (c % 64));
+        }
     }
 }
 
@@ -198,38 +217,47 @@ pub(crate) fn prune_rows_cpu(
     out.words_mut()
         .par_chunks_mut(wpr)
         .zip(s.par_chunks(cols))
-        .try_for_each_init(Vec::new, |keys, (words, row)| {
-            keys.clear();
-            gather_active(row, words, 0, keys)?;
-            let need = per_row.saturating_sub(cols - keys.len());
-            for &key in smallest(keys, need, select) {
-                let c = (key & 0xffff_ffff) as usize;
-                words[c / 64] &= !(1u64 << (c % 64));
-            }
-            Ok::<_, KernelError>(())
-        })?;
+        .try_for_each_init(
+            || vec![0u64; cols],
+            |keys, (words, row)| {
+                let active = gather_active(row, words, 0, keys)?;
+                let need = per_row.saturating_sub(cols - active);
+                for &key in smallest(&mut keys[..active], need, select) {
+                    let c = (key & 0xffff_ffff) as usize;
+                    words[c / 64] &= !(1u64 << (c % 64));
+                }
+                Ok::<_, KernelError>(())
+            },
+        )?;
     Ok(out)
 }
 
-/// Appends the [`key`] of each active weight of `row` (index `base + column`). Errors on any
-/// NaN in `row`, active or not.
-fn gather_active(row: &[f32], words: &[u64], base: usize, keys: &mut Vec<u64>) -> Result<()> {
-    // Branchless: every key is written, only active ones advance the end (masks are random).
-    let start = keys.len();
-    keys.resize(start + row.len(), 0);
-    let (mut end, mut nan) = (start, false);
+/// Writes the [`key`] of each active weight of `row` (index `base + column`) to the front of
+/// `out` (at least `row.len()` long) and returns how many. Errors on any NaN in `row`, active
+/// or not.
+fn gather_active(row: &[f32], words: &[u64], base: usize, out: &mut [u64]) -> Result<usize> {
+    let (mut end, mut nan) = (0, false);
     for (chunk, (&word, c0)) in row.chunks(64).zip(words.iter().zip((base..).step_by(64))) {
-        for (j, &s) in chunk.iter().enumerate() {
-            nan |= s.is_nan();
-            keys[end] = key(s, c0 + j);
-            end += (word >> j & 1) as usize;
+        if word == u64::MAX >> (64 - chunk.len()) {
+            // All active (the common case of a fresh mask): a plain, vectorisable copy.
+            for ((o, &s), c) in out[end..end + chunk.len()].iter_mut().zip(chunk).zip(c0..) {
+                nan |= s.is_nan();
+                *o = key(s, c);
+            }
+            end += chunk.len();
+        } else {
+            // Branchless: every key is written, only active ones advance the end.
+            for (j, &s) in chunk.iter().enumerate() {
+                nan |= s.is_nan();
+                out[end] = key(s, c0 + j);
+                end += (word >> j & 1) as usize;
+            }
         }
     }
-    keys.truncate(end);
     if nan {
         return Err(KernelError::NaN("scores"));
     }
-    Ok(())
+    Ok(end)
 }
 
 /// Selection key of score `s` at index `i` (< 2^32): integer order = (score, index) order.

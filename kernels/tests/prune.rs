@@ -49,6 +49,12 @@ fn rows_incremental_matches_reference() {
             let rho = (partial.sparsity() + 0.1).min(1.0);
             check_rows(&s, &partial, rho);
             check_rows(&s, &partial, 1.0);
+            // Fully active words next to partly pruned ones in the same row.
+            let kept: Vec<bool> = (0..rows * cols)
+                .map(|i| i % cols >= 64 || rng.random_bool(0.5))
+                .collect();
+            let mixed = Mask::from_bools(rows, cols, &kept).unwrap();
+            check_rows(&s, &mixed, (mixed.sparsity() + 0.2).min(1.0));
             // ρ' = ρ on a mask this kernel made: nothing changes.
             let half = kernels::prune_rows_incremental(&s, &ones, 0.5).unwrap();
             assert_eq!(

@@ -1,0 +1,61 @@
+//! `cargo run --release -p kernels --example cpu_times`: CPU time (user + system, all threads,
+//! from /proc/self/stat) per call of each benchmarked kernel on the 4096 x 11008 `down_proj`
+//! shape. Unlike criterion's wall-clock medians it is not inflated when other processes share
+//! the cores; "cpu/2" is the wall time to expect with both cores to ourselves.
+
+use candle_core::{Device, Tensor};
+use kernels::{reference, Mask};
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+fn cpu_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+fn time<R>(name: &str, n: usize, mut f: impl FnMut() -> R) {
+    let (c0, t0) = (cpu_secs(), Instant::now());
+    for _ in 0..n {
+        std::hint::black_box(f());
+    }
+    let (c, t) = (
+        (cpu_secs() - c0) / n as f64,
+        t0.elapsed().as_secs_f64() / n as f64,
+    );
+    println!(
+        "{name:32} cpu {:8.1} ms/iter  (cpu/2 {:7.1} ms)  wall {:8.1} ms",
+        c * 1e3,
+        c * 500.0,
+        t * 1e3
+    );
+}
+
+fn main() {
+    let (rows, cols) = (4096, 11008);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-0.1..0.1))
+        .collect();
+    let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+    let sq: Vec<f32> = (0..cols).map(|_| rng.random_range(0.0..100.0)).collect();
+    let sq = Tensor::new(sq, &Device::Cpu).unwrap();
+    let scores = kernels::wanda_scores(&w, &sq).unwrap();
+    let ones = Mask::ones(rows, cols);
+    let half = kernels::prune_rows_incremental(&scores, &ones, 0.5).unwrap();
+    let n = 20;
+    time("memory_pass_sum", 200, || w.sum_all().unwrap());
+    time("wanda_scores", n, || {
+        kernels::wanda_scores(&w, &sq).unwrap()
+    });
+    time("select_50", n, || {
+        kernels::prune_rows_incremental(&scores, &ones, 0.5).unwrap()
+    });
+    time("select_50_full_sort", 5, || {
+        reference::prune_rows_full_sort(&scores, &ones, 0.5).unwrap()
+    });
+    time("incremental_50_to_55", n, || {
+        kernels::prune_rows_incremental(&scores, &half, 0.55).unwrap()
+    });
+    time("nm_2_4", n, || kernels::nm_mask(&scores, 2, 4).unwrap());
+}
