@@ -17,3 +17,9 @@ pub use request::{
     PlanConstraints, PlanRequest, PlanResponse, Rejection, SPARSITY_EPS,
 };
 pub use run::{Feedback, IterationOutcome, RunId, RunState, Verdict};
+
+pub mod actor_msgs;
+pub use actor_msgs::{
+    ActorTimings, CandidateId, CandidateMasks, CandidateScore, LayerDelta, ProfileReport,
+    ReviewedCandidate, RunMeta, RunStatus, RunSummary, StopReason, StoredIteration,
+};
