@@ -1,0 +1,122 @@
+//! The Checkpointer actor: the run's durable memory in sled ([`crate::store`]). It
+//! stores the run (config, baseline), the state machine, every finished iteration (plan,
+//! verdicts, outcome, prompts and responses) and each committed iteration's mask delta
+//! — never weight copies. Each iteration is one transaction + flush.
+//!
+//! Write errors are replied, not raised: the Supervisor then stops the run as `failed`
+//! with the reason (the database may be unusable, so nothing more is attempted).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use protocol::{LayerDelta, RunMeta, RunStatus, StoredIteration};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::store::{LoadedRun, Store, StoreError};
+use crate::util::{blocking, Faults};
+
+/// Immutable setup: where the database lives.
+pub struct Checkpointer {
+    pub dir: PathBuf,
+    pub run_id: String,
+    pub faults: Faults,
+}
+
+/// Messages the Checkpointer answers. Every reply is `Err(reason)` on a write failure.
+pub enum CheckpointerMsg {
+    /// Record a new run.
+    Create {
+        meta: Box<RunMeta>,
+        status: RunStatus,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Move the state machine.
+    SetStatus {
+        status: RunStatus,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// Store a finished iteration with its deltas (empty on rollback) and the new
+    /// status atomically. Replies with the milliseconds spent.
+    Commit {
+        stored: Box<StoredIteration>,
+        deltas: Vec<LayerDelta>,
+        status: RunStatus,
+        reply: RpcReplyPort<Result<u64, String>>,
+    },
+}
+
+/// Mutable state: the open database (shared with its blocking writes).
+pub struct CheckpointerState {
+    store: std::sync::Arc<Store>,
+}
+
+/// Read a stored run (used before the actors start, to resume). Opens and closes the
+/// database, so call it before spawning the Checkpointer.
+pub fn load_run(dir: &std::path::Path, run_id: &str) -> Result<LoadedRun, StoreError> {
+    Store::open(dir)?.load_run(run_id)
+}
+
+impl Actor for Checkpointer {
+    type Msg = CheckpointerMsg;
+    type State = CheckpointerState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let dir = self.dir.clone();
+        let store = blocking(move || Store::open(&dir)).await?;
+        Ok(CheckpointerState {
+            store: std::sync::Arc::new(store),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let store = state.store.clone();
+        let run = self.run_id.clone();
+        match msg {
+            CheckpointerMsg::Create {
+                meta,
+                status,
+                reply,
+            } => {
+                let out = blocking(move || store.create_run(&meta, &status)).await;
+                let _ = reply.send(out.map_err(|e| e.to_string()));
+            }
+            CheckpointerMsg::SetStatus { status, reply } => {
+                let out = blocking(move || store.set_status(&run, &status)).await;
+                let _ = reply.send(out.map_err(|e| e.to_string()));
+            }
+            CheckpointerMsg::Commit {
+                stored,
+                deltas,
+                status,
+                reply,
+            } => {
+                let it = stored.record.outcome.iteration;
+                if self
+                    .faults
+                    .fire("checkpointer", self.faults.checkpointer_fail_at, it)
+                {
+                    let _ = reply.send(Err(StoreError::Injected(it).to_string()));
+                    return Ok(());
+                }
+                let start = Instant::now();
+                let out =
+                    blocking(move || store.commit_iteration(&run, &stored, &deltas, &status)).await;
+                let _ = reply.send(
+                    out.map(|()| start.elapsed().as_millis() as u64)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        }
+        Ok(())
+    }
+}

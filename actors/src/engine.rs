@@ -1,0 +1,113 @@
+//! The immutable setup every tensor-handling actor shares: the model (`Arc<Model>`,
+//! `Send + Sync`), its prunable layers, and the tokenised calibration and held-out
+//! samples. Built once per process before the actors start; no actor mutates it except
+//! through the model's own mask API (only the Executor commits masks).
+
+use std::sync::Arc;
+
+use config::Config;
+use model::text::TextSource;
+use model::{LayerInfo, Model};
+
+/// Errors while preparing the engine, as readable strings (they end the run).
+pub type Error = String;
+
+/// Text → token ids with the model's tokenizer (no special tokens).
+pub type Encoder = Box<dyn Fn(&str) -> Result<Vec<u32>, Error> + Send + Sync>;
+
+/// Token sequences: calibration pool and held-out slice.
+pub type Samples = (Vec<Vec<u32>>, Vec<Vec<u32>>);
+
+/// Shared, read-only run inputs.
+pub struct Engine {
+    pub model: Arc<Model>,
+    pub layers: Vec<LayerInfo>,
+    /// Calibration pool: `calibration.samples` sequences of `calibration.seq_len` tokens.
+    pub calib: Vec<Vec<u32>>,
+    /// Held-out slice for the in-loop PPL: `evaluation.ppl_samples` sequences of
+    /// `evaluation.ppl_seq_len` tokens, taken right after the calibration pool.
+    pub eval: Vec<Vec<u32>>,
+    /// Size in bytes of the model's weights as f32 (for the report's ratios).
+    pub f32_bytes: u64,
+    /// The model's tokenizer, without special tokens (texts are scored as they are).
+    pub encode: Encoder,
+}
+
+impl Engine {
+    /// Load the model of `cfg` and cut the calibration source into samples.
+    /// Heavy (reads and dequantises the checkpoint): call from a blocking thread.
+    pub fn load(cfg: &Config) -> Result<Self, Error> {
+        let ckpt = model::load_checkpoint(&cfg.model.path)
+            .map_err(|e| format!("{}: {e}", cfg.model.path.display()))?;
+        let f32_bytes = ckpt.parameter_count() as u64 * 4;
+        let model = Model::new(&ckpt.config, &ckpt.tensors, &candle_core::Device::Cpu)
+            .map_err(|e| format!("{}: building the model: {e}", cfg.model.path.display()))?;
+        let tokenizer = ckpt.tokenizer;
+        drop(ckpt.tensors); // the model holds what it needs
+        let encode = move |text: &str| -> Result<Vec<u32>, Error> {
+            tokenizer
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| format!("tokenizer: {e}"))
+        };
+        let (calib, eval) = samples(cfg, &encode)?;
+        let layers = model.prunable_layers();
+        Ok(Self {
+            model: Arc::new(model),
+            layers,
+            calib,
+            eval,
+            f32_bytes,
+            encode: Box::new(encode),
+        })
+    }
+
+    /// Weights per prunable layer, in model order.
+    pub fn params(&self) -> Vec<u64> {
+        self.layers
+            .iter()
+            .map(|l| (l.out_features * l.in_features) as u64)
+            .collect()
+    }
+}
+
+/// Deterministic sample selection: the source's texts in file order, joined by blank
+/// lines and tokenised, cut into consecutive windows — first the calibration pool, then
+/// the held-out slice. Reads more texts (doubling) until there are enough tokens.
+pub fn samples(
+    cfg: &Config,
+    encode: &dyn Fn(&str) -> Result<Vec<u32>, Error>,
+) -> Result<Samples, Error> {
+    let c = &cfg.calibration;
+    let e = &cfg.evaluation;
+    let need = c.samples * c.seq_len + e.ppl_samples * e.ppl_seq_len;
+    let source = TextSource {
+        path: c.path.clone(),
+        field: c.field.clone(),
+    };
+    let mut limit = (c.samples + e.ppl_samples).max(1);
+    loop {
+        let texts = source
+            .read(Some(limit))
+            .map_err(|err| format!("calibration source: {err}"))?;
+        let tokens = encode(&texts.join("\n\n"))?;
+        if tokens.len() >= need {
+            let (cal, rest) = tokens.split_at(c.samples * c.seq_len);
+            let calib = cal.chunks(c.seq_len).map(<[u32]>::to_vec).collect();
+            let eval = rest[..e.ppl_samples * e.ppl_seq_len]
+                .chunks(e.ppl_seq_len)
+                .map(<[u32]>::to_vec)
+                .collect();
+            return Ok((calib, eval));
+        }
+        if texts.len() < limit {
+            return Err(format!(
+                "calibration source {}: {} tokens in all its texts, need {need} \
+(calibration.samples x seq_len + evaluation.ppl_samples x ppl_seq_len)",
+                c.path.display(),
+                tokens.len()
+            ));
+        }
+        limit *= 2;
+    }
+}

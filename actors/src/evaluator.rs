@@ -1,0 +1,160 @@
+//! The Evaluator actor (Algorithm 1 line 19): in-loop perplexity on the held-out slice,
+//! of the committed model or of candidates.
+//!
+//! A candidate is evaluated through a `WeightOverlay` holding only the layers its plan
+//! touched (committed mask + the candidate's delta, times the dense weight); every other
+//! layer is shared with the committed model. With K > 1 candidates a pool of worker
+//! threads (one per candidate, at most `workers` at a time) scores them concurrently on
+//! the one shared model.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use kernels::{Mask, MaskDelta};
+use model::{Perplexity, WeightOverlay};
+use protocol::{CandidateMasks, CandidateScore};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::engine::Engine;
+use crate::util::{blocking, Faults};
+
+/// Immutable setup.
+pub struct Evaluator {
+    pub engine: Arc<Engine>,
+    /// Concurrent candidate evaluations (threads); at least 1.
+    pub workers: usize,
+    pub faults: Faults,
+}
+
+/// Messages the Evaluator answers.
+pub enum EvaluatorMsg {
+    /// PPL of the committed model on the held-out slice.
+    Baseline {
+        reply: RpcReplyPort<Result<f64, String>>,
+    },
+    /// One score per candidate (same order), plus the milliseconds spent.
+    Evaluate {
+        iteration: u32,
+        candidates: Vec<CandidateMasks>,
+        reply: RpcReplyPort<Result<(Vec<CandidateScore>, u64), String>>,
+    },
+}
+
+impl Actor for Evaluator {
+    type Msg = EvaluatorMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        let engine = self.engine.clone();
+        match msg {
+            EvaluatorMsg::Baseline { reply } => {
+                let out = blocking(move || held_out_ppl(&engine, None)).await;
+                let _ = reply.send(out);
+            }
+            EvaluatorMsg::Evaluate {
+                iteration,
+                candidates,
+                reply,
+            } => {
+                if self
+                    .faults
+                    .fire("evaluator", self.faults.evaluator_panic_at, iteration)
+                {
+                    panic!("injected Evaluator panic at iteration {iteration}");
+                }
+                let start = Instant::now();
+                let workers = self.workers.max(1);
+                let out = blocking(move || evaluate_all(&engine, &candidates, workers)).await;
+                let _ = reply.send(out.map(|s| (s, start.elapsed().as_millis() as u64)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Score every candidate, `workers` at a time, each on its own thread.
+fn evaluate_all(
+    engine: &Engine,
+    candidates: &[CandidateMasks],
+    workers: usize,
+) -> Result<Vec<CandidateScore>, String> {
+    let mut scores = Vec::with_capacity(candidates.len());
+    for batch in candidates.chunks(workers) {
+        let results: Vec<Result<CandidateScore, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|c| s.spawn(move || score(engine, c)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(r) => r,
+                    Err(p) => std::panic::resume_unwind(p),
+                })
+                .collect()
+        });
+        for r in results {
+            scores.push(r?);
+        }
+    }
+    Ok(scores)
+}
+
+fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, String> {
+    let overlay = overlay(engine, c)?;
+    Ok(CandidateScore {
+        id: c.id,
+        ppl: held_out_ppl(engine, Some(&overlay))?,
+        sparsity_after: c.sparsity_after,
+    })
+}
+
+/// The candidate's touched layers as effective weights: dense ⊙ (committed mask − delta).
+pub fn overlay(engine: &Engine, c: &CandidateMasks) -> Result<WeightOverlay, String> {
+    let model = &engine.model;
+    let mut masks: Vec<(String, Tensor)> = Vec::with_capacity(c.deltas.len());
+    for d in &c.deltas {
+        let err = |e: &dyn std::fmt::Display| format!("evaluator `{}`: {e}", d.layer);
+        let delta = MaskDelta::from_bytes(&d.bytes).map_err(|e| err(&e))?;
+        let mut mask = match model.layer_mask(&d.layer).map_err(|e| err(&e))? {
+            Some(m) => Mask::from_tensor(&m).map_err(|e| err(&e))?,
+            None => Mask::ones(delta.rows(), delta.cols()),
+        };
+        delta.apply_to(&mut mask).map_err(|e| err(&e))?;
+        let t = mask
+            .to_tensor(DType::U8, &Device::Cpu)
+            .map_err(|e| err(&e))?;
+        masks.push((d.layer.clone(), t));
+    }
+    model
+        .overlay_from_masks(masks.iter().map(|(n, t)| (n.as_str(), t)))
+        .map_err(|e| format!("evaluator: {e}"))
+}
+
+/// Token-weighted PPL over the held-out sequences.
+pub fn held_out_ppl(engine: &Engine, overlay: Option<&WeightOverlay>) -> Result<f64, String> {
+    let parts = engine
+        .eval
+        .iter()
+        .map(|s| engine.model.perplexity_with(s, s.len().max(2), overlay))
+        .collect::<Result<Vec<Perplexity>, _>>()
+        .map_err(|e| format!("evaluator: {e}"))?;
+    Perplexity::combine(&parts)
+        .map(|p| p.ppl)
+        .map_err(|e| format!("evaluator: {e}"))
+}

@@ -1,0 +1,361 @@
+//! One iteration of Algorithm 1 as the Supervisor drives it (DESIGN.md §3):
+//! profile → plan K candidates → critic (veto → replan, bounded) → execute survivors →
+//! evaluate concurrently → commit the best within τ or roll back → reflect → store.
+//!
+//! Order of effects on commit: the Checkpointer's transaction first, then the
+//! Executor's in-memory masks. A crash between the two loses nothing: a resume rebuilds
+//! the masks from the stored deltas.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::{
+    target_reached, ActorTimings, CandidateMasks, CandidateScore, IterationOutcome,
+    IterationRecord, Plan, PlanRequest, Rejection, ReviewedCandidate, RunState, RunStatus,
+    StopReason, StoredIteration, Verdict,
+};
+use ractor::rpc::CallResult;
+use ractor::ActorCell;
+
+use crate::ask;
+use crate::checkpointer::CheckpointerMsg;
+use crate::critic::CriticMsg;
+use crate::evaluator::EvaluatorMsg;
+use crate::executor::ExecutorMsg;
+use crate::planner::PlannerMsg;
+use crate::profiler::ProfilerMsg;
+use crate::run::ProgressEvent;
+use crate::supervisor::{Child, Supervisor, SupervisorState};
+use crate::util::ms;
+
+/// What `step` says next: continue (`None`) or stop for a reason.
+pub type Next = Result<Option<StopReason>, String>;
+
+/// The status record for `state` in `run_state`.
+pub fn status(state: &SupervisorState, run_state: RunState, reason: Option<String>) -> RunStatus {
+    RunStatus {
+        state: run_state,
+        iteration: state.iteration,
+        stored_iterations: state.stored_iterations,
+        reason,
+    }
+}
+
+/// Which candidate to commit among those within τ: the lowest PPL cost per unit of
+/// sparsity gained (a PPL drop costs 0), ties to the larger gain, then the lower id.
+/// Cost per gain approximates the PPL at the target if costs add up, so a timid
+/// candidate does not win just by pruning less. `None` when no candidate is within τ.
+pub fn choose(scores: &[CandidateScore], before: f64, ppl: f64, tau: f64) -> Option<usize> {
+    let key = |s: &CandidateScore| {
+        let gain = (s.sparsity_after - before).max(1e-12);
+        ((s.ppl - ppl) / ppl).max(0.0) / gain
+    };
+    scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.ppl.is_finite() && (s.ppl - ppl) / ppl <= tau)
+        .min_by(|(_, a), (_, b)| {
+            key(a)
+                .total_cmp(&key(b))
+                .then(b.sparsity_after.total_cmp(&a.sparsity_after))
+                .then(a.id.cmp(&b.id))
+        })
+        .map(|(i, _)| i)
+}
+
+impl Supervisor {
+    async fn set_state(
+        &self,
+        state: &mut SupervisorState,
+        me: &ActorCell,
+        run_state: RunState,
+    ) -> Result<(), String> {
+        let st = status(state, run_state, None);
+        self.emit(ProgressEvent::Phase {
+            iteration: state.iteration,
+            state: run_state,
+        });
+        let none: Option<Child> = None;
+        ask!(self, state, me, checkpointer, none, |r| {
+            CheckpointerMsg::SetStatus {
+                status: st.clone(),
+                reply: r,
+            }
+        })?
+        .map_err(|e| format!("checkpointer: {e}"))
+    }
+
+    /// Before iteration 1 of a new run: measure PPL₀ and record the run.
+    pub(crate) async fn begin(&self, state: &mut SupervisorState, me: &ActorCell) -> Next {
+        if let Some(mut meta) = state.new_meta.take() {
+            let base = ask!(self, state, me, evaluator, Some(Child::Evaluator), |r| {
+                EvaluatorMsg::Baseline { reply: r }
+            })??;
+            meta.baseline_ppl = base;
+            state.baseline_ppl = base;
+            state.current_ppl = base;
+            let st = status(state, RunState::Created, None);
+            let none: Option<Child> = None;
+            ask!(self, state, me, checkpointer, none, |r| {
+                CheckpointerMsg::Create {
+                    meta: Box::new(meta.clone()),
+                    status: st.clone(),
+                    reply: r,
+                }
+            })?
+            .map_err(|e| format!("checkpointer: {e}"))?;
+        }
+        self.emit(ProgressEvent::Started {
+            run_id: self.run_id.clone(),
+            baseline_ppl: state.baseline_ppl,
+            next_iteration: state.iteration,
+        });
+        Ok(None)
+    }
+
+    /// One iteration; see the module docs.
+    pub(crate) async fn step(&self, state: &mut SupervisorState, me: &ActorCell) -> Next {
+        let cfg = &self.cfg;
+        let (target, tau, max_it) = (
+            cfg.pruning.target_sparsity,
+            cfg.pruning.tau,
+            cfg.pruning.max_iterations,
+        );
+        let t = state.iteration;
+        if t > max_it {
+            return Ok(Some(StopReason::MaxIterations));
+        }
+        let mut timings = ActorTimings::default();
+        self.set_state(state, me, RunState::Profiling).await?;
+        let (report, profile_ms) = ask!(self, state, me, profiler, Some(Child::Profiler), |r| {
+            ProfilerMsg::Profile {
+                iteration: t,
+                reply: r,
+            }
+        })??;
+        timings.profiler_ms = profile_ms;
+        state.raw_grad = Some(report.raw_grad.clone());
+        let mut request = PlanRequest::new(
+            t,
+            max_it,
+            report.profiles.clone(),
+            target,
+            state.baseline_ppl,
+            state.current_ppl,
+            tau,
+        );
+        let before = request.current_sparsity;
+        if target_reached(before, target) {
+            return Ok(Some(StopReason::TargetReached));
+        }
+        request.history = state.history.clone();
+        request.constraints = cfg.critic.rules.plan_constraints(&state.history, t);
+
+        self.set_state(state, me, RunState::Planning).await?;
+        let mut reviewed: Vec<ReviewedCandidate> = Vec::new();
+        let mut survivors: Vec<Plan> = Vec::new();
+        for _round in 0..=cfg.critic.max_replans {
+            let start = Instant::now();
+            let req = Box::new(request.clone());
+            let responses = ask!(self, state, me, planner, Some(Child::Planner), |r| {
+                PlannerMsg::Propose {
+                    request: req.clone(),
+                    k: cfg.pruning.candidates,
+                    reply: r,
+                }
+            })??;
+            timings.planner_ms += ms(start);
+            let start = Instant::now();
+            let plans: Vec<Plan> = responses.iter().map(|r| r.plan.clone()).collect();
+            let verdicts = ask!(self, state, me, critic, Some(Child::Critic), |r| {
+                CriticMsg::Review {
+                    request: req.clone(),
+                    plans: plans.clone(),
+                    reply: r,
+                }
+            })?;
+            timings.critic_ms += ms(start);
+            for (resp, verdict) in responses.into_iter().zip(verdicts) {
+                match &verdict {
+                    Verdict::Approve => survivors.push(resp.plan.clone()),
+                    Verdict::Amend { plan, .. } => survivors.push(plan.clone()),
+                    Verdict::Veto { reasons } => request.rejections.push(Rejection {
+                        plan: resp.plan.clone(),
+                        reasons: reasons.clone(),
+                    }),
+                }
+                reviewed.push(ReviewedCandidate {
+                    response: resp,
+                    verdict,
+                    score: None,
+                });
+            }
+            if !survivors.is_empty() {
+                break;
+            }
+        }
+        if survivors.is_empty() {
+            return Ok(Some(StopReason::NoAcceptablePlan));
+        }
+        if survivors.iter().all(|p| p.stop_pruning) {
+            return Ok(Some(StopReason::PlannerStopped));
+        }
+        survivors.retain(|p| !p.stop_pruning && !p.layer_decisions.is_empty());
+
+        // Execute and evaluate. Candidate ids index `survivors`.
+        let plans: Vec<(u32, Plan)> = survivors
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (i as u32, p))
+            .collect();
+        let act = Arc::new(report.act_sum_sq.clone());
+        let (candidates, exec_ms) = ask!(self, state, me, executor, None::<Child>, |r| {
+            ExecutorMsg::Apply {
+                plans: plans.clone(),
+                act_sum_sq: act.clone(),
+                reply: r,
+            }
+        })??;
+        timings.executor_ms = exec_ms;
+        self.set_state(state, me, RunState::Evaluating).await?;
+        let (scores, eval_ms) = ask!(self, state, me, evaluator, Some(Child::Evaluator), |r| {
+            EvaluatorMsg::Evaluate {
+                iteration: t,
+                candidates: candidates.clone(),
+                reply: r,
+            }
+        })??;
+        timings.evaluator_ms = eval_ms;
+        // Attach scores to the reviewed candidates that survived (in order).
+        let mut it_scores = scores.iter();
+        for rc in reviewed
+            .iter_mut()
+            .filter(|rc| !matches!(rc.verdict, Verdict::Veto { .. }))
+        {
+            let plan = match &rc.verdict {
+                Verdict::Amend { plan, .. } => plan,
+                _ => &rc.response.plan,
+            };
+            if !plan.stop_pruning && !plan.layer_decisions.is_empty() {
+                rc.score = it_scores.next().cloned();
+            }
+        }
+
+        let chosen = choose(&scores, before, state.current_ppl, tau);
+        let shown = chosen.unwrap_or_else(|| lowest_ppl(&scores));
+        let cand: &CandidateMasks = &candidates[shown];
+        let outcome = IterationOutcome {
+            iteration: t,
+            sparsity_before: before,
+            sparsity_after: cand.sparsity_after,
+            ppl_before: state.current_ppl,
+            ppl_after: scores[shown].ppl,
+            rolled_back: chosen.is_none(),
+        };
+        let start = Instant::now();
+        let plan = Box::new(cand.plan.clone());
+        let feedback = ask!(self, state, me, critic, Some(Child::Critic), |r| {
+            CriticMsg::Reflect {
+                outcome: outcome.clone(),
+                plan: plan.clone(),
+                reply: r,
+            }
+        })?;
+        timings.critic_ms += ms(start);
+        let record = IterationRecord {
+            plan: cand.plan.clone(),
+            outcome: outcome.clone(),
+            feedback,
+        };
+        let deltas = if chosen.is_some() {
+            cand.deltas.clone()
+        } else {
+            Vec::new()
+        };
+        let delta_bytes: u64 = deltas.iter().map(|d| d.bytes.len() as u64).sum();
+        let stored = Box::new(StoredIteration {
+            record: record.clone(),
+            candidates: reviewed,
+            committed: chosen.map(|i| candidates[i].id),
+            raw_sens: report.raw_sens.clone(),
+            raw_grad: report.raw_grad.clone(),
+            profiles: report.profiles.clone(),
+            timings,
+            delta_bytes,
+        });
+        state.stored_iterations += 1;
+        let st = status(state, RunState::Committed, None);
+        let (none, start) = (None::<Child>, Instant::now());
+        let ck = ask!(self, state, me, checkpointer, none, |r| {
+            CheckpointerMsg::Commit {
+                stored: stored.clone(),
+                deltas: deltas.clone(),
+                status: st.clone(),
+                reply: r,
+            }
+        })?;
+        ck.map_err(|e| format!("checkpointer: {e}"))?;
+        timings.checkpointer_ms = ms(start);
+        if chosen.is_some() {
+            ask!(self, state, me, executor, None::<Child>, |r| {
+                ExecutorMsg::Commit {
+                    deltas: deltas.clone(),
+                    reply: r,
+                }
+            })??;
+            state.current_ppl = outcome.ppl_after;
+            state.delta_bytes.push(delta_bytes);
+        }
+        state.timings.add(&timings);
+        state.history.push(record.clone());
+        self.emit(ProgressEvent::Iteration {
+            record: Box::new(record),
+            timings,
+            delta_bytes,
+        });
+        state.iteration += 1;
+        if chosen.is_some() && target_reached(outcome.sparsity_after, target) {
+            return Ok(Some(StopReason::TargetReached));
+        }
+        Ok(None)
+    }
+}
+
+fn lowest_ppl(scores: &[CandidateScore]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .min_by(|(_, a), (_, b)| a.ppl.total_cmp(&b.ppl))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: u32, ppl: f64, after: f64) -> CandidateScore {
+        CandidateScore {
+            id,
+            ppl,
+            sparsity_after: after,
+        }
+    }
+
+    #[test]
+    fn choose_prefers_cheap_gain_within_tau() {
+        // Base PPL 10, sparsity 0.1, τ = 0.15.
+        let scores = [
+            s(0, 11.0, 0.14), // +10 % for 0.04: 2.5 per unit
+            s(1, 10.2, 0.12), // +2 % for 0.02: 1.0 per unit  <- best
+            s(2, 12.0, 0.20), // +20 %: beyond τ
+            s(3, f64::NAN, 0.3),
+        ];
+        assert_eq!(choose(&scores, 0.1, 10.0, 0.15), Some(1));
+        // A PPL drop costs nothing; ties go to the larger gain.
+        let scores = [s(0, 9.9, 0.12), s(1, 9.8, 0.15)];
+        assert_eq!(choose(&scores, 0.1, 10.0, 0.15), Some(1));
+        assert_eq!(choose(&[s(0, 12.0, 0.2)], 0.1, 10.0, 0.15), None);
+        assert_eq!(lowest_ppl(&[s(0, 12.0, 0.2), s(1, 11.6, 0.3)]), 1);
+    }
+}

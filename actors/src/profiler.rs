@@ -1,0 +1,203 @@
+//! The Profiler actor (paper §3.2, Algorithm 1 lines 7–11): per-layer sensitivity
+//! profiles {z_sens, z_grad, sparsity} of the model's committed state.
+//!
+//! Activation statistics (Σx² per input column) are collected on every call; gradient
+//! importance every `pruning.gradient_every` iterations (iterations 1, 1+g, 1+2g, …),
+//! and reused in between. The last raw gradient values can be handed in at spawn time,
+//! so a restarted (or resumed) Profiler continues with exactly what was measured.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use kernels::Mask;
+use protocol::{LayerProfile, ProfileReport};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::engine::Engine;
+use crate::util::{blocking, Faults};
+
+/// Immutable setup: the shared engine and the profiling parameters.
+pub struct Profiler {
+    pub engine: Arc<Engine>,
+    pub activation_samples: usize,
+    pub gradient_samples: usize,
+    pub gradient_every: u32,
+    pub percentile: f64,
+    pub faults: Faults,
+}
+
+/// Messages the Profiler answers.
+pub enum ProfilerMsg {
+    /// Profile the committed model for `iteration`; replies with the report or an error
+    /// message (recoverable errors never kill the actor).
+    Profile {
+        iteration: u32,
+        reply: RpcReplyPort<Result<(ProfileReport, u64), String>>,
+    },
+}
+
+/// Mutable state: the last raw gradient importance per layer (model order).
+pub struct ProfilerState {
+    raw_grad: Option<Vec<f64>>,
+}
+
+impl Actor for Profiler {
+    type Msg = ProfilerMsg;
+    type State = ProfilerState;
+    /// Raw gradients measured earlier in this run (after a restart or a resume).
+    type Arguments = Option<Vec<f64>>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        raw_grad: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ProfilerState { raw_grad })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ProfilerMsg::Profile { iteration, reply } = msg;
+        let start = Instant::now();
+        if self
+            .faults
+            .fire("profiler", self.faults.profiler_panic_at, iteration)
+        {
+            panic!("injected Profiler panic at iteration {iteration}");
+        }
+        let engine = self.engine.clone();
+        let due = self.gradient_samples > 0
+            && (iteration.saturating_sub(1) % self.gradient_every == 0 || state.raw_grad.is_none());
+        let job = Job {
+            activation_samples: self.activation_samples,
+            gradient_samples: if due { self.gradient_samples } else { 0 },
+            percentile: self.percentile,
+        };
+        let result = blocking(move || job.run(&engine)).await;
+        let out = result.map(|(sens, grad, act, profiles)| {
+            let grad = match grad {
+                Some(g) => {
+                    state.raw_grad = Some(g.clone());
+                    g
+                }
+                None => state
+                    .raw_grad
+                    .clone()
+                    .unwrap_or_else(|| vec![0.0; sens.len()]),
+            };
+            let z_grad = z(&grad);
+            let profiles = profiles
+                .into_iter()
+                .zip(&z_grad)
+                .map(|(mut p, zg)| {
+                    p.z_grad = *zg;
+                    p
+                })
+                .collect();
+            let report = ProfileReport {
+                iteration,
+                profiles,
+                act_sum_sq: act,
+                raw_sens: sens,
+                raw_grad: grad,
+                grad_collected: due,
+            };
+            (report, start.elapsed().as_millis() as u64)
+        });
+        let _ = reply.send(out);
+        Ok(())
+    }
+}
+
+/// z-scores (paper eq. 3); all-zero for constant or empty input.
+fn z(values: &[f64]) -> Vec<f64> {
+    kernels::z_scores(values).unwrap_or_else(|_| vec![0.0; values.len()])
+}
+
+/// One profiling pass, run on a blocking thread.
+struct Job {
+    activation_samples: usize,
+    gradient_samples: usize,
+    percentile: f64,
+}
+
+type JobOut = (Vec<f64>, Option<Vec<f64>>, Vec<Vec<f32>>, Vec<LayerProfile>);
+
+impl Job {
+    fn run(&self, engine: &Engine) -> Result<JobOut, String> {
+        let model = &engine.model;
+        let err = |e: &dyn std::fmt::Display| format!("profiler: {e}");
+        model.reset_stats();
+        model.set_stats_enabled(true);
+        let forward = || -> Result<(), String> {
+            for s in engine.calib.iter().take(self.activation_samples) {
+                let t = Tensor::new(s.as_slice(), &Device::Cpu)
+                    .and_then(|t| t.unsqueeze(0))
+                    .map_err(|e| err(&e))?;
+                model.forward(&t).map_err(|e| err(&e))?;
+            }
+            Ok(())
+        };
+        let fwd = forward();
+        model.set_stats_enabled(false);
+        fwd?;
+        let stats = model.take_stats();
+        let grads = if self.gradient_samples > 0 {
+            let samples: Vec<Vec<u32>> = engine
+                .calib
+                .iter()
+                .take(self.gradient_samples)
+                .cloned()
+                .collect();
+            Some(model.gradient_importance(&samples).map_err(|e| err(&e))?)
+        } else {
+            None
+        };
+        let mut sens = Vec::with_capacity(engine.layers.len());
+        let mut grad = Vec::with_capacity(engine.layers.len());
+        let mut act = Vec::with_capacity(engine.layers.len());
+        let mut profiles = Vec::with_capacity(engine.layers.len());
+        for info in &engine.layers {
+            let name = info.name.as_str();
+            let sum_sq = match stats.get(name) {
+                Some(s) => s.sum_sq.to_dtype(candle_core::DType::F32),
+                None => Tensor::zeros(info.in_features, candle_core::DType::F32, &Device::Cpu),
+            }
+            .map_err(|e| err(&e))?;
+            let mask = match model.layer_mask(name).map_err(|e| err(&e))? {
+                Some(m) => Mask::from_tensor(&m).map_err(|e| err(&e))?,
+                None => Mask::ones(info.out_features, info.in_features),
+            };
+            let w = model.layer_weight(name).map_err(|e| err(&e))?;
+            let scores = kernels::wanda_scores(&w, &sum_sq).map_err(|e| err(&e))?;
+            // A fully pruned layer has no active score: its sensitivity is 0.
+            let s = kernels::layer_sensitivity(&scores, &mask, self.percentile).unwrap_or(0.0);
+            sens.push(s);
+            if let Some(g) = &grads {
+                let gi = match g.get(name) {
+                    Some(gi) => kernels::gradient_importance(&gi.mean_abs, &mask).unwrap_or(0.0),
+                    None => 0.0,
+                };
+                grad.push(gi);
+            }
+            act.push(sum_sq.to_vec1::<f32>().map_err(|e| err(&e))?);
+            profiles.push(LayerProfile {
+                name: name.to_string(),
+                z_sens: 0.0,
+                z_grad: 0.0,
+                sparsity: mask.sparsity(),
+                params: mask.len() as u64,
+            });
+        }
+        let z_sens = z(&sens);
+        for (p, zs) in profiles.iter_mut().zip(z_sens) {
+            p.z_sens = zs;
+        }
+        Ok((sens, grads.map(|_| grad), act, profiles))
+    }
+}

@@ -1,0 +1,350 @@
+//! The sled schema of a run's checkpoint database (only the Checkpointer uses it).
+//!
+//! Trees:
+//! - `runs`: run id → [`RunMeta`] (JSON): config TOML, baseline PPL, layer shapes.
+//! - `state`: run id → [`RunStatus`] (JSON): the state machine.
+//! - `iterations`: run id ‖ 0 ‖ iteration (u32 big-endian) → [`StoredIteration`] (JSON).
+//! - `deltas`: run id ‖ 0 ‖ iteration (u32 BE) ‖ layer index (u32 BE) → [`LayerDelta`]
+//!   (layer name length u16 BE ‖ name ‖ `MaskDelta` bytes).
+//!
+//! Big-endian iteration numbers make sled's key order the iteration order, so a prefix
+//! scan returns iterations oldest first. A finished iteration — its record, its deltas
+//! and the new status — is written in ONE multi-tree transaction followed by a flush:
+//! after a crash an iteration is either entirely there or entirely absent.
+
+use std::path::Path;
+
+use protocol::{LayerDelta, RunMeta, RunStatus, StoredIteration};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// What can go wrong with the checkpoint database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("checkpoint database: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("checkpoint database: corrupt record `{key}`: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("checkpoint database: run `{0}` not found")]
+    UnknownRun(String),
+    #[error("checkpoint database: injected write failure at iteration {0}")]
+    Injected(u32),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A run loaded back from the database.
+#[derive(Debug, Clone)]
+pub struct LoadedRun {
+    pub meta: RunMeta,
+    pub status: Option<RunStatus>,
+    /// Every stored iteration, oldest first.
+    pub iterations: Vec<StoredIteration>,
+    /// The deltas of each committed iteration, in iteration order.
+    pub deltas: Vec<(u32, Vec<LayerDelta>)>,
+}
+
+/// The open database.
+pub struct Store {
+    db: sled::Db,
+    runs: sled::Tree,
+    state: sled::Tree,
+    iterations: sled::Tree,
+    deltas: sled::Tree,
+}
+
+fn run_prefix(run: &str) -> Vec<u8> {
+    let mut k = run.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn iteration_key(run: &str, iteration: u32) -> Vec<u8> {
+    let mut k = run_prefix(run);
+    k.extend(iteration.to_be_bytes());
+    k
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Plain data structs with string keys always serialise.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_delta(d: &LayerDelta) -> Vec<u8> {
+    let name = d.layer.as_bytes();
+    let mut out = Vec::with_capacity(2 + name.len() + d.bytes.len());
+    out.extend((name.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    out.extend(&name[..name.len().min(u16::MAX as usize)]);
+    out.extend(&d.bytes);
+    out
+}
+
+fn decode_delta(key: &[u8], v: &[u8]) -> Result<LayerDelta> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.into(),
+    };
+    if v.len() < 2 {
+        return Err(corrupt("delta record too short"));
+    }
+    let n = u16::from_be_bytes([v[0], v[1]]) as usize;
+    let name = v
+        .get(2..2 + n)
+        .ok_or_else(|| corrupt("delta name truncated"))?;
+    let layer = String::from_utf8(name.to_vec()).map_err(|_| corrupt("delta name not UTF-8"))?;
+    Ok(LayerDelta {
+        layer,
+        bytes: v[2 + n..].to_vec(),
+    })
+}
+
+impl Store {
+    /// Open (or create) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            runs: db.open_tree("runs")?,
+            state: db.open_tree("state")?,
+            iterations: db.open_tree("iterations")?,
+            deltas: db.open_tree("deltas")?,
+            db,
+        })
+    }
+
+    /// Record a new run and its initial status, durably.
+    pub fn create_run(&self, meta: &RunMeta, status: &RunStatus) -> Result<()> {
+        let id = meta.run_id.as_bytes();
+        (&self.runs, &self.state)
+            .transaction(|(runs, state)| {
+                runs.insert(id, json(meta))?;
+                state.insert(id, json(status))?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Rewrite the run's status (flushed: it is what a resume reads first).
+    pub fn set_status(&self, run: &str, status: &RunStatus) -> Result<()> {
+        self.state.insert(run.as_bytes(), json(status))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Store one finished iteration, its deltas (empty on rollback) and the new status
+    /// in one transaction, then flush.
+    pub fn commit_iteration(
+        &self,
+        run: &str,
+        stored: &StoredIteration,
+        deltas: &[LayerDelta],
+        status: &RunStatus,
+    ) -> Result<()> {
+        let it = stored.record.outcome.iteration;
+        let key = iteration_key(run, it);
+        let record = json(stored);
+        let delta_rows: Vec<(Vec<u8>, Vec<u8>)> = deltas
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let mut k = key.clone();
+                k.extend((i as u32).to_be_bytes());
+                (k, encode_delta(d))
+            })
+            .collect();
+        let status = json(status);
+        (&self.iterations, &self.deltas, &self.state)
+            .transaction(|(iters, dts, state)| {
+                iters.insert(key.as_slice(), record.as_slice())?;
+                for (k, v) in &delta_rows {
+                    dts.insert(k.as_slice(), v.as_slice())?;
+                }
+                state.insert(run.as_bytes(), status.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Everything stored for `run`.
+    pub fn load_run(&self, run: &str) -> Result<LoadedRun> {
+        let meta_bytes = self
+            .runs
+            .get(run.as_bytes())?
+            .ok_or_else(|| StoreError::UnknownRun(run.to_string()))?;
+        let meta: RunMeta = parse(run.as_bytes(), &meta_bytes)?;
+        let status = match self.state.get(run.as_bytes())? {
+            Some(b) => Some(parse(run.as_bytes(), &b)?),
+            None => None,
+        };
+        let prefix = run_prefix(run);
+        let mut iterations = Vec::new();
+        for kv in self.iterations.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            iterations.push(parse::<StoredIteration>(&k, &v)?);
+        }
+        let mut deltas: Vec<(u32, Vec<LayerDelta>)> = Vec::new();
+        for kv in self.deltas.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let tail = &k[prefix.len()..];
+            if tail.len() != 8 {
+                return Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "delta key length".into(),
+                });
+            }
+            let it = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+            let d = decode_delta(&k, &v)?;
+            match deltas.last_mut() {
+                Some((last, list)) if *last == it => list.push(d),
+                _ => deltas.push((it, vec![d])),
+            }
+        }
+        Ok(LoadedRun {
+            meta,
+            status,
+            iterations,
+            deltas,
+        })
+    }
+
+    /// Ids of every stored run.
+    pub fn run_ids(&self) -> Result<Vec<String>> {
+        self.runs
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+}
+
+fn tx_err(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(e) => StoreError::Sled(e),
+        TransactionError::Abort(()) => StoreError::Corrupt {
+            key: String::new(),
+            reason: "transaction aborted".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{ActorTimings, Feedback, IterationOutcome, IterationRecord, Plan, RunState};
+
+    fn stored(it: u32, rolled_back: bool) -> StoredIteration {
+        StoredIteration {
+            record: IterationRecord {
+                plan: Plan {
+                    reasoning: format!("plan {it}"),
+                    stop_pruning: false,
+                    layer_decisions: vec![],
+                },
+                outcome: IterationOutcome {
+                    iteration: it,
+                    sparsity_before: 0.0,
+                    sparsity_after: 0.1,
+                    ppl_before: 1.0,
+                    ppl_after: 1.1,
+                    rolled_back,
+                },
+                feedback: Feedback {
+                    iteration: it,
+                    summary: String::new(),
+                    assessment: String::new(),
+                },
+            },
+            candidates: vec![],
+            committed: (!rolled_back).then_some(0),
+            raw_sens: vec![1.0],
+            raw_grad: vec![2.0],
+            profiles: vec![],
+            timings: ActorTimings::default(),
+            delta_bytes: 3,
+        }
+    }
+
+    fn status(it: u32) -> RunStatus {
+        RunStatus {
+            state: RunState::Committed,
+            iteration: it,
+            stored_iterations: it,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn iterations_and_deltas_come_back_in_iteration_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let meta = RunMeta {
+            run_id: "r1".into(),
+            config_toml: "x = 1".into(),
+            created_unix: 5,
+            baseline_ppl: 9.0,
+            layers: vec![("a".into(), [2, 3])],
+        };
+        store.create_run(&meta, &status(0)).unwrap();
+        // Iterations 2..=300 cross a byte boundary: big-endian keys keep them in order.
+        for it in [1u32, 2, 256, 3] {
+            let d = LayerDelta {
+                layer: format!("l{it}"),
+                bytes: vec![it as u8, 7],
+            };
+            store
+                .commit_iteration("r1", &stored(it, it == 2), &[d], &status(it))
+                .unwrap();
+        }
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let run = store.load_run("r1").unwrap();
+        assert_eq!(run.meta, meta);
+        let its: Vec<u32> = run
+            .iterations
+            .iter()
+            .map(|s| s.record.outcome.iteration)
+            .collect();
+        assert_eq!(its, vec![1, 2, 3, 256]);
+        let d: Vec<(u32, String)> = run
+            .deltas
+            .iter()
+            .map(|(i, l)| (*i, l[0].layer.clone()))
+            .collect();
+        assert_eq!(
+            d,
+            vec![
+                (1, "l1".into()),
+                (2, "l2".into()),
+                (3, "l3".into()),
+                (256, "l256".into())
+            ]
+        );
+        assert_eq!(run.deltas[3].1[0].bytes, vec![0, 7]);
+        assert_eq!(run.status.unwrap().iteration, 3);
+        assert_eq!(store.run_ids().unwrap(), vec!["r1".to_string()]);
+        assert!(matches!(
+            store.load_run("nope"),
+            Err(StoreError::UnknownRun(_))
+        ));
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.runs.insert("bad", "not json").unwrap();
+        let e = store.load_run("bad").unwrap_err().to_string();
+        assert!(e.contains("corrupt record `bad`"), "{e}");
+        assert!(decode_delta(b"k", &[0, 9, 1]).is_err());
+    }
+}
