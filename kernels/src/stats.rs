@@ -64,7 +64,8 @@ pub fn gradient_importance(abs_grad: &Tensor, mask: &Mask) -> Result<f64> {
             "gradient importance with no active weight".into(),
         ));
     }
-    let sum: f64 = active.par_iter().map(|g| f64::from(g.abs())).sum();
+    // Sequential f64 sum: the same value on every run, whatever the thread count.
+    let sum: f64 = active.iter().map(|g| f64::from(g.abs())).sum();
     if sum.is_nan() {
         return Err(KernelError::NaN("gradients"));
     }
