@@ -207,8 +207,10 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
         Ok(ractor::rpc::CallResult::Success(m)) => m,
         _ => Vec::new(),
     };
-    sup_ref.stop_children(None);
-    sup_ref.stop(None);
+    // Wait for the children to stop: the Checkpointer's sled lock must be released
+    // before this returns (a resume or a reader may open the database right away).
+    sup_ref.stop_children_and_wait(None, None).await;
+    let _ = sup_ref.stop_and_wait(None, None).await;
     let _ = handle.await;
     let final_eval = if opts.final_eval && summary.state == RunState::Finished {
         let (cfg2, engine2) = (cfg.clone(), engine.clone());

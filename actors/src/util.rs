@@ -28,7 +28,8 @@ pub struct Faults {
     pub evaluator_panic_at: Option<u32>,
     /// Make the Checkpointer's write of this iteration fail.
     pub checkpointer_fail_at: Option<u32>,
-    fired: Arc<Mutex<HashSet<&'static str>>>,
+    /// Faults that fired so far, shared by restarted actors (leave it default).
+    pub fired_set: Arc<Mutex<HashSet<&'static str>>>,
 }
 
 impl Faults {
@@ -36,7 +37,7 @@ impl Faults {
     pub fn fire(&self, which: &'static str, at: Option<u32>, iteration: u32) -> bool {
         at == Some(iteration)
             && self
-                .fired
+                .fired_set
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(which)
@@ -45,7 +46,7 @@ impl Faults {
     /// Names of the faults that fired so far.
     pub fn fired(&self) -> Vec<&'static str> {
         let mut v: Vec<_> = self
-            .fired
+            .fired_set
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
