@@ -22,7 +22,7 @@ pub use arch::{Architecture, ModelConfig};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
 pub use grad::GradImportance;
-pub use linear::{ActivationStats, LayerInfo, WeightOverlay};
+pub use linear::{ActivationGram, ActivationStats, LayerInfo, WeightOverlay};
 pub use load::{load_checkpoint, Checkpoint, SourceFormat, TensorSummary};
 pub use perplexity::{Perplexity, DEFAULT_PPL_WINDOW};
 pub use transformer::Model;

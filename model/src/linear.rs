@@ -3,6 +3,7 @@
 //! overlays so several candidate masks can be evaluated on one shared model.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use candle_core::{DType, Tensor, D};
@@ -28,6 +29,17 @@ pub struct ActivationStats {
     /// calibration runs do not lose the small columns to rounding.
     pub sum_sq: Tensor,
     /// Number of token rows accumulated into `sum_sq`.
+    pub tokens: u64,
+}
+
+/// Input Gram matrix of one prunable linear: `H = Σ xᵀx` over every token seen while
+/// the Gram was on (SparseGPT's layer Hessian up to the factor 2/n).
+#[derive(Debug, Clone)]
+pub struct ActivationGram {
+    /// `[in_features, in_features]`, f64; each forward's `xᵀx` is computed in the model
+    /// dtype and added here in f64, as for [`ActivationStats`].
+    pub gram: Tensor,
+    /// Number of token rows accumulated into `gram`.
     pub tokens: u64,
 }
 
@@ -99,6 +111,10 @@ pub(crate) struct PrunableLinear {
     bias: Option<Tensor>,
     committed: RwLock<Option<Committed>>,
     stats: Mutex<Option<StatsAcc>>,
+    /// Opt-in per layer: a Gram matrix is in² numbers, too big to collect everywhere
+    /// at once on large models, so callers switch it on for the layers they process.
+    gram_enabled: AtomicBool,
+    gram: Mutex<Option<StatsAcc>>,
 }
 
 impl PrunableLinear {
@@ -109,6 +125,8 @@ impl PrunableLinear {
             bias,
             committed: RwLock::new(None),
             stats: Mutex::new(None),
+            gram_enabled: AtomicBool::new(false),
+            gram: Mutex::new(None),
         }
     }
 
@@ -196,6 +214,9 @@ impl PrunableLinear {
         if pass.record_stats {
             self.record(x)?;
         }
+        if self.gram_enabled.load(Ordering::Relaxed) {
+            self.record_gram(x)?;
+        }
         let w = match pass.overlay.and_then(|o| o.get(&self.name)) {
             Some(w) => w.clone(),
             None => self.effective(),
@@ -236,6 +257,39 @@ impl PrunableLinear {
             },
         });
         Ok(())
+    }
+
+    /// Add `xᵀx` of `x` (`[..., in]`) to the Gram accumulator.
+    fn record_gram(&self, x: &Tensor) -> Result<()> {
+        let x = x.detach().flatten_to(D::Minus2)?;
+        let rows = x.dim(0)?;
+        let partial = x.t()?.matmul(&x)?.to_dtype(DType::F64)?;
+        let mut acc = self.gram.lock().unwrap_or_else(PoisonError::into_inner);
+        *acc = Some(match acc.take() {
+            None => StatsAcc {
+                sum_sq: partial,
+                tokens: rows as u64,
+            },
+            Some(a) => StatsAcc {
+                sum_sq: (a.sum_sq + partial)?,
+                tokens: a.tokens + rows as u64,
+            },
+        });
+        Ok(())
+    }
+
+    /// Switch Gram collection on or off for this layer.
+    pub fn set_gram_enabled(&self, enabled: bool) {
+        self.gram_enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Remove and return the accumulated Gram matrix (`None` if no token was seen).
+    pub fn take_gram(&self) -> Option<ActivationGram> {
+        let mut acc = self.gram.lock().unwrap_or_else(PoisonError::into_inner);
+        acc.take().map(|a| ActivationGram {
+            gram: a.sum_sq,
+            tokens: a.tokens,
+        })
     }
 
     /// Remove and return the accumulated statistics (`None` if no token was seen).

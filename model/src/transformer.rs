@@ -15,7 +15,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::decoder::{causal_mask, rms_norm, DecoderLayer, LayerKv, RopeTables};
 use crate::families::{self, FamilySpec};
-use crate::linear::{ActivationStats, LayerInfo, Pass, PrunableLinear, WeightOverlay};
+use crate::linear::{
+    ActivationGram, ActivationStats, LayerInfo, Pass, PrunableLinear, WeightOverlay,
+};
 use crate::{ModelConfig, ModelError, Result};
 
 /// A decoder-only transformer of one of the supported families.
@@ -264,6 +266,21 @@ impl Model {
         self.linears()
             .filter_map(|l| l.take_stats().map(|s| (l.name().to_string(), s)))
             .collect()
+    }
+
+    /// Turn collection of the input Gram matrix `Σ xᵀx` (SparseGPT's Hessian) on or
+    /// off for layer `name`, for every later forward. Off by default: it costs
+    /// `in²` f64 per layer and `tokens · in²` flops per forward, so switch it on only
+    /// for the layers being processed and take the result with [`Model::take_gram`].
+    pub fn set_gram_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        self.linear(name)?.set_gram_enabled(enabled);
+        Ok(())
+    }
+
+    /// Remove and return layer `name`'s Gram matrix (`None` if no token was seen
+    /// while it was on).
+    pub fn take_gram(&self, name: &str) -> Result<Option<ActivationGram>> {
+        Ok(self.linear(name)?.take_gram())
     }
 
     /// Discard the statistics gathered so far.
