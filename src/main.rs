@@ -32,6 +32,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Measure forward / statistics / backward throughput and memory.
     Bench(commands::bench::BenchArgs),
+    /// Prune a model with the agent-guided loop (offline defaults); `--resume RUN` continues a run.
+    Prune(commands::prune::PruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Prune(args) => commands::prune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

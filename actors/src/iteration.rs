@@ -218,6 +218,9 @@ impl Supervisor {
         })??;
         timings.executor_ms = exec_ms;
         self.set_state(state, me, RunState::Evaluating).await?;
+        if self.pause_before_eval_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.pause_before_eval_ms)).await;
+        }
         let (scores, eval_ms) = ask!(self, state, me, evaluator, Some(Child::Evaluator), |r| {
             EvaluatorMsg::Evaluate {
                 iteration: t,

@@ -29,5 +29,8 @@ pub mod supervisor;
 pub mod testing;
 pub mod util;
 
-pub use run::{run_pruning, FinalEval, ProgressEvent, ProgressFn, RunError, RunOptions, RunOutput};
+pub use run::{
+    run_pruning, run_pruning_blocking, FinalEval, ProgressEvent, ProgressFn, RunError, RunOptions,
+    RunOutput,
+};
 pub use util::Faults;

@@ -70,6 +70,9 @@ pub struct RunOptions {
     pub final_eval: bool,
     /// Concurrent candidate evaluations; defaults to K.
     pub eval_workers: Option<usize>,
+    /// Test hook: sleep this long after entering `evaluating`, so a test can kill the
+    /// process reliably in the middle of an iteration. 0 = off.
+    pub pause_before_eval_ms: u64,
 }
 
 /// Perplexity of the dense and the pruned model on the final text.
@@ -190,6 +193,7 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
         faults: opts.faults.clone(),
         progress: opts.progress.clone(),
         workers: opts.eval_workers.unwrap_or(cfg.pruning.candidates).max(1),
+        pause_before_eval_ms: opts.pause_before_eval_ms,
     };
     let (sup_ref, handle) = Actor::spawn(None, sup, start)
         .await
@@ -383,6 +387,30 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// [`run_pruning`] on a runtime of its own, for synchronous callers (the CLI).
+pub fn run_pruning_blocking(cfg: Config, opts: RunOptions) -> Result<RunOutput, RunError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Actors(format!("tokio runtime: {e}")))?;
+    rt.block_on(run_pruning(cfg, opts))
+}
+
+/// The final masks as one file: `b"SCMK"`, u32 LE layer count, then per layer u16 LE
+/// name length, the name, u32 LE byte length and the `MaskDelta` bytes (from all-kept).
+pub fn masks_file(masks: &[LayerDelta]) -> Vec<u8> {
+    let mut out = b"SCMK".to_vec();
+    out.extend((masks.len() as u32).to_le_bytes());
+    for m in masks {
+        out.extend((m.layer.len() as u16).to_le_bytes());
+        out.extend(m.layer.as_bytes());
+        out.extend((m.bytes.len() as u32).to_le_bytes());
+        out.extend(&m.bytes);
+    }
+    out
 }
 
 #[cfg(test)]

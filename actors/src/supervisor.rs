@@ -41,6 +41,8 @@ pub struct Supervisor {
     pub faults: Faults,
     pub progress: Option<ProgressFn>,
     pub workers: usize,
+    /// Test hook (see `RunOptions::pause_before_eval_ms`).
+    pub pause_before_eval_ms: u64,
 }
 
 /// Where the run starts: fresh (with the meta to create) or resumed.

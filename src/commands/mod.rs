@@ -6,3 +6,4 @@ pub mod eval;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
+pub mod prune;

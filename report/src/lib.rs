@@ -1,0 +1,222 @@
+//! Run reports from a run's iteration records (protocol types only):
+//!
+//! - `report.json`: the summary, the paper's Table 4 statistics, per-layer sparsity,
+//!   timings and sizes;
+//! - `report.md`: the same statistics as a Markdown table (paper Table 4);
+//! - `iterations.png`: the paper's Figure 1 — sparsity and PPL per iteration, before and
+//!   after, rollbacks marked, and the per-iteration sparsity gains;
+//! - `layers.png`: final sparsity per prunable layer.
+//!
+//! Plots use plotters' bitmap backend with `ab_glyph` and an embedded DejaVu Sans
+//! (fonts/DejaVuSans.ttf, Bitstream Vera license in fonts/DejaVu-LICENSE.txt), so text
+//! renders without fontconfig or any system font.
+
+mod plots;
+
+use std::path::{Path, PathBuf};
+
+use protocol::RunSummary;
+use serde::{Deserialize, Serialize};
+
+pub use plots::{plot_iterations, plot_layers};
+
+/// Errors writing a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plot {path}: {reason}")]
+    Plot { path: PathBuf, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, ReportError>;
+
+/// Final perplexity on the `[evaluation.final]` text, dense vs pruned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalPpl {
+    pub text: String,
+    pub tokens_scored: usize,
+    pub dense_ppl: f64,
+    pub pruned_ppl: f64,
+}
+
+/// The paper's Table 4 statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table4 {
+    pub iterations: usize,
+    pub successful: usize,
+    pub rollbacks: usize,
+    /// rollbacks / iterations (0 when there were none).
+    pub rollback_rate: f64,
+    pub target_sparsity: f64,
+    pub final_sparsity: f64,
+    pub baseline_ppl: f64,
+    pub final_ppl: f64,
+    /// (final − baseline) / baseline.
+    pub ppl_degradation: f64,
+}
+
+impl Table4 {
+    pub fn of(s: &RunSummary) -> Self {
+        let iterations = s.iterations();
+        let rollbacks = s.rollbacks();
+        Self {
+            iterations,
+            successful: s.successful(),
+            rollbacks,
+            rollback_rate: if iterations == 0 {
+                0.0
+            } else {
+                rollbacks as f64 / iterations as f64
+            },
+            target_sparsity: s.target_sparsity,
+            final_sparsity: s.final_sparsity,
+            baseline_ppl: s.baseline_ppl,
+            final_ppl: s.final_ppl,
+            ppl_degradation: (s.final_ppl - s.baseline_ppl) / s.baseline_ppl,
+        }
+    }
+}
+
+/// What goes into the report besides the summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extras {
+    pub model: String,
+    pub model_f32_bytes: u64,
+    pub wall_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub final_ppl: Option<FinalPpl>,
+}
+
+/// The JSON document of `report.json`.
+pub fn report_json(s: &RunSummary, x: &Extras) -> serde_json::Value {
+    let n = s.delta_bytes.len().max(1) as f64;
+    let mean_delta = s.delta_bytes.iter().sum::<u64>() as f64 / n;
+    serde_json::json!({
+        "run_id": s.run_id,
+        "state": s.state,
+        "stop_reason": s.stop_reason,
+        "failure": s.failure,
+        "model": x.model,
+        "table4": Table4::of(s),
+        "final_ppl": x.final_ppl,
+        "wall_seconds": x.wall_seconds,
+        "peak_rss_bytes": x.peak_rss_bytes,
+        "model_f32_bytes": x.model_f32_bytes,
+        "checkpoint_bytes_per_commit": mean_delta,
+        "checkpoint_bytes_max": s.delta_bytes.iter().max(),
+        "timings_ms": s.timings,
+        "started_at_iteration": s.started_at_iteration,
+        "layers": s.layer_sparsity.iter().map(|(n, sp, p)| serde_json::json!({"name": n, "sparsity": sp, "params": p})).collect::<Vec<_>>(),
+        "iterations": s.records,
+    })
+}
+
+/// The Markdown of `report.md`.
+pub fn report_md(s: &RunSummary, x: &Extras) -> String {
+    let t = Table4::of(s);
+    let pct = |v: f64| format!("{:.2} %", v * 100.0);
+    let mut out = format!(
+        "# secateur run `{}`\n\nModel: `{}` — state **{:?}** ({:?}){}\n\n",
+        s.run_id,
+        x.model,
+        s.state,
+        s.stop_reason,
+        s.failure
+            .as_deref()
+            .map(|f| format!(": {f}"))
+            .unwrap_or_default()
+    );
+    out.push_str("## Pruning statistics (paper Table 4)\n\n| statistic | value |\n|---|---|\n");
+    let rows = [
+        ("Total iterations", t.iterations.to_string()),
+        ("Successful iterations", t.successful.to_string()),
+        ("Rollbacks", t.rollbacks.to_string()),
+        ("Rollback rate", pct(t.rollback_rate)),
+        ("Target sparsity", pct(t.target_sparsity)),
+        ("Final sparsity", pct(t.final_sparsity)),
+        ("Baseline PPL (in-loop)", format!("{:.3}", t.baseline_ppl)),
+        ("Final PPL (in-loop)", format!("{:.3}", t.final_ppl)),
+        (
+            "PPL degradation",
+            format!("{:+.1} %", t.ppl_degradation * 100.0),
+        ),
+    ];
+    for (k, v) in rows {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    if let Some(f) = &x.final_ppl {
+        out.push_str(&format!(
+            "\nFinal perplexity on `{}` ({} tokens): dense {:.3} → pruned {:.3} ({:+.1} %).\n",
+            f.text,
+            f.tokens_scored,
+            f.dense_ppl,
+            f.pruned_ppl,
+            (f.pruned_ppl / f.dense_ppl - 1.0) * 100.0
+        ));
+    }
+    let tm = &s.timings;
+    out.push_str(&format!(
+        "\n## Cost\n\nWall time {:.1} s. Time by actor (ms): profiler {}, planner {}, critic {}, executor {}, evaluator {}, checkpointer {}.\n",
+        x.wall_seconds, tm.profiler_ms, tm.planner_ms, tm.critic_ms, tm.executor_ms, tm.evaluator_ms, tm.checkpointer_ms
+    ));
+    if let Some(rss) = x.peak_rss_bytes {
+        out.push_str(&format!(
+            "Peak RSS {:.0} MiB ({:.2}x the f32 model, {:.0} MiB).\n",
+            rss as f64 / 1048576.0,
+            rss as f64 / x.model_f32_bytes.max(1) as f64,
+            x.model_f32_bytes as f64 / 1048576.0
+        ));
+    }
+    if !s.delta_bytes.is_empty() {
+        let mean = s.delta_bytes.iter().sum::<u64>() as f64 / s.delta_bytes.len() as f64;
+        out.push_str(&format!(
+            "Checkpoint per committed iteration: {:.0} bytes on average ({:.3} % of the f32 model).\n",
+            mean,
+            mean / x.model_f32_bytes.max(1) as f64 * 100.0
+        ));
+    }
+    out.push_str("\n## Iterations\n\n| it | sparsity before → after | PPL before → after | rolled back | assessment |\n|---|---|---|---|---|\n");
+    for r in &s.records {
+        let o = &r.outcome;
+        out.push_str(&format!(
+            "| {} | {:.4} → {:.4} | {:.3} → {:.3} | {} | {} |\n",
+            o.iteration,
+            o.sparsity_before,
+            o.sparsity_after,
+            o.ppl_before,
+            o.ppl_after,
+            if o.rolled_back { "yes" } else { "no" },
+            r.feedback.assessment
+        ));
+    }
+    out.push_str("\n![iterations](iterations.png)\n\n![layers](layers.png)\n");
+    out
+}
+
+/// Write report.json, report.md, iterations.png and layers.png into `dir`.
+pub fn write_all(dir: &Path, s: &RunSummary, x: &Extras) -> Result<Vec<PathBuf>> {
+    let write = |name: &str, text: String| -> Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| ReportError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    };
+    let json = serde_json::to_string_pretty(&report_json(s, x)).unwrap_or_default();
+    let mut out = vec![
+        write("report.json", json)?,
+        write("report.md", report_md(s, x))?,
+    ];
+    let it = dir.join("iterations.png");
+    plot_iterations(&it, &s.records)?;
+    out.push(it);
+    let layers = dir.join("layers.png");
+    plot_layers(&layers, &s.layer_sparsity, s.target_sparsity)?;
+    out.push(layers);
+    Ok(out)
+}

@@ -1,0 +1,112 @@
+//! The report files from a small synthetic run with a rollback: Table 4 numbers, the
+//! Markdown, and PNGs that contain drawn text (the embedded font works).
+
+use protocol::{
+    ActorTimings, Feedback, IterationOutcome, IterationRecord, Plan, RunState, RunSummary,
+    StopReason,
+};
+use report::{report_json, report_md, write_all, Extras, Table4};
+
+fn rec(it: u32, before: f64, after: f64, p0: f64, p1: f64, rolled_back: bool) -> IterationRecord {
+    IterationRecord {
+        plan: Plan {
+            reasoning: String::new(),
+            stop_pruning: false,
+            layer_decisions: vec![],
+        },
+        outcome: IterationOutcome {
+            iteration: it,
+            sparsity_before: before,
+            sparsity_after: after,
+            ppl_before: p0,
+            ppl_after: p1,
+            rolled_back,
+        },
+        feedback: Feedback {
+            iteration: it,
+            summary: String::new(),
+            assessment: if rolled_back {
+                "Poor".into()
+            } else {
+                "Good".into()
+            },
+        },
+    }
+}
+
+fn summary() -> RunSummary {
+    RunSummary {
+        run_id: "r".into(),
+        state: RunState::Finished,
+        stop_reason: StopReason::TargetReached,
+        failure: None,
+        target_sparsity: 0.5,
+        final_sparsity: 0.5,
+        baseline_ppl: 10.0,
+        final_ppl: 12.5,
+        records: vec![
+            rec(1, 0.0, 0.2, 10.0, 10.5, false),
+            rec(2, 0.2, 0.45, 10.5, 13.0, true),
+            rec(3, 0.2, 0.35, 10.5, 11.5, false),
+            rec(4, 0.35, 0.5, 11.5, 12.5, false),
+        ],
+        timings: ActorTimings::default(),
+        layer_sparsity: (0..14)
+            .map(|i| {
+                (
+                    format!("model.layers.{}.mlp.down_proj", i / 7),
+                    0.3 + 0.03 * i as f64,
+                    100,
+                )
+            })
+            .collect(),
+        delta_bytes: vec![1000, 800, 700],
+        started_at_iteration: 1,
+    }
+}
+
+#[test]
+fn table4_counts_and_rates() {
+    let t = Table4::of(&summary());
+    assert_eq!((t.iterations, t.successful, t.rollbacks), (4, 3, 1));
+    assert_eq!(t.rollback_rate, 0.25);
+    assert!((t.ppl_degradation - 0.25).abs() < 1e-12);
+    let x = Extras {
+        model_f32_bytes: 100_000,
+        ..Default::default()
+    };
+    let md = report_md(&summary(), &x);
+    assert!(md.contains("| Rollback rate | 25.00 % |"), "{md}");
+    assert!(md.contains("| Final PPL (in-loop) | 12.500 |"));
+    assert!(
+        md.contains("833 bytes on average (0.833 % of the f32 model)"),
+        "{md}"
+    );
+    let j = report_json(&summary(), &x);
+    assert_eq!(j["table4"]["rollbacks"], 1);
+    assert_eq!(j["iterations"].as_array().unwrap().len(), 4);
+}
+
+/// Count pixels that are neither white nor one of the plot colours' pure fills: text
+/// anti-aliasing produces grey levels, so a PNG with text has many of them.
+fn png_dims(path: &std::path::Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[1..4], b"PNG");
+    let w = u32::from_be_bytes([b[16], b[17], b[18], b[19]]);
+    let h = u32::from_be_bytes([b[20], b[21], b[22], b[23]]);
+    (w, h)
+}
+
+#[test]
+fn writes_all_files() {
+    let keep = std::env::var_os("REPORT_OUT").map(std::path::PathBuf::from);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = write_all(&dir, &summary(), &Extras::default()).unwrap();
+    assert_eq!(files.len(), 4);
+    assert_eq!(png_dims(&dir.join("iterations.png")), (1200, 1100));
+    assert_eq!(png_dims(&dir.join("layers.png")).1, 600);
+    // PNGs of plots with text are well above a blank image's size.
+    assert!(std::fs::metadata(dir.join("iterations.png")).unwrap().len() > 20_000);
+}

@@ -1,0 +1,216 @@
+//! `secateur prune`: run (or resume) agent-guided pruning, then write the run folder:
+//! `report.json`, `report.md`, `iterations.png`, `layers.png`, `masks.bin`.
+//!
+//! With no arguments it runs the offline default preset: SmolLM2-135M, heuristic
+//! planner, calibration on XSum, in-loop PPL on a held-out XSum slice, final PPL on QuAC.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actors::{ProgressEvent, RunOptions};
+use anyhow::{Context, Result};
+use config::Config;
+use indicatif::ProgressBar;
+
+use super::common;
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// TOML config file (every field optional; defaults are the `default` preset).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A shipped preset instead of a file (`default`, `paper-qwen3-8b`).
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// Continue a stored run (killed or failed) from its last committed iteration; the
+    /// run's stored config is used.
+    #[arg(long, value_name = "RUN_ID")]
+    resume: Option<String>,
+    /// Folder of run folders (overrides `run.runs_dir`).
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+    /// Overrides `pruning.max_iterations`.
+    #[arg(long)]
+    max_iterations: Option<u32>,
+    /// Overrides `pruning.candidates` (K plans per iteration).
+    #[arg(long)]
+    candidates: Option<usize>,
+    /// Overrides `pruning.target_sparsity`.
+    #[arg(long)]
+    target: Option<f64>,
+    /// Print the report as JSON on stdout instead of a text summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load_config(args: &PruneArgs) -> Result<Config> {
+    let mut cfg = match (&args.config, &args.preset) {
+        (Some(path), _) => Config::load(path)?,
+        (None, Some(name)) => Config::preset(name)?,
+        (None, None) => Config::default(),
+    };
+    if let Some(d) = &args.runs_dir {
+        cfg.run.runs_dir = d.clone();
+    }
+    if let Some(n) = args.max_iterations {
+        cfg.pruning.max_iterations = n;
+    }
+    if let Some(k) = args.candidates {
+        cfg.pruning.candidates = k;
+    }
+    if let Some(t) = args.target {
+        cfg.pruning.target_sparsity = t;
+    }
+    cfg.validate().context("invalid configuration")?;
+    Ok(cfg)
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), when available.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(args: PruneArgs) -> Result<()> {
+    let cfg = load_config(&args)?;
+    if args.resume.is_none() {
+        // Points at `secateur fetch` when the default model is missing.
+        let is_default = cfg.model.path == crate::default_model();
+        common::model_path(Some(cfg.model.path.clone())).map_err(|e| {
+            if is_default {
+                anyhow::anyhow!(
+                    "{}: default model not found; run `secateur fetch` first",
+                    cfg.model.path.display()
+                )
+            } else {
+                e
+            }
+        })?;
+    }
+    let run_id = args
+        .resume
+        .clone()
+        .unwrap_or_else(|| actors::run::new_run_id(&cfg));
+    eprintln!(
+        "{} run {run_id} in {}",
+        if args.resume.is_some() {
+            "resuming"
+        } else {
+            "starting"
+        },
+        cfg.run.runs_dir.join(&run_id).display()
+    );
+    let target = cfg.pruning.target_sparsity;
+    let bar = common::progress(1000, "sparsity ‰ of target", args.json);
+    let bar = Arc::new(Mutex::new(bar));
+    let progress_bar = bar.clone();
+    let progress: actors::ProgressFn = Arc::new(move |e: &ProgressEvent| {
+        let bar = progress_bar.lock().unwrap_or_else(|p| p.into_inner());
+        on_progress(&bar, e, target);
+    });
+    let start = Instant::now();
+    let out = actors::run_pruning_blocking(
+        cfg,
+        RunOptions {
+            resume: args.resume.clone(),
+            run_id: Some(run_id),
+            progress: Some(progress),
+            final_eval: true,
+            // Test hook for the kill-and-resume test; unset in normal use.
+            pause_before_eval_ms: std::env::var("SECATEUR_TEST_PAUSE_BEFORE_EVAL_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            ..Default::default()
+        },
+    )?;
+    bar.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .finish_and_clear();
+    let wall = start.elapsed().as_secs_f64();
+    let s = &out.summary;
+    let masks_path = out.run_dir.join("masks.bin");
+    std::fs::write(&masks_path, actors::run::masks_file(&out.masks))
+        .with_context(|| masks_path.display().to_string())?;
+    let extras = report::Extras {
+        model: out.config.model.path.display().to_string(),
+        model_f32_bytes: out.model_f32_bytes,
+        wall_seconds: wall,
+        peak_rss_bytes: peak_rss(),
+        final_ppl: out.final_eval.as_ref().map(|f| report::FinalPpl {
+            text: f.text.clone(),
+            tokens_scored: f.tokens_scored,
+            dense_ppl: f.dense_ppl,
+            pruned_ppl: f.pruned_ppl,
+        }),
+    };
+    let written = report::write_all(&out.run_dir, s, &extras)?;
+    if args.json {
+        common::print(&serde_json::to_string_pretty(&report::report_json(
+            s, &extras,
+        ))?)?;
+    } else {
+        let t = report::Table4::of(s);
+        common::print(&format!(
+            "run {} {:?} ({:?}): {} iterations, {} successful, {} rollbacks; sparsity {:.2}% (target {:.2}%); in-loop PPL {:.3} -> {:.3}",
+            s.run_id, s.state, s.stop_reason, t.iterations, t.successful, t.rollbacks,
+            t.final_sparsity * 100.0, t.target_sparsity * 100.0, t.baseline_ppl, t.final_ppl
+        ))?;
+        if let Some(f) = &out.final_eval {
+            common::print(&format!(
+                "final PPL on {}: dense {:.3} -> pruned {:.3}",
+                f.text, f.dense_ppl, f.pruned_ppl
+            ))?;
+        }
+        for p in written.iter().chain([&masks_path]) {
+            common::print(&format!("wrote {}", p.display()))?;
+        }
+    }
+    if let Some(f) = &s.failure {
+        anyhow::bail!("run {} failed: {f}", s.run_id);
+    }
+    Ok(())
+}
+
+/// One line per stored iteration on stderr (scripts and tests read them), and the bar.
+fn on_progress(bar: &ProgressBar, e: &ProgressEvent, target: f64) {
+    match e {
+        ProgressEvent::Started {
+            run_id,
+            baseline_ppl,
+            next_iteration,
+        } => bar.suspend(|| {
+            eprintln!("run {run_id}: baseline PPL {baseline_ppl:.4}, starting at iteration {next_iteration}")
+        }),
+        ProgressEvent::Phase { iteration, state } => {
+            bar.set_message(format!("iteration {iteration}: {state:?}"))
+        }
+        ProgressEvent::Iteration {
+            record, timings, ..
+        } => {
+            let o = &record.outcome;
+            let what = if o.rolled_back { "rolled back" } else { "committed" };
+            bar.suspend(|| {
+                eprintln!(
+                    "iteration {} {what}: sparsity {:.4} -> {:.4}, PPL {:.4} -> {:.4} ({:+.1}%), {:.1}s [{}]",
+                    o.iteration,
+                    o.sparsity_before,
+                    o.sparsity_after,
+                    o.ppl_before,
+                    o.ppl_after,
+                    o.ppl_change() * 100.0,
+                    timings.total_ms() as f64 / 1000.0,
+                    record.feedback.assessment
+                )
+            });
+            let now = if o.rolled_back { o.sparsity_before } else { o.sparsity_after };
+            bar.set_position(((now / target).min(1.0) * 1000.0) as u64);
+        }
+        ProgressEvent::Finished { state, reason } => {
+            bar.suspend(|| eprintln!("finished: {state:?} ({reason:?})"))
+        }
+    }
+}
