@@ -109,13 +109,8 @@ impl Actor for Executor {
                 let engine = self.engine.clone();
                 let masks = state.masks.clone();
                 let index = state.index.clone();
-                let out = blocking(move || {
-                    plans
-                        .into_iter()
-                        .map(|(id, plan)| apply(&engine, &masks, &index, &act_sum_sq, id, plan))
-                        .collect::<Result<Vec<_>, String>>()
-                })
-                .await;
+                let out =
+                    blocking(move || apply_all(&engine, &masks, &index, &act_sum_sq, plans)).await;
                 let _ = reply.send(out.map(|c| (c, start.elapsed().as_millis() as u64)));
             }
             ExecutorMsg::Commit { deltas, reply } => {
@@ -188,53 +183,82 @@ fn set_mask(engine: &Engine, name: &str, mask: &Mask) -> Result<(), String> {
         .map_err(|e| format!("mask `{name}`: {e}"))
 }
 
-/// One candidate: per decision, prune the layer to its current sparsity + δ (capped at
-/// 1) by per-row Wanda, and record the delta. Global sparsity is counted on the masks.
-fn apply(
+/// All candidates, layer by layer: each touched layer's Wanda scores are computed once
+/// and shared by every candidate that names it (then dropped, so at most one layer's
+/// scores are alive). Per decision the layer is pruned to its current sparsity + δ
+/// (capped at 1) by per-row Wanda. Global sparsity is counted on the masks.
+fn apply_all(
     engine: &Engine,
     masks: &[Mask],
     index: &HashMap<String, usize>,
     act: &[Vec<f32>],
-    id: CandidateId,
-    plan: Plan,
-) -> Result<CandidateMasks, String> {
+    plans: Vec<(CandidateId, Plan)>,
+) -> Result<Vec<CandidateMasks>, String> {
     let total: u64 = masks.iter().map(|m| m.len() as u64).sum();
-    let mut pruned: u64 = masks.iter().map(|m| m.count_pruned() as u64).sum();
-    let mut deltas = Vec::new();
-    let mut newly = 0u64;
-    for d in &plan.layer_decisions {
-        let i = *index
-            .get(&d.layer)
-            .ok_or_else(|| format!("executor: unknown layer `{}`", d.layer))?;
-        let mask = &masks[i];
+    let pruned: u64 = masks.iter().map(|m| m.count_pruned() as u64).sum();
+    // Layer index → [(candidate, δ)], in model order.
+    let mut by_layer: std::collections::BTreeMap<usize, Vec<(usize, f64)>> = Default::default();
+    for (c, (_, plan)) in plans.iter().enumerate() {
+        for d in &plan.layer_decisions {
+            let i = *index
+                .get(&d.layer)
+                .ok_or_else(|| format!("executor: unknown layer `{}`", d.layer))?;
+            by_layer.entry(i).or_default().push((c, d.delta));
+        }
+    }
+    let mut deltas: Vec<Vec<(usize, LayerDelta)>> = vec![Vec::new(); plans.len()];
+    let mut newly = vec![0u64; plans.len()];
+    for (&i, uses) in &by_layer {
+        let name = &engine.layers[i].name;
+        let err = |e: &dyn std::fmt::Display| format!("executor `{name}`: {e}");
         let sum_sq = act
             .get(i)
-            .ok_or_else(|| format!("executor: no activations for `{}`", d.layer))?;
-        let err = |e: &dyn std::fmt::Display| format!("executor `{}`: {e}", d.layer);
+            .ok_or_else(|| format!("executor: no activations for `{name}`"))?;
         let sq = Tensor::from_slice(sum_sq, sum_sq.len(), &Device::Cpu).map_err(|e| err(&e))?;
-        let w = engine.model.layer_weight(&d.layer).map_err(|e| err(&e))?;
+        let w = engine.model.layer_weight(name).map_err(|e| err(&e))?;
         let scores = kernels::wanda_scores(&w, &sq).map_err(|e| err(&e))?;
-        // Per-row counts are round(ρ·cols): aim at the mask's own per-row level + δ so
-        // rounding never asks for less than what is already pruned.
-        let target = (mask.sparsity() + d.delta.max(0.0)).min(1.0);
-        let new = kernels::prune_rows_incremental(&scores, mask, target).map_err(|e| err(&e))?;
-        let delta = MaskDelta::between(mask, &new).map_err(|e| err(&e))?;
-        newly += delta.len() as u64;
-        pruned += delta.len() as u64;
-        deltas.push(LayerDelta {
-            layer: d.layer.clone(),
-            bytes: delta.to_bytes(),
-        });
+        let mask = &masks[i];
+        for &(c, delta) in uses {
+            // Per-row counts are round(ρ·cols): aim at the mask's own level + δ so
+            // rounding never asks for less than what is already pruned.
+            let target = (mask.sparsity() + delta.max(0.0)).min(1.0);
+            let new =
+                kernels::prune_rows_incremental(&scores, mask, target).map_err(|e| err(&e))?;
+            let d = MaskDelta::between(mask, &new).map_err(|e| err(&e))?;
+            newly[c] += d.len() as u64;
+            deltas[c].push((
+                i,
+                LayerDelta {
+                    layer: name.clone(),
+                    bytes: d.to_bytes(),
+                },
+            ));
+        }
     }
-    Ok(CandidateMasks {
-        id,
-        plan,
-        deltas,
-        newly_pruned: newly,
-        sparsity_after: if total == 0 {
-            0.0
-        } else {
-            pruned as f64 / total as f64
-        },
-    })
+    Ok(plans
+        .into_iter()
+        .zip(deltas)
+        .zip(newly)
+        .map(|(((id, plan), mut d), n)| {
+            // Deltas in the plan's order (as the plan lists its layers).
+            let order: HashMap<&str, usize> = plan
+                .layer_decisions
+                .iter()
+                .enumerate()
+                .map(|(k, x)| (x.layer.as_str(), k))
+                .collect();
+            d.sort_by_key(|(_, x)| order.get(x.layer.as_str()).copied().unwrap_or(usize::MAX));
+            CandidateMasks {
+                id,
+                deltas: d.into_iter().map(|(_, x)| x).collect(),
+                newly_pruned: n,
+                sparsity_after: if total == 0 {
+                    0.0
+                } else {
+                    (pruned + n) as f64 / total as f64
+                },
+                plan,
+            }
+        })
+        .collect())
 }

@@ -17,7 +17,6 @@ use protocol::{
 use ractor::rpc::CallResult;
 use ractor::ActorCell;
 
-use crate::ask;
 use crate::checkpointer::CheckpointerMsg;
 use crate::critic::CriticMsg;
 use crate::evaluator::EvaluatorMsg;
@@ -25,7 +24,7 @@ use crate::executor::ExecutorMsg;
 use crate::planner::PlannerMsg;
 use crate::profiler::ProfilerMsg;
 use crate::run::ProgressEvent;
-use crate::supervisor::{Child, Supervisor, SupervisorState};
+use crate::supervisor::{ask, Child, Supervisor, SupervisorState};
 use crate::util::ms;
 
 /// What `step` says next: continue (`None`) or stop for a reason.

@@ -188,17 +188,16 @@ impl Supervisor {
 /// Send a request to a child and wait for its reply; when the child dies on the way
 /// (reply port dropped or mailbox closed), restart it (restartable children only) and
 /// send again.
-#[macro_export]
 macro_rules! ask {
     ($sup:expr, $state:expr, $me:expr, $field:ident, $child:expr, $build:expr) => {{
         let mut attempt = 0usize;
         loop {
             let r = $state.children.$field.call($build, None).await;
-            match r {
-                Ok(CallResult::Success(v)) => break Ok(v),
-                _ if $child.is_some() && attempt < $crate::supervisor::MAX_RESTARTS => {
+            let restartable: Option<$crate::supervisor::Child> = $child;
+            match (r, restartable) {
+                (Ok(CallResult::Success(v)), _) => break Ok(v),
+                (_, Some(which)) if attempt < $crate::supervisor::MAX_RESTARTS => {
                     attempt += 1;
-                    let which = $child.expect("checked is_some");
                     $sup.restart($state, which, $me.clone()).await?;
                 }
                 _ => {
@@ -211,6 +210,7 @@ macro_rules! ask {
         }
     }};
 }
+pub(crate) use ask;
 
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;

@@ -21,17 +21,6 @@ async fn default_loop_reaches_the_target_and_counts_zeros() {
     .await
     .unwrap();
     let s = &out.summary;
-    eprintln!(
-        "baseline {} final {} sparsity {} iterations {} rollbacks {}",
-        s.baseline_ppl,
-        s.final_ppl,
-        s.final_sparsity,
-        s.iterations(),
-        s.rollbacks()
-    );
-    for r in &s.records {
-        eprintln!("{:?} {}", r.outcome, r.feedback.assessment);
-    }
     assert_eq!(s.state, RunState::Finished, "{:?}", s.failure);
     assert_eq!(s.stop_reason, StopReason::TargetReached);
     assert!(
@@ -40,7 +29,43 @@ async fn default_loop_reaches_the_target_and_counts_zeros() {
         s.final_sparsity
     );
     assert_eq!(out.masks.len(), 14);
+    // The reported sparsity is the count of zeros in the masked weights.
+    let ck = model::load_checkpoint(&fx.model_dir).unwrap();
+    let m = model::Model::new(&ck.config, &ck.tensors, &candle_core::Device::Cpu).unwrap();
+    let (mut zeros, mut total) = (0usize, 0usize);
+    for (info, d) in m.prunable_layers().iter().zip(&out.masks) {
+        assert_eq!(info.name, d.layer);
+        let mut mask = kernels::Mask::ones(info.out_features, info.in_features);
+        kernels::MaskDelta::from_bytes(&d.bytes)
+            .unwrap()
+            .apply_to(&mut mask)
+            .unwrap();
+        let t = mask
+            .to_tensor(candle_core::DType::U8, &candle_core::Device::Cpu)
+            .unwrap();
+        m.set_mask(&info.name, Some(&t)).unwrap();
+        let w: Vec<f32> = m
+            .effective_weight(&info.name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        zeros += w.iter().filter(|v| **v == 0.0).count();
+        total += w.len();
+    }
+    assert_eq!(zeros as f64 / total as f64, s.final_sparsity);
+    assert_eq!(
+        s.records.last().unwrap().outcome.sparsity_after,
+        s.final_sparsity
+    );
+    let per_layer: f64 = s
+        .layer_sparsity
+        .iter()
+        .map(|(_, sp, n)| sp * *n as f64)
+        .sum();
+    assert!((per_layer / total as f64 - s.final_sparsity).abs() < 1e-12);
     let fe = out.final_eval.as_ref().unwrap();
-    eprintln!("{fe:?}");
-    assert!(fe.pruned_ppl > fe.dense_ppl);
+    assert!(fe.pruned_ppl > fe.dense_ppl, "{fe:?}");
+    assert!(s.final_ppl > s.baseline_ppl);
 }

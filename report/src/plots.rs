@@ -157,6 +157,13 @@ pub fn plot_iterations(path: &Path, records: &[IterationRecord]) -> Result<()> {
         )
     }))
     .map_err(|e| err(path, e))?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))?;
     Ok(())
 }
@@ -255,22 +262,46 @@ pub fn plot_layers(path: &Path, layers: &[(String, f64, u64)], target: f64) -> R
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
     ];
-    c.draw_series(layers.iter().enumerate().map(|(i, (name, s, _))| {
-        let kind = [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .iter()
-        .position(|k| name.ends_with(k))
-        .unwrap_or(0);
-        let x = i as f64;
-        Rectangle::new([(x + 0.1, 0.0), (x + 0.9, *s)], palette[kind].filled())
-    }))
+    const KINDS: [&str; 7] = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let kind_of = |name: &str| KINDS.iter().position(|k| name.ends_with(k));
+    for (k, kind) in KINDS.iter().enumerate() {
+        let bars: Vec<_> = layers
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _, _))| kind_of(name) == Some(k))
+            .map(|(i, (_, s, _))| {
+                let x = i as f64;
+                Rectangle::new([(x + 0.1, 0.0), (x + 0.9, *s)], palette[k].filled())
+            })
+            .collect();
+        if bars.is_empty() {
+            continue;
+        }
+        let color = palette[k];
+        c.draw_series(bars)
+            .map_err(|e| err(path, e))?
+            .label(*kind)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    // Layers of other names (other architectures) in grey.
+    c.draw_series(
+        layers
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, _, _))| kind_of(name).is_none())
+            .map(|(i, (_, s, _))| {
+                let x = i as f64;
+                Rectangle::new([(x + 0.1, 0.0), (x + 0.9, *s)], BEFORE.filled())
+            }),
+    )
     .map_err(|e| err(path, e))?;
     c.draw_series(DashedLineSeries::new(
         vec![(0.0, target), (n, target)],
@@ -279,6 +310,13 @@ pub fn plot_layers(path: &Path, layers: &[(String, f64, u64)], target: f64) -> R
         BLACK.stroke_width(2),
     ))
     .map_err(|e| err(path, e))?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))?;
     Ok(())
 }
