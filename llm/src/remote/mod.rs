@@ -1,0 +1,270 @@
+//! Hosted planner backends (`openai`, `gemini`, `anthropic`): one [`RemoteBackend`]
+//! generic over the API's [`Wire`] format, so retries, timeouts, the repair round and
+//! the recorded prompt/answer behave identically whichever service answers.
+//!
+//! Per candidate: build the prompt, call (with [`Transport`]'s retries), parse and
+//! validate the plan against the request's layer names; when the answer is not valid
+//! JSON, violates the schema or names unknown layers or out-of-range δs, send the
+//! errors back once (the repair round). A candidate that still fails fails the whole
+//! call, so the configured fallback backend (see [`crate::factory`]) answers instead of
+//! a partial, unaudited mix.
+
+pub mod transport;
+pub mod wire;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use config::{BackendConfig, PromptConfig};
+use protocol::{plan_json_schema, Plan, PlanRequest, PlanResponse};
+
+use crate::error::{LlmError, Result};
+use crate::planner::{check_request, PlannerBackend};
+use crate::prompt::build_prompt;
+pub use transport::{CallError, RetryPolicy, Secret, Transport};
+pub use wire::{Answer, Anthropic, Conversation, Gemini, OpenAi, Sampling, Wire};
+
+/// A planner that asks a hosted model through API `W`.
+pub struct RemoteBackend<W: Wire> {
+    wire: W,
+    base_url: String,
+    sampling: Sampling,
+    prompt: PromptConfig,
+    transport: Transport,
+}
+
+impl<W: Wire> fmt::Debug for RemoteBackend<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteBackend")
+            .field("api", &self.wire.name())
+            .field("base_url", &self.base_url)
+            .field("sampling", &self.sampling)
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+/// The outcome of one candidate: the accepted plan and the exchange that produced it.
+struct Exchange {
+    plan: Plan,
+    raw: String,
+    repair_note: Option<String>,
+}
+
+impl<W: Wire> RemoteBackend<W> {
+    /// Backend for `cfg` with an already resolved key (see [`crate::factory`], which
+    /// reads it from the environment variable the config names) and retry policy.
+    pub fn new(
+        wire: W,
+        cfg: &BackendConfig,
+        prompt: PromptConfig,
+        key: Secret,
+        policy: RetryPolicy,
+        seed: u64,
+    ) -> Self {
+        Self::with_timeout(
+            wire,
+            cfg,
+            prompt,
+            key,
+            policy,
+            Duration::from_secs(cfg.timeout_secs.max(1)),
+            seed,
+        )
+    }
+
+    /// As [`Self::new`] with an explicit per-request timeout (tests use sub-second ones).
+    pub fn with_timeout(
+        wire: W,
+        cfg: &BackendConfig,
+        prompt: PromptConfig,
+        key: Secret,
+        policy: RetryPolicy,
+        timeout: Duration,
+        seed: u64,
+    ) -> Self {
+        let base_url = cfg
+            .base_url
+            .clone()
+            .unwrap_or_else(|| wire.default_base_url().to_string());
+        Self {
+            sampling: Sampling {
+                model: cfg.model.clone().unwrap_or_default(),
+                temperature: cfg.temperature,
+                max_tokens: cfg.max_tokens,
+            },
+            wire,
+            base_url,
+            prompt,
+            transport: Transport::new(timeout, policy, key, seed),
+        }
+    }
+
+    fn backend_err(&self, message: String) -> LlmError {
+        LlmError::Backend {
+            backend: self.wire.name().to_string(),
+            message,
+        }
+    }
+
+    /// One model call: the answer text, or a transport/service error.
+    fn ask(&self, conv: &Conversation, schema: &serde_json::Value) -> Result<Answer> {
+        let call = self.wire.request(
+            &self.base_url,
+            self.transport.key(),
+            &self.sampling,
+            conv,
+            schema,
+        );
+        let body = self
+            .transport
+            .post_json(&call)
+            .map_err(|e| self.backend_err(e.to_string()))?;
+        self.wire
+            .answer(&body)
+            .map_err(|m| self.backend_err(self.transport.key().scrub(&m)))
+    }
+
+    fn candidate(
+        &self,
+        system: &str,
+        user: &str,
+        layers: &[&str],
+        schema: &serde_json::Value,
+    ) -> Result<Exchange> {
+        let first = self.ask(
+            &Conversation {
+                system,
+                user,
+                repair: None,
+            },
+            schema,
+        )?;
+        let errors = match check_answer(&first.text, layers) {
+            Ok(plan) => {
+                return Ok(Exchange {
+                    plan,
+                    raw: first.text,
+                    repair_note: None,
+                })
+            }
+            Err(errors) => errors,
+        };
+        let repair = repair_message(&errors);
+        let second = self.ask(
+            &Conversation {
+                system,
+                user,
+                repair: Some((&first.text, &repair)),
+            },
+            schema,
+        )?;
+        match check_answer(&second.text, layers) {
+            Ok(plan) => Ok(Exchange {
+                plan,
+                raw: second.text,
+                repair_note: Some(format!(
+                    "\n\n[repair round]\n[assistant]\n{}\n[user]\n{repair}",
+                    first.text
+                )),
+            }),
+            Err(again) => Err(LlmError::InvalidAnswer {
+                backend: self.wire.name().to_string(),
+                reason: format!("after one repair round: {}", again.join("; ")),
+            }),
+        }
+    }
+}
+
+/// Parse and validate an answer; every problem found, as text for the repair prompt.
+pub fn check_answer(text: &str, layers: &[&str]) -> std::result::Result<Plan, Vec<String>> {
+    let plan = Plan::from_json(strip_fences(text)).map_err(|e| vec![e.to_string()])?;
+    let errors = plan.validate(layers);
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors.iter().map(ToString::to_string).collect())
+    }
+}
+
+/// Some OpenAI-compatible servers ignore `response_format` and wrap JSON in a
+/// Markdown code fence; accept that rather than spend the repair round on it.
+fn strip_fences(text: &str) -> &str {
+    let t = text.trim();
+    match t.strip_prefix("```") {
+        Some(rest) => {
+            let rest = rest.strip_prefix("json").unwrap_or(rest);
+            rest.strip_suffix("```").unwrap_or(rest).trim()
+        }
+        None => t,
+    }
+}
+
+/// The repair turn: every validation error, then the instruction to answer again.
+pub fn repair_message(errors: &[String]) -> String {
+    let mut m = String::from("Your answer is not a valid plan:\n");
+    for e in errors {
+        m.push_str("- ");
+        m.push_str(e);
+        m.push('\n');
+    }
+    m.push_str(
+        "Use only layer names exactly as listed, each at most once, with delta inside the \
+allowed range. Answer again with the corrected JSON object only.",
+    );
+    m
+}
+
+impl<W: Wire> PlannerBackend for RemoteBackend<W> {
+    fn name(&self) -> &str {
+        self.wire.name()
+    }
+
+    fn propose(&self, request: &PlanRequest, k: usize) -> Result<Vec<PlanResponse>> {
+        check_request(request, k)?;
+        let layers: Vec<&str> = request.profiles.iter().map(|p| p.name.as_str()).collect();
+        let schema = plan_json_schema(Some(&layers));
+        let mut out = Vec::with_capacity(k);
+        for i in 0..k {
+            let prompt = build_prompt(request, &self.prompt, i, k);
+            let start = Instant::now();
+            let ex = self.candidate(&prompt.system, &prompt.user, &layers, &schema)?;
+            let mut user_prompt = prompt.user;
+            if let Some(note) = ex.repair_note {
+                user_prompt.push_str(&note);
+            }
+            out.push(PlanResponse {
+                plan: ex.plan,
+                backend: self.wire.name().to_string(),
+                model: Some(self.sampling.model.clone()),
+                system_prompt: prompt.system,
+                user_prompt,
+                raw_response: ex.raw,
+                latency_ms: start.elapsed().as_millis() as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_checked_with_every_error_listed() {
+        let ok = r#"{"reasoning":"r","stop_pruning":false,"layer_decisions":[{"layer":"a","delta":0.05}]}"#;
+        assert_eq!(check_answer(ok, &["a"]).unwrap().layer_decisions.len(), 1);
+        let fenced = format!("```json\n{ok}\n```");
+        assert!(check_answer(&fenced, &["a"]).is_ok());
+        let bad = r#"{"reasoning":"r","stop_pruning":false,"layer_decisions":[{"layer":"x","delta":0.5}]}"#;
+        let errs = check_answer(bad, &["a"]).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("unknown layer `x`"));
+        assert!(errs[1].contains("delta 0.5"));
+        let not_json = check_answer("Sure! Here is the plan", &["a"]).unwrap_err();
+        assert!(not_json[0].starts_with("not a valid plan document"));
+        let msg = repair_message(&errs);
+        assert!(msg.contains("- layer_decisions[0]: unknown layer `x`\n"));
+    }
+}

@@ -1,0 +1,351 @@
+//! The three hosted APIs' wire formats: how a conversation and the plan schema become a
+//! request body, and where the answer text and token counts sit in the response. Pure
+//! JSON in, JSON out, so the shapes can be asserted without a network.
+
+use serde_json::{json, Map, Value};
+
+use super::transport::{HttpCall, Secret};
+
+/// What is sent: the prompt, and after a failed answer the repair turn (the bad answer
+/// as the assistant's message, the validation errors as the user's reply).
+pub struct Conversation<'a> {
+    pub system: &'a str,
+    pub user: &'a str,
+    pub repair: Option<(&'a str, &'a str)>,
+}
+
+/// Sampling settings shared by every API.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub model: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+}
+
+/// The answer text (a JSON document, not yet checked) and token counts when reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+/// One hosted API.
+pub trait Wire: Send + Sync {
+    /// Recorded as `PlanResponse::backend`.
+    fn name(&self) -> &'static str;
+    /// API root used when the config sets none.
+    fn default_base_url(&self) -> &'static str;
+    /// The request for `conv`, asking for JSON that follows `schema`.
+    fn request(
+        &self,
+        base_url: &str,
+        key: &Secret,
+        s: &Sampling,
+        conv: &Conversation,
+        schema: &Value,
+    ) -> HttpCall;
+    /// The answer in a successful response body, or why there is none.
+    fn answer(&self, body: &Value) -> Result<Answer, String>;
+}
+
+fn tokens(v: &Value) -> Option<u64> {
+    v.as_u64()
+}
+
+/// OpenAI chat completions with a strict `json_schema` response format. The same
+/// request works against vLLM, llama.cpp server, Ollama, LM Studio and Gemini's
+/// OpenAI-compatible endpoint; the key is optional because local servers need none.
+pub struct OpenAi;
+
+impl Wire for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+    fn default_base_url(&self) -> &'static str {
+        "https://api.openai.com/v1"
+    }
+    fn request(
+        &self,
+        base_url: &str,
+        key: &Secret,
+        s: &Sampling,
+        conv: &Conversation,
+        schema: &Value,
+    ) -> HttpCall {
+        let mut messages = vec![
+            json!({"role": "system", "content": conv.system}),
+            json!({"role": "user", "content": conv.user}),
+        ];
+        if let Some((bad, errors)) = conv.repair {
+            messages.push(json!({"role": "assistant", "content": bad}));
+            messages.push(json!({"role": "user", "content": errors}));
+        }
+        let mut headers = Vec::new();
+        if let Some(k) = key.expose() {
+            headers.push(("authorization", format!("Bearer {k}")));
+        }
+        HttpCall {
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            headers,
+            body: json!({
+                "model": s.model,
+                "messages": messages,
+                "temperature": s.temperature,
+                "max_tokens": s.max_tokens,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "plan", "strict": true, "schema": schema}
+                }
+            }),
+        }
+    }
+    fn answer(&self, body: &Value) -> Result<Answer, String> {
+        let msg = &body["choices"][0]["message"];
+        if let Some(r) = msg["refusal"].as_str() {
+            return Err(format!("the model refused: {r}"));
+        }
+        let text = msg["content"]
+            .as_str()
+            .ok_or("no choices[0].message.content in the response")?;
+        Ok(Answer {
+            text: text.to_string(),
+            input_tokens: tokens(&body["usage"]["prompt_tokens"]),
+            output_tokens: tokens(&body["usage"]["completion_tokens"]),
+        })
+    }
+}
+
+/// Gemini `generateContent` with `responseMimeType: application/json` and a
+/// `responseSchema` (the paper's backend). The key goes in a header, never the URL.
+pub struct Gemini;
+
+/// `responseSchema` is an OpenAPI subset: upper-case type names, no
+/// `additionalProperties`, and `propertyOrdering` so `reasoning` is written first
+/// (Gemini otherwise orders properties alphabetically, putting the decision before the
+/// analysis that should inform it). The order is taken from `required`.
+pub fn gemini_schema(schema: &Value) -> Value {
+    match schema {
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                match k.as_str() {
+                    "additionalProperties" => {}
+                    "type" => {
+                        out.insert(k.clone(), json!(v.as_str().unwrap_or("").to_uppercase()));
+                    }
+                    "properties" => {
+                        let props: Map<String, Value> = v
+                            .as_object()
+                            .map(|p| {
+                                p.iter()
+                                    .map(|(n, s)| (n.clone(), gemini_schema(s)))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        out.insert(k.clone(), Value::Object(props));
+                    }
+                    _ => {
+                        out.insert(k.clone(), gemini_schema(v));
+                    }
+                }
+            }
+            if let (Some(req), true) = (m.get("required"), m.contains_key("properties")) {
+                out.insert("propertyOrdering".into(), req.clone());
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(gemini_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+impl Wire for Gemini {
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+    fn default_base_url(&self) -> &'static str {
+        "https://generativelanguage.googleapis.com/v1beta"
+    }
+    fn request(
+        &self,
+        base_url: &str,
+        key: &Secret,
+        s: &Sampling,
+        conv: &Conversation,
+        schema: &Value,
+    ) -> HttpCall {
+        let mut contents = vec![json!({"role": "user", "parts": [{"text": conv.user}]})];
+        if let Some((bad, errors)) = conv.repair {
+            contents.push(json!({"role": "model", "parts": [{"text": bad}]}));
+            contents.push(json!({"role": "user", "parts": [{"text": errors}]}));
+        }
+        let mut headers = Vec::new();
+        if let Some(k) = key.expose() {
+            headers.push(("x-goog-api-key", k.to_string()));
+        }
+        HttpCall {
+            url: format!(
+                "{}/models/{}:generateContent",
+                base_url.trim_end_matches('/'),
+                s.model
+            ),
+            headers,
+            body: json!({
+                "systemInstruction": {"parts": [{"text": conv.system}]},
+                "contents": contents,
+                "generationConfig": {
+                    "temperature": s.temperature,
+                    "maxOutputTokens": s.max_tokens,
+                    "responseMimeType": "application/json",
+                    "responseSchema": gemini_schema(schema)
+                }
+            }),
+        }
+    }
+    fn answer(&self, body: &Value) -> Result<Answer, String> {
+        let Some(cand) = body["candidates"].get(0) else {
+            let why = body["promptFeedback"]["blockReason"]
+                .as_str()
+                .unwrap_or("no candidates in the response");
+            return Err(format!("no answer: {why}"));
+        };
+        // Thinking models return their thoughts as separate parts; only answers count.
+        let text: String = cand["content"]["parts"]
+            .as_array()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter(|p| p["thought"] != json!(true))
+                    .filter_map(|p| p["text"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if text.is_empty() {
+            let why = cand["finishReason"].as_str().unwrap_or("empty content");
+            return Err(format!("no answer text (finishReason {why})"));
+        }
+        let usage = &body["usageMetadata"];
+        Ok(Answer {
+            text,
+            input_tokens: tokens(&usage["promptTokenCount"]),
+            output_tokens: tokens(&usage["candidatesTokenCount"]),
+        })
+    }
+}
+
+/// Anthropic messages API. It has no JSON response mode, so the plan is obtained as
+/// the input of a tool the model is forced to call (`tool_choice`), whose
+/// `input_schema` is the plan schema.
+pub struct Anthropic;
+
+/// The forced tool's name.
+pub const ANTHROPIC_TOOL: &str = "submit_plan";
+/// Messages API version header value.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+impl Wire for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+    fn default_base_url(&self) -> &'static str {
+        "https://api.anthropic.com/v1"
+    }
+    fn request(
+        &self,
+        base_url: &str,
+        key: &Secret,
+        s: &Sampling,
+        conv: &Conversation,
+        schema: &Value,
+    ) -> HttpCall {
+        let mut messages = vec![json!({"role": "user", "content": conv.user})];
+        if let Some((bad, errors)) = conv.repair {
+            messages.push(json!({"role": "assistant", "content": bad}));
+            messages.push(json!({"role": "user", "content": errors}));
+        }
+        let mut headers = vec![("anthropic-version", ANTHROPIC_VERSION.to_string())];
+        if let Some(k) = key.expose() {
+            headers.push(("x-api-key", k.to_string()));
+        }
+        HttpCall {
+            url: format!("{}/messages", base_url.trim_end_matches('/')),
+            headers,
+            body: json!({
+                "model": s.model,
+                "max_tokens": s.max_tokens,
+                // The messages API accepts [0, 1]; configs allow up to 2 for other APIs.
+                "temperature": s.temperature.min(1.0),
+                "system": conv.system,
+                "messages": messages,
+                "tools": [{
+                    "name": ANTHROPIC_TOOL,
+                    "description": "Submit the pruning plan for this iteration.",
+                    "input_schema": schema
+                }],
+                "tool_choice": {"type": "tool", "name": ANTHROPIC_TOOL}
+            }),
+        }
+    }
+    fn answer(&self, body: &Value) -> Result<Answer, String> {
+        let input = body["content"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .find(|b| b["type"] == "tool_use" && b["name"] == ANTHROPIC_TOOL)
+            })
+            .map(|b| &b["input"])
+            .ok_or_else(|| {
+                format!(
+                    "no `{ANTHROPIC_TOOL}` tool call in the response (stop_reason {})",
+                    body["stop_reason"]
+                )
+            })?;
+        Ok(Answer {
+            text: input.to_string(),
+            input_tokens: tokens(&body["usage"]["input_tokens"]),
+            output_tokens: tokens(&body["usage"]["output_tokens"]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemini_schema_is_openapi_shaped_and_ordered() {
+        let s = gemini_schema(&protocol::plan_json_schema(Some(&["a"])));
+        assert_eq!(s["type"], "OBJECT");
+        assert!(s.get("additionalProperties").is_none());
+        assert_eq!(
+            s["propertyOrdering"],
+            json!(["reasoning", "stop_pruning", "layer_decisions"])
+        );
+        let item = &s["properties"]["layer_decisions"]["items"];
+        assert_eq!(item["type"], "OBJECT");
+        assert!(item.get("additionalProperties").is_none());
+        assert_eq!(item["properties"]["layer"]["enum"], json!(["a"]));
+        assert_eq!(item["properties"]["delta"]["type"], "NUMBER");
+        assert_eq!(item["propertyOrdering"], json!(["layer", "delta"]));
+    }
+
+    #[test]
+    fn answers_are_found_or_explained() {
+        let g = Gemini.answer(&json!({"promptFeedback": {"blockReason": "SAFETY"}}));
+        assert_eq!(g, Err("no answer: SAFETY".into()));
+        let g = Gemini
+            .answer(&json!({"candidates": [{"content": {"parts": [
+                {"text": "thinking", "thought": true}, {"text": "{\"a\":1}"}]}}],
+                "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3}}))
+            .unwrap();
+        assert_eq!((g.text.as_str(), g.output_tokens), ("{\"a\":1}", Some(3)));
+        let o =
+            OpenAi.answer(&json!({"choices": [{"message": {"content": null, "refusal": "no"}}]}));
+        assert_eq!(o, Err("the model refused: no".into()));
+        let a = Anthropic.answer(
+            &json!({"content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"}),
+        );
+        assert!(a.unwrap_err().contains("stop_reason \"end_turn\""));
+    }
+}
