@@ -53,8 +53,17 @@ fn summary() -> RunSummary {
         timings: ActorTimings::default(),
         layer_sparsity: (0..14)
             .map(|i| {
+                let kinds = [
+                    "q_proj",
+                    "k_proj",
+                    "v_proj",
+                    "o_proj",
+                    "gate_proj",
+                    "up_proj",
+                    "down_proj",
+                ];
                 (
-                    format!("model.layers.{}.mlp.down_proj", i / 7),
+                    format!("model.layers.{}.x.{}", i / 7, kinds[i % 7]),
                     0.3 + 0.03 * i as f64,
                     100,
                 )
