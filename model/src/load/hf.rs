@@ -310,7 +310,7 @@ fn load_shard(
 
 /// Chat template from `tokenizer_config.json` (`chat_template` as a string, or a list of
 /// `{name, template}` of which "default" is used), else `chat_template.jinja`.
-fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+pub(crate) fn read_chat_template(dir: &Path) -> Result<Option<String>> {
     let cfg_path = dir.join("tokenizer_config.json");
     if cfg_path.is_file() {
         let json = read_json(&cfg_path)?;
@@ -353,7 +353,7 @@ fn read_chat_template(dir: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,

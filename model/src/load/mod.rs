@@ -9,6 +9,7 @@
 
 mod gguf;
 mod hf;
+pub mod sparse;
 mod validate;
 
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ pub use gguf::unpermute_rope_rows;
 pub enum SourceFormat {
     Gguf,
     Safetensors,
+    /// The compressed sparse export of `secateur export --format sparse` ([`sparse`]).
+    Sparse,
 }
 
 /// A loaded model: everything needed to build the transformer and talk to it.
@@ -122,7 +125,8 @@ fn layer_order_key(name: &str) -> (u8, usize, u8, String) {
     (4, 0, 0, name.to_string())
 }
 
-/// Load a GGUF file or an HF directory (config.json + *.safetensors + tokenizer.json).
+/// Load a GGUF file, an HF directory (config.json + *.safetensors + tokenizer.json) or a
+/// sparse export (config.json + [`sparse::SPARSE_FILE`] + tokenizer.json).
 ///
 /// A path ending in `.gguf` (or any regular file starting with the GGUF magic) is read
 /// as GGUF; a directory holding `config.json` as an HF checkpoint. Anything else is an
@@ -142,6 +146,9 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
                     "an HF checkpoint directory must contain config.json",
                 ),
             });
+        }
+        if sparse::is_sparse_dir(path) {
+            return sparse::load_sparse_dir(path);
         }
         return hf::load_hf_dir(path);
     }
