@@ -74,7 +74,30 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// glibc keeps freed memory in per-thread malloc arenas (64 MiB heaps each) and raises
+/// its mmap threshold after large frees, so the tensors of many worker threads pile up:
+/// a default SmolLM2 run reached 10.6 GB RSS in ~160 arenas for a 0.5 GB model. Two
+/// arenas and a fixed 1 MiB mmap threshold (large tensors go back to the OS on drop)
+/// keep RSS near the live data. Must run before any thread is started.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    const M_MMAP_THRESHOLD: i32 = -3;
+    const M_ARENA_MAX: i32 = -8;
+    // SAFETY: mallopt only changes allocator parameters; called before other threads.
+    unsafe {
+        mallopt(M_ARENA_MAX, 2);
+        mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 pub fn run(args: PruneArgs) -> Result<()> {
+    limit_malloc_arenas();
     let cfg = load_config(&args)?;
     if args.resume.is_none() {
         // Points at `secateur fetch` when the default model is missing.
