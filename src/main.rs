@@ -32,6 +32,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Measure forward / statistics / backward throughput and memory.
     Bench(commands::bench::BenchArgs),
+    /// Write a run's pruned model: HF safetensors for transformers, or the compressed sparse form.
+    Export(commands::export::ExportArgs),
     /// Prune a model with the agent-guided loop (offline defaults); `--resume RUN` continues a run.
     Prune(commands::prune::PruneArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Prune(args) => commands::prune::run(args),
+        Command::Export(args) => commands::export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

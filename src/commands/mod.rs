@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod common;
 pub mod eval;
+pub mod export;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;

@@ -1,0 +1,165 @@
+//! `secateur export RUN --format hf|sparse --out DIR`: write a run's pruned model.
+//!
+//! The run's checkpoint database gives the model path (from the stored config) and the
+//! masks of its last committed iteration (every committed delta replayed in order, as
+//! `--resume` does), so a killed run exports what it had committed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use export::{ExportDtype, ExportOptions};
+use kernels::{Mask, MaskDelta};
+
+use super::common;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// Hugging Face directory (config.json, tokenizer, safetensors) for transformers.
+    Hf,
+    /// Compressed bitmask + non-zero values; `secateur` loads it directly.
+    Sparse,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Run id (a folder of --runs-dir) or the path of a run folder.
+    run: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "hf")]
+    format: Format,
+    /// Destination directory; must not exist unless --force.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weights dtype: f32, f16 or bf16 (default: the source's float type, f32 for quantised GGUF).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Replace an existing destination (only after the new export is complete).
+    #[arg(long)]
+    force: bool,
+    /// Folder of run folders.
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// HF export: shard size limit in MB.
+    #[arg(long, default_value_t = 5000)]
+    max_shard_mb: u64,
+}
+
+/// A run's model path and its committed masks.
+pub struct RunMasks {
+    pub model: PathBuf,
+    pub masks: HashMap<String, Mask>,
+    pub committed_iterations: usize,
+}
+
+/// Read the model path and the masks of the last committed iteration of `run_dir`.
+pub fn read_run(run_dir: &Path) -> Result<RunMasks> {
+    let db = actors::run::db_dir(run_dir);
+    if !db.is_dir() {
+        bail!(
+            "{}: not a run folder (no checkpoint database {})",
+            run_dir.display(),
+            db.display()
+        );
+    }
+    let run_id = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{}: no run id in the path", run_dir.display()))?;
+    let loaded = actors::checkpointer::load_run(&db, &run_id).with_context(|| {
+        format!(
+            "run `{run_id}`: reading {} (is a prune of this run still running?)",
+            db.display()
+        )
+    })?;
+    let cfg = config::Config::from_toml_str(&loaded.meta.config_toml)
+        .with_context(|| format!("run `{run_id}`: stored config"))?;
+    let committed: std::collections::HashSet<u32> = loaded
+        .iterations
+        .iter()
+        .filter(|s| s.committed.is_some())
+        .map(|s| s.record.outcome.iteration)
+        .collect();
+    if committed.is_empty() {
+        bail!("run `{run_id}` has no committed iteration: there is no pruned model to export");
+    }
+    let mut masks: HashMap<String, Mask> = loaded
+        .meta
+        .layers
+        .iter()
+        .map(|(name, [rows, cols])| (name.clone(), Mask::ones(*rows, *cols)))
+        .collect();
+    for (it, deltas) in &loaded.deltas {
+        if !committed.contains(it) {
+            continue;
+        }
+        for d in deltas {
+            let mask = masks.get_mut(&d.layer).with_context(|| {
+                format!("run `{run_id}`: delta for unknown layer `{}`", d.layer)
+            })?;
+            MaskDelta::from_bytes(&d.bytes)
+                .and_then(|delta| delta.apply_to(mask))
+                .map_err(|e| {
+                    anyhow::anyhow!("run `{run_id}`: iteration {it}, layer `{}`: {e}", d.layer)
+                })?;
+        }
+    }
+    Ok(RunMasks {
+        model: cfg.model.path,
+        masks,
+        committed_iterations: committed.len(),
+    })
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let as_path = PathBuf::from(&args.run);
+    let run_dir = if as_path.is_dir() {
+        as_path
+    } else {
+        args.runs_dir.join(&args.run)
+    };
+    if !run_dir.is_dir() {
+        bail!(
+            "unknown run `{}`: neither a folder nor a run in {}",
+            args.run,
+            args.runs_dir.display()
+        );
+    }
+    let dtype = match &args.dtype {
+        None => None,
+        Some(s) => Some(
+            ExportDtype::parse(s)
+                .with_context(|| format!("--dtype `{s}`: expected f32, f16 or bf16"))?,
+        ),
+    };
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} already exists (pass --force to replace it)",
+            args.out.display()
+        );
+    }
+    let run = read_run(&run_dir)?;
+    let ckpt = common::load(&run.model)?;
+    let opts = ExportOptions {
+        dtype,
+        force: args.force,
+        max_shard_bytes: args.max_shard_mb.saturating_mul(1_000_000),
+    };
+    let summary = match args.format {
+        Format::Hf => export::export_hf(&ckpt, &run.masks, &args.out, &opts)?,
+        Format::Sparse => export::export_sparse(&ckpt, &run.masks, &args.out, &opts)?,
+    };
+    let pruned: usize = run.masks.values().map(Mask::count_pruned).sum();
+    let total: usize = run.masks.values().map(Mask::len).sum();
+    common::print(&format!(
+        "exported run {} ({} committed iterations, {:.2}% of prunable weights pruned) from {} as {} to {}: {} weight bytes, {} bytes in all",
+        run_dir.display(),
+        run.committed_iterations,
+        100.0 * pruned as f64 / total.max(1) as f64,
+        run.model.display(),
+        summary.dtype.torch_name(),
+        summary.dir.display(),
+        summary.weight_bytes,
+        summary.total_bytes
+    ))
+}
