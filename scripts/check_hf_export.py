@@ -60,8 +60,19 @@ def main():
     ap.add_argument("--sparse", help="a sparse export of the same run to compare")
     ap.add_argument("--prompt", default="The capital of France is")
     ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument(
+        "--sparse-only",
+        action="store_true",
+        help="skip the transformers load (needs only numpy and safetensors)",
+    )
     args = ap.parse_args()
+    if not args.sparse_only:
+        check_transformers(args)
+    if args.sparse:
+        check_sparse(args)
 
+
+def check_transformers(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,22 +90,24 @@ def main():
         out = model.generate(ids, max_new_tokens=args.new_tokens, do_sample=False)
     print("greedy:", repr(tok.decode(out[0][ids.shape[1]:], skip_special_tokens=True)))
 
-    if args.sparse:
-        import numpy as np
-        from safetensors.numpy import load_file
-        import glob
-        import os
 
-        hf = {}
-        for shard in sorted(glob.glob(os.path.join(args.hf_dir, "*.safetensors"))):
-            hf.update(load_file(shard))
-        sp = decode_sparse(os.path.join(args.sparse, "model.sparse.safetensors"))
-        if set(hf) != set(sp):
-            sys.exit(f"tensor names differ: {sorted(set(hf) ^ set(sp))[:10]}")
-        for name in hf:
-            if not np.array_equal(np.asarray(hf[name], dtype=np.float32), np.asarray(sp[name], dtype=np.float32)):
-                sys.exit(f"{name}: sparse export differs from the HF export")
-        print(f"sparse export decodes to the HF export exactly ({len(hf)} tensors)")
+def check_sparse(args):
+    import glob
+    import os
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    hf = {}
+    for shard in sorted(glob.glob(os.path.join(args.hf_dir, "*.safetensors"))):
+        hf.update(load_file(shard))
+    sp = decode_sparse(os.path.join(args.sparse, "model.sparse.safetensors"))
+    if set(hf) != set(sp):
+        sys.exit(f"tensor names differ: {sorted(set(hf) ^ set(sp))[:10]}")
+    for name in hf:
+        if not np.array_equal(hf[name].astype(np.float32), sp[name].astype(np.float32)):
+            sys.exit(f"{name}: sparse export differs from the HF export")
+    print(f"sparse export decodes to the HF export exactly ({len(hf)} tensors)")
 
 
 if __name__ == "__main__":
