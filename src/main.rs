@@ -26,8 +26,10 @@ enum Command {
     Fetch(commands::fetch::FetchArgs),
     /// List a model's architecture, layers, shapes, dtypes and parameter counts.
     Inspect(commands::inspect::InspectArgs),
-    /// Evaluate a model: perplexity over a text.
+    /// Evaluate a model: perplexity over a text, MMLU, factual QA.
     Eval(commands::eval::EvalArgs),
+    /// Dense, every pruning baseline and the agent at one sparsity: table and plots.
+    Compare(commands::compare::CompareArgs),
     /// Answer a prompt with greedy decoding through the model's chat template.
     Generate(commands::generate::GenerateArgs),
     /// Measure forward / statistics / backward throughput and memory.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Prune(args) => commands::prune::run(args),

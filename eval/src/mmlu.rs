@@ -143,7 +143,23 @@ pub fn pick_shots<'a>(item: &McqItem, pool: &'a [McqItem], k: usize) -> Vec<&'a 
 }
 
 /// Candidate token ids per letter (the single-token spellings `" X"` and `"X"`).
+/// Letters that share a token (a tokenizer mapping them all to "unknown") are an
+/// error: the scorer could not tell the answers apart.
 pub fn letter_tokens(codec: &dyn crate::Codec, options: usize) -> Result<Vec<Vec<u32>>> {
+    let letters = letter_token_ids(codec, options)?;
+    for (i, a) in letters.iter().enumerate() {
+        for b in &letters[i + 1..] {
+            if a.iter().any(|id| b.contains(id)) {
+                return Err(EvalError::InvalidArgument(
+                    "the tokenizer gives two answer letters the same token".into(),
+                ));
+            }
+        }
+    }
+    Ok(letters)
+}
+
+fn letter_token_ids(codec: &dyn crate::Codec, options: usize) -> Result<Vec<Vec<u32>>> {
     (0..options)
         .map(|i| {
             let ids: Vec<u32> = [format!(" {}", letter(i)), letter(i).to_string()]

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod compare;
 pub mod eval;
 pub mod export;
 pub mod fetch;

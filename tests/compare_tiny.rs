@@ -1,0 +1,183 @@
+//! `secateur compare` end to end on the tiny fixture model: a short `secateur prune`
+//! run provides the agent row, then compare must list dense, every baseline and the
+//! agent, each baseline within ±1 % of the target sparsity, and write the markdown,
+//! JSON and PNG outputs; a second call reuses the cached dense row.
+
+use std::path::Path;
+use std::process::Command;
+
+use actors::testing::{fixture_config, write_fixture};
+
+fn secateur() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_secateur"))
+}
+
+/// The fixture's word-level tokenizer maps unknown words to `w0`; give the answer
+/// letters their own tokens (replacing the last four words) so MMLU can be scored.
+fn add_letters(model_dir: &Path) {
+    let p = model_dir.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let n = vocab.len();
+    for (k, letter) in ["A", "B", "C", "D"].iter().enumerate() {
+        let old = format!("w{}", n - 4 + k);
+        let id = vocab.remove(&old).unwrap();
+        vocab.insert(letter.to_string(), id);
+    }
+    std::fs::write(&p, tok.to_string()).unwrap();
+}
+
+#[test]
+fn compare_lists_every_method_at_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = write_fixture(dir.path(), 3, 16, 48).unwrap();
+    let runs = dir.path().join("runs");
+    let cfg_path = dir.path().join("tiny.toml");
+    std::fs::write(&cfg_path, fixture_config(&fx, &runs).to_toml_string()).unwrap();
+    let out = secateur()
+        .args(["prune", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let run_id = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("starting run ")?
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+        .expect("run id");
+    add_letters(&fx.model_dir);
+
+    let mmlu = dir.path().join("mmlu.jsonl");
+    let mut lines = String::new();
+    for i in 0..12 {
+        lines.push_str(&format!(
+            "{{\"question\": \"w{} w{}\", \"choices\": [\"w3\", \"w4\", \"w5\", \"w6\"], \"answer\": {}}}\n",
+            i + 7,
+            i + 9,
+            i % 4
+        ));
+    }
+    std::fs::write(&mmlu, lines).unwrap();
+    let qa = dir.path().join("qa.jsonl");
+    let qa_lines: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"question\": \"w{} w{}\", \"answer\": [\"w{}\"]}}\n",
+                i + 11,
+                i + 12,
+                i + 20
+            )
+        })
+        .collect();
+    std::fs::write(&qa, qa_lines).unwrap();
+    let out_dir = dir.path().join("cmp");
+    let args = |cmd: &mut Command, agent: &Path| {
+        cmd.arg("compare")
+            .arg(&fx.model_dir)
+            .args([
+                "--sparsity",
+                "0.5",
+                "--calib-samples",
+                "4",
+                "--calib-len",
+                "32",
+                "--window",
+                "48",
+            ])
+            .arg("--calib")
+            .arg(format!("{}:text", fx.calib.display()))
+            .arg("--ppl")
+            .arg(format!("{}:text", fx.final_text.display()))
+            .arg("--mmlu")
+            .arg(&mmlu)
+            .args([
+                "--shots",
+                "2",
+                "--qa-shots",
+                "0",
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ])
+            .arg("--qa")
+            .arg(&qa)
+            .arg("--out")
+            .arg(&out_dir)
+            .arg("--agent-run")
+            .arg(agent);
+    };
+    let mut cmd = secateur();
+    args(&mut cmd, &runs.join(&run_id));
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    let mut expected = vec!["dense"];
+    expected.extend(baselines::ALL_METHODS);
+    expected.push("agent");
+    assert_eq!(names, expected);
+    for r in rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        let s = r["sparsity"].as_f64().unwrap();
+        match r["method"].as_str().unwrap() {
+            "dense" => assert_eq!(s, 0.0),
+            // The agent stops at the loop's own target (0.5 by default) within its step size.
+            "agent" => assert!(s > 0.0 && s <= 0.51, "agent {s}"),
+            m => assert!((s - 0.5).abs() <= 0.01, "{m}: {s}"),
+        }
+        assert!(r["ppl"].as_f64().unwrap() > 1.0);
+        assert!(r["mmlu"].as_f64().is_some() && r["qa"].as_f64().is_some());
+    }
+    assert_eq!(rows[0]["vs_dense"]["ppl"].as_f64(), Some(0.0));
+    assert_eq!(
+        table["mmlu_questions"], 10,
+        "the last 2 questions are the shots"
+    );
+    for f in ["compare.md", "compare.json", "compare.png", "dense.json"] {
+        assert!(out_dir.join(f).exists(), "{f}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("compare.md")).unwrap();
+    assert!(
+        md.contains("| sparsegpt |") && md.contains("chance 25.0 %"),
+        "{md}"
+    );
+
+    // Second call: dense row from the cache; no agent run → a "not run" row with the reason.
+    let mut cmd = secateur();
+    args(&mut cmd, &dir.path().join("missing"));
+    let out = cmd.args(["--methods", "wanda"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("dense: reusing"), "{stderr}");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows[2]["status"].as_str().unwrap().starts_with("not run:"),
+        "{}",
+        rows[2]
+    );
+}
+
+#[test]
+fn compare_rejects_bad_arguments() {
+    let out = secateur()
+        .args(["compare", "--sparsity", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sparsity 1.5"));
+    let out = secateur()
+        .args(["compare", "--methods", "sgd"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pruning method `sgd`"));
+}
