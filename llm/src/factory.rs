@@ -67,11 +67,17 @@ fn build_one(
         return Ok(Box::new(HeuristicPlanner::new(heuristic.clone(), seed)));
     }
     if bc.backend == BackendKind::Local {
-        return Err(unusable(
-            "the in-process GGUF backend is not built yet; use heuristic, openai, gemini or \
-anthropic"
-                .into(),
-        ));
+        let path = bc
+            .model
+            .as_deref()
+            .ok_or_else(|| unusable("no GGUF path configured in `model`".into()))?;
+        return Ok(Box::new(crate::local::LocalBackend::load(
+            std::path::Path::new(path),
+            bc.temperature,
+            bc.max_tokens,
+            prompt.clone(),
+            seed,
+        )?));
     }
     if bc.model.as_deref().is_none_or(|m| m.trim().is_empty()) {
         return Err(unusable("no model configured".into()));
@@ -187,11 +193,13 @@ mod tests {
         let mut open = cfg(BackendKind::Openai);
         open.api_key_env = None;
         assert_eq!(build(&open, &none).unwrap().name(), "openai");
-        let local = build(&cfg(BackendKind::Local), &key)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(local.starts_with("local: the in-process GGUF backend is not built yet"));
+        let mut local = cfg(BackendKind::Local);
+        local.model = Some("/nonexistent/model.gguf".into());
+        let e = build(&local, &key).err().unwrap().to_string();
+        assert!(
+            e.starts_with("local: ") && e.contains("/nonexistent/model.gguf"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod constrained;
 pub mod error;
 pub mod factory;
 pub mod heuristic;
+pub mod local;
 pub mod planner;
 pub mod prompt;
 pub mod remote;
