@@ -108,7 +108,7 @@ fn decode_delta(key: &[u8], v: &[u8]) -> Result<LayerDelta> {
 impl Store {
     /// Open (or create) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir).open()?;
+        let db = open_with_lock_retry(dir)?;
         Ok(Self {
             runs: db.open_tree("runs")?,
             state: db.open_tree("state")?,
@@ -234,6 +234,25 @@ fn tx_err(e: TransactionError<()>) -> StoreError {
             key: String::new(),
             reason: "transaction aborted".into(),
         },
+    }
+}
+
+/// sled's background flusher holds the database file lock for a moment after the
+/// last handle is dropped, so a store reopened at once in the same process (a resumed
+/// run, a restarted daemon) can see `WouldBlock`. Retry that case for up to two
+/// seconds; any other error, or a lock still held after that, is returned.
+fn open_with_lock_retry(dir: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
