@@ -92,7 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     bar.finish_and_clear();
     let n = args.seq_len as f64;
     let (m_plain, m_stats) = (median(&mut t_plain), median(&mut t_stats));
-    let peak = peak_rss_bytes();
+    let peak = common::peak_rss_bytes();
     let report = Report {
         model: path,
         seq_len: args.seq_len,
@@ -159,12 +159,4 @@ fn median(v: &mut [f64]) -> f64 {
     } else {
         v[m]
     }
-}
-
-/// Peak resident set size (VmHWM) of this process, from /proc on Linux.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -79,3 +79,11 @@ pub fn print(text: &str) -> Result<()> {
         other => Ok(other?),
     }
 }
+
+/// Peak resident set size (VmHWM) of this process, from /proc on Linux; `None` elsewhere.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -66,14 +66,6 @@ fn load_config(args: &PruneArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`), when available.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// glibc keeps freed memory in per-thread malloc arenas (64 MiB heaps each) and raises
 /// its mmap threshold after large frees, so the tensors of many worker threads pile up:
 /// a default SmolLM2 run reached 10.6 GB RSS in ~160 arenas for a 0.5 GB model. Two
@@ -162,7 +154,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         model: out.config.model.path.display().to_string(),
         model_f32_bytes: out.model_f32_bytes,
         wall_seconds: wall,
-        peak_rss_bytes: peak_rss(),
+        peak_rss_bytes: common::peak_rss_bytes(),
         final_ppl: out.final_eval.as_ref().map(|f| report::FinalPpl {
             text: f.text.clone(),
             tokens_scored: f.tokens_scored,
