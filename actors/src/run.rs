@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use config::Config;
 use kernels::{Mask, MaskDelta};
-use llm::{HeuristicPlanner, PlannerBackend};
+use llm::PlannerBackend;
 use model::text::TextSource;
 use model::Perplexity;
 use protocol::{
@@ -182,7 +182,11 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     };
     let backend: Arc<dyn PlannerBackend> = match &opts.planner {
         Some(p) => p.clone(),
-        None => Arc::new(HeuristicPlanner::new(cfg.heuristic.clone(), cfg.run.seed)),
+        // The config names the backend (heuristic, remote LLMs, local GGUF) and its
+        // fallback; a missing API key or model file fails here, before any work.
+        None => Arc::from(
+            llm::build_planner(&cfg).map_err(|e| RunError::Setup(format!("planner: {e}")))?,
+        ),
     };
     let sup = Supervisor {
         cfg: cfg.clone(),
