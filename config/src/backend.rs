@@ -88,7 +88,7 @@ impl Default for BackendConfig {
 }
 
 /// `NAME` of an environment variable: letters, digits and `_`, not starting with a digit.
-fn is_env_name(s: &str) -> bool {
+pub(crate) fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

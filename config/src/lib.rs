@@ -12,6 +12,7 @@
 mod backend;
 mod check;
 mod critic;
+mod daemon;
 mod error;
 mod planning;
 mod sections;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::{BackendConfig, BackendKind};
 pub use critic::{AssessmentThresholds, CriticConfig, CriticRules, RuleAction};
+pub use daemon::{DaemonConfig, DaemonSection, TelemetryConfig};
 pub use error::{ConfigError, FieldError};
 pub use planning::{HeuristicConfig, PromptConfig};
 pub use protocol;
