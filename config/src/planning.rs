@@ -3,28 +3,27 @@
 
 use serde::{Deserialize, Serialize};
 
-use protocol::{DELTA_MAX, DELTA_MIN};
-
 use crate::check::Checker;
 
-/// `[heuristic]`: the deterministic planner. It ranks layers by risk
-/// `z_sens + grad_weight·z_grad + sparsity_weight·sparsity` (safest first), decides a
-/// global step from the gap, the iterations left and the PPL budget, and spreads the step
-/// over the safest layers with δ ≈ `layer_delta`. Its aggressiveness starts at 1 and is
-/// multiplied by `rollback_factor` after a rollback and by `bold_factor` after a cheap
-/// gain.
+/// `[heuristic]`: the deterministic planner. It decides a global step from the gap, the
+/// iterations left and the PPL budget, then raises every layer towards the new global
+/// level tilted by its risk `z_sens + grad_weight·z_grad`: a layer's level is the global
+/// one × (1 − `tilt`·tanh(risk)), so safer layers (negative risk) end sparser and riskier
+/// ones less sparse, but none strays far from uniform (a heavily skewed allocation costs
+/// far more perplexity than uniform Wanda on real models). Its aggressiveness starts at 1
+/// and is multiplied by `rollback_factor` after a rollback and by `bold_factor` after a
+/// cheap gain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeuristicConfig {
     /// Global sparsity gain aimed for per iteration at aggressiveness 1.
     pub base_step: f64,
-    /// δ given to a layer of average risk at aggressiveness 1; safer layers get up to
-    /// 1.5×, riskier down to 0.5×, always within [0.01, 0.15].
-    pub layer_delta: f64,
+    /// Largest relative deviation of a layer's sparsity from the global level: the
+    /// safest layers aim at level × (1 + tilt), the riskiest at level × (1 − tilt).
+    /// 0 = uniform.
+    pub tilt: f64,
     /// Weight of z_grad in the risk score (0 ignores gradients).
     pub grad_weight: f64,
-    /// Risk added per unit of a layer's current sparsity, so pruning spreads out.
-    pub sparsity_weight: f64,
     /// Fraction of τ one step may spend, judged by the PPL cost per unit sparsity seen in
     /// the last iteration that gained sparsity.
     pub ppl_budget: f64,
@@ -44,9 +43,8 @@ impl Default for HeuristicConfig {
     fn default() -> Self {
         Self {
             base_step: 0.04,
-            layer_delta: 0.1,
+            tilt: 0.2,
             grad_weight: 0.5,
-            sparsity_weight: 2.0,
             ppl_budget: 0.5,
             rollback_factor: 0.5,
             cheap_cost: 0.25,
@@ -61,19 +59,8 @@ impl HeuristicConfig {
     pub(crate) fn check(&self, c: &mut Checker) {
         let p = "heuristic";
         c.open_closed(&format!("{p}.base_step"), self.base_step, 0.0, 0.5);
-        c.closed(
-            &format!("{p}.layer_delta"),
-            self.layer_delta,
-            DELTA_MIN,
-            DELTA_MAX,
-        );
+        c.closed(&format!("{p}.tilt"), self.tilt, 0.0, 0.9);
         c.closed(&format!("{p}.grad_weight"), self.grad_weight, 0.0, 10.0);
-        c.closed(
-            &format!("{p}.sparsity_weight"),
-            self.sparsity_weight,
-            0.0,
-            100.0,
-        );
         c.open_closed(&format!("{p}.ppl_budget"), self.ppl_budget, 0.0, 1.0);
         c.open_closed(
             &format!("{p}.rollback_factor"),

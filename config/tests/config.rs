@@ -182,8 +182,8 @@ fn each_invalid_value_names_field_and_value() {
             "planner.fallback.model = (unset): required when planner.fallback.backend = \"local\"",
         ),
         (
-            "[heuristic]\nlayer_delta = 0.2",
-            "heuristic.layer_delta = 0.2: must be in [0.01, 0.15]",
+            "[heuristic]\ntilt = 1.5",
+            "heuristic.tilt = 1.5: must be in [0, 0.9]",
         ),
         (
             "[heuristic]\nbase_step = 0.0",

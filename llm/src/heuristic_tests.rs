@@ -1,7 +1,6 @@
 use super::*;
 use crate::sim::SimModel;
 use protocol::{Feedback, IterationOutcome, PlanConstraints, Rejection};
-use std::collections::HashSet;
 
 fn planner() -> HeuristicPlanner {
     HeuristicPlanner::new(HeuristicConfig::default(), 42)
@@ -60,6 +59,13 @@ fn sim_request(m: &SimModel, iteration: u32) -> PlanRequest {
     r
 }
 
+fn delta_of(p: &Plan, name: &str) -> f64 {
+    p.layer_decisions
+        .iter()
+        .find(|d| d.layer == name)
+        .map_or(0.0, |d| d.delta)
+}
+
 #[test]
 fn prefers_negative_z_sens_and_non_positive_z_grad() {
     let mut profiles = Vec::new();
@@ -73,28 +79,81 @@ fn prefers_negative_z_sens_and_non_positive_z_grad() {
         ));
         profiles.push(layer(&format!("risky{i}"), 1.0, 0.5, 0.0, 1000));
     }
-    // Low z_sens but a hot gradient: must rank behind every safe layer.
+    // Low z_sens but a hot gradient: risk -1.2 + 0.5·3 = 0.3, between the two groups.
     profiles.push(layer("hot_grad", -1.2, 3.0, 0.0, 1000));
     let cfg = HeuristicConfig {
-        base_step: 0.02,
+        base_step: 0.05,
         ..HeuristicConfig::default()
     };
     let p = HeuristicPlanner::new(cfg, 1);
     let req = PlanRequest::new(1, 40, profiles, 0.5, 10.0, 10.0, 0.15);
     let plan = p.plan(&req, 0);
     assert!(!plan.stop_pruning);
-    let names: Vec<&str> = plan
-        .layer_decisions
-        .iter()
-        .map(|d| d.layer.as_str())
+    assert_eq!(plan.layer_decisions.len(), 21, "{plan:?}");
+    let safe: Vec<f64> = (0..10)
+        .map(|i| delta_of(&plan, &format!("safe{i}")))
         .collect();
-    assert!(!names.is_empty());
-    assert!(names.iter().all(|n| n.starts_with("safe")), "{names:?}");
-    // Safest first: safe9 has the lowest z_sens.
-    assert_eq!(names[0], "safe9");
-    // The step is covered (0.02 of global sparsity), not exceeded by more than rounding.
+    let risky: Vec<f64> = (0..10)
+        .map(|i| delta_of(&plan, &format!("risky{i}")))
+        .collect();
+    let hot = delta_of(&plan, "hot_grad");
+    let min_safe = safe.iter().copied().fold(f64::MAX, f64::min);
+    let max_risky = risky.iter().copied().fold(0.0, f64::max);
+    assert!(
+        min_safe > hot && hot > max_risky,
+        "{safe:?} {hot} {risky:?}"
+    );
+    // Safer within the group: safe9 has the lowest z_sens.
+    assert!(safe[9] >= safe[0], "{safe:?}");
+    // The tilt: δ ∝ 1 − 0.2·tanh(risk), risk ±1.25 for the two groups.
+    let expected = (1.0 + 0.2 * 1.25f64.tanh()) / (1.0 - 0.2 * 1.25f64.tanh());
+    assert!(
+        (safe[0] / risky[0] - expected).abs() < 0.01,
+        "{safe:?} {risky:?}"
+    );
+    // The step is covered (0.05 of global sparsity), not exceeded by more than rounding.
     let g = gain(&req, &plan);
-    assert!((g - 0.02).abs() < 1e-3, "gain {g}");
+    assert!((g - 0.05).abs() < 1e-3, "gain {g}");
+}
+
+#[test]
+fn layers_past_their_goal_wait_for_the_others() {
+    // Earlier steps left the first half at 0.4 and the second half dense.
+    let profiles: Vec<LayerProfile> = (0..10)
+        .map(|i| {
+            layer(
+                &format!("l{i}"),
+                0.0,
+                0.0,
+                if i < 5 { 0.4 } else { 0.0 },
+                1000,
+            )
+        })
+        .collect();
+    let req = PlanRequest::new(2, 40, profiles, 0.5, 10.0, 10.0, 0.15);
+    let plan = planner().plan(&req, 0);
+    for d in &plan.layer_decisions {
+        let i: usize = d.layer[1..].parse().unwrap();
+        assert!(i >= 5, "{} is already ahead: {plan:?}", d.layer);
+    }
+    assert_eq!(plan.layer_decisions.len(), 5);
+    // All lagging layers are equal here, so they get the same δ (0.04 / 0.5 of weight).
+    for d in &plan.layer_decisions {
+        assert!((d.delta - 0.08).abs() < 2e-4, "{plan:?}");
+    }
+}
+
+#[test]
+fn the_last_step_lands_on_the_target() {
+    let m = SimModel::smollm_like(30, 3, 2.0);
+    let mut req = sim_request(&m, 1);
+    for p in &mut req.profiles {
+        p.sparsity = 0.47;
+    }
+    let plan = planner().plan(&req, 0);
+    let after = projected_sparsity(&req.profiles, &plan.layer_decisions);
+    assert!(target_reached(after, 0.5), "{after}");
+    assert!(after < 0.5 + 0.001, "{after}");
 }
 
 #[test]
@@ -144,19 +203,31 @@ fn k_candidates_differ_and_are_deterministic() {
         }
     }
     let g: Vec<f64> = plans.iter().map(|p| gain(&req, p)).collect();
-    // balanced, conservative, bold, spread, focused, exploratory
+    // balanced, conservative, bold, flat, steep, exploratory
     assert!(g[1] < g[0] && g[0] < g[2], "{g:?}");
-    let n: Vec<usize> = plans.iter().map(|p| p.layer_decisions.len()).collect();
-    assert!(n[3] > n[0] && n[0] > n[4], "{n:?}");
-    assert!(plans[1].reasoning.contains("conservative candidate"));
-    // Exploratory picks a different subset of layers, not just other δs.
-    let set = |p: &Plan| {
-        p.layer_decisions
-            .iter()
-            .map(|d| d.layer.clone())
-            .collect::<HashSet<_>>()
+    // Same step for the tilt rungs, spread of δ growing with the tilt.
+    assert!(
+        (g[3] - g[0]).abs() < 1e-3 && (g[4] - g[0]).abs() < 1e-3,
+        "{g:?}"
+    );
+    let spread = |p: &Plan| {
+        let d: Vec<f64> = p.layer_decisions.iter().map(|d| d.delta).collect();
+        d.iter().copied().fold(0.0, f64::max) - d.iter().copied().fold(f64::MAX, f64::min)
     };
-    assert_ne!(set(&plans[5]), set(&plans[0]));
+    let s: Vec<f64> = plans.iter().map(spread).collect();
+    assert!(s[3] < s[0] && s[0] < s[4], "{s:?}");
+    assert!(plans[1].reasoning.contains("conservative candidate"));
+    // Exploratory ranks the layers differently, not just by other δs.
+    let order = |p: &Plan| {
+        let mut d: Vec<(String, f64)> = p
+            .layer_decisions
+            .iter()
+            .map(|d| (d.layer.clone(), d.delta))
+            .collect();
+        d.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        d.into_iter().map(|(n, _)| n).collect::<Vec<_>>()
+    };
+    assert_ne!(order(&plans[5]), order(&plans[0]));
     // Same seed: same plans. Other seed: only the seeded rung changes.
     assert_eq!(planner().candidates(&req, 6), plans);
     let other = HeuristicPlanner::new(HeuristicConfig::default(), 7).candidates(&req, 6);

@@ -14,7 +14,7 @@ pub use plan::{
 };
 pub use request::{
     global_sparsity, projected_sparsity, recently_rolled_back, target_reached, IterationRecord,
-    PlanConstraints, PlanRequest, PlanResponse, Rejection, SPARSITY_EPS,
+    PlanConstraints, PlanRequest, PlanResponse, Rejection, SPARSITY_EPS, TARGET_TOLERANCE,
 };
 pub use run::{Feedback, IterationOutcome, RunId, RunState, Verdict};
 
