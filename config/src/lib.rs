@@ -28,8 +28,8 @@ pub use error::{ConfigError, FieldError};
 pub use planning::{HeuristicConfig, PromptConfig};
 pub use protocol;
 pub use sections::{
-    CalibrationConfig, Device, EvaluationConfig, FinalPplConfig, ModelConfig, PruningConfig,
-    RunConfig, MAX_CANDIDATES,
+    CalibrationConfig, Device, EvaluationConfig, FinalPplConfig, ModelConfig, ProbeConfig,
+    ProbeStyle, PruningConfig, RunConfig, MAX_CANDIDATES,
 };
 
 /// The whole configuration of a run.

@@ -177,6 +177,7 @@ pub struct EvaluationConfig {
     pub ppl_seq_len: usize,
     #[serde(rename = "final")]
     pub final_ppl: FinalPplConfig,
+    pub probe: ProbeConfig,
 }
 
 impl Default for EvaluationConfig {
@@ -185,6 +186,52 @@ impl Default for EvaluationConfig {
             ppl_samples: 16,
             ppl_seq_len: 256,
             final_ppl: FinalPplConfig::default(),
+            probe: ProbeConfig::default(),
+        }
+    }
+}
+
+/// How probe questions are put to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeStyle {
+    /// `chat` when the model has a chat template, `raw` otherwise.
+    Auto,
+    /// The LLM-KICK prompt, for base models.
+    Raw,
+    /// The question wrapped in the model's chat template.
+    Chat,
+}
+
+/// `[evaluation.probe]`: the in-loop knowledge probe. Perplexity hides knowledge loss
+/// (the paper's motivation), so the loop can answer a fixed set of factual questions
+/// on the committed model every few iterations and plot the accuracy next to PPL.
+/// Off by default: on SmolLM2-135M the dense model answers too few NQ-open questions
+/// (≈ 4 % in chat style) for the probe to say anything, and each question costs a
+/// short generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Run the probe on the dense model and after every `every`-th iteration
+    /// (0 = never).
+    pub every: u32,
+    /// Factual QA file: NQ-open style JSONL (`question`, `answer` list) or FreebaseQA.
+    pub path: PathBuf,
+    /// Questions asked: every (n / questions)-th of the file, the same set each time.
+    pub questions: usize,
+    pub style: ProbeStyle,
+    /// Tokens generated per answer.
+    pub max_new_tokens: usize,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            every: 0,
+            path: PathBuf::from("assets/data/nq-open/test.jsonl"),
+            questions: 200,
+            style: ProbeStyle::Auto,
+            max_new_tokens: 16,
         }
     }
 }
@@ -207,6 +254,18 @@ impl EvaluationConfig {
         c.non_empty("evaluation.final.path", &f.path.to_string_lossy());
         check_field(c, "evaluation.final.field", f.field.as_deref());
         c.int_range("evaluation.final.window", f.window as u64, 2, MAX_SEQ_LEN);
+        let p = &self.probe;
+        c.int_range("evaluation.probe.every", u64::from(p.every), 0, 1000);
+        if p.every > 0 {
+            c.non_empty("evaluation.probe.path", &p.path.to_string_lossy());
+            c.int_range("evaluation.probe.questions", p.questions as u64, 1, 100_000);
+            c.int_range(
+                "evaluation.probe.max_new_tokens",
+                p.max_new_tokens as u64,
+                1,
+                512,
+            );
+        }
     }
 }
 

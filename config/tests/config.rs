@@ -182,6 +182,10 @@ fn each_invalid_value_names_field_and_value() {
             "planner.fallback.model = (unset): required when planner.fallback.backend = \"local\"",
         ),
         (
+            "[evaluation.probe]\nevery = 2\nquestions = 0",
+            "evaluation.probe.questions = 0: must be an integer in [1, 100000]",
+        ),
+        (
             "[heuristic]\ntilt = 1.5",
             "heuristic.tilt = 1.5: must be in [0, 0.9]",
         ),
@@ -361,4 +365,14 @@ fn plan_constraints_follow_rule_switches() {
     assert_eq!(c.max_layer_sparsity, 1.0);
     assert_eq!(c.max_z_grad, None);
     assert_eq!(c.min_gain, 0.0);
+}
+
+#[test]
+fn an_unknown_probe_style_is_a_parse_error_with_its_position() {
+    let err = Config::from_toml_str("[evaluation.probe]\nstyle = \"fancy\"").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(":2:9:") && text.contains("unknown variant `fancy`"),
+        "{text}"
+    );
 }
