@@ -162,7 +162,7 @@ impl Default for FinalPplConfig {
             path: PathBuf::from("assets/data/quac/test.jsonl"),
             field: Some("passage".into()),
             window: 512,
-            max_texts: 200,
+            max_texts: 50,
         }
     }
 }
