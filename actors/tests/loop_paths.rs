@@ -33,6 +33,8 @@ impl PlannerBackend for Scripted {
             system_prompt: String::new(),
             user_prompt: String::new(),
             latency_ms: 0,
+            input_tokens: None,
+            output_tokens: None,
         }])
     }
 }

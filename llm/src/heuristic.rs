@@ -375,6 +375,8 @@ impl PlannerBackend for HeuristicPlanner {
                 system_prompt: String::new(),
                 user_prompt: String::new(),
                 latency_ms,
+                input_tokens: None,
+                output_tokens: None,
             })
             .collect())
     }

@@ -249,7 +249,7 @@ impl PlannerBackend for LocalBackend {
         for i in 0..k {
             let prompt = build_prompt(request, &self.prompt, i, k);
             let start = Instant::now();
-            let (text, _) = self.generate(&prompt.system, &prompt.user, &layers)?;
+            let (text, stats) = self.generate(&prompt.system, &prompt.user, &layers)?;
             // The grammar guarantees this; checking keeps a grammar bug from slipping through.
             let plan = Plan::from_json(&text)
                 .ok()
@@ -266,6 +266,8 @@ impl PlannerBackend for LocalBackend {
                 user_prompt: prompt.user,
                 raw_response: text,
                 latency_ms: start.elapsed().as_millis() as u64,
+                input_tokens: Some(stats.prompt_tokens as u64),
+                output_tokens: Some(stats.generated_tokens as u64),
             });
         }
         Ok(out)

@@ -239,6 +239,11 @@ fn success_sends_the_api_shape_and_records_the_exchange() {
         assert_eq!(out[0].model.as_deref(), Some("test-model"));
         assert_eq!(out[0].plan.layer_decisions[0].layer, LAYERS[0]);
         assert_eq!(out[1].plan.layer_decisions[0].delta, 0.02);
+        // The API's usage figures are recorded with the exchange.
+        assert_eq!(
+            (out[0].input_tokens, out[0].output_tokens),
+            (Some(900), Some(40))
+        );
         assert!(out[0].system_prompt.contains("pruning agent"));
         assert!(out[0].user_prompt.contains(LAYERS[1]));
         assert_eq!(
@@ -395,6 +400,11 @@ fn schema_violations_get_one_repair_round() {
         let r = out.unwrap();
         assert_eq!(r[0].plan.layer_decisions[0].layer, LAYERS[0]);
         assert!(r[0].user_prompt.contains("[repair round]"));
+        // Both calls count.
+        assert_eq!(
+            (r[0].input_tokens, r[0].output_tokens),
+            (Some(1800), Some(80))
+        );
     }
 }
 

@@ -225,6 +225,13 @@ pub struct PlanResponse {
     pub raw_response: String,
     /// Wall time of the call in milliseconds.
     pub latency_ms: u64,
+    /// Prompt tokens, as the API reported them (summed over a repair round); `None`
+    /// when the backend does not say (or uses no model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Generated tokens, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
 }
 
 impl IterationOutcome {

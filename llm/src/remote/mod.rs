@@ -49,6 +49,16 @@ struct Exchange {
     plan: Plan,
     raw: String,
     repair_note: Option<String>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
+/// Token counts of both calls of a repair round: the sum when both reported one.
+fn add_tokens(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        _ => None,
+    }
 }
 
 impl<W: Wire> RemoteBackend<W> {
@@ -146,6 +156,8 @@ impl<W: Wire> RemoteBackend<W> {
                     plan,
                     raw: first.text,
                     repair_note: None,
+                    input_tokens: first.input_tokens,
+                    output_tokens: first.output_tokens,
                 })
             }
             Err(errors) => errors,
@@ -167,6 +179,8 @@ impl<W: Wire> RemoteBackend<W> {
                     "\n\n[repair round]\n[assistant]\n{}\n[user]\n{repair}",
                     first.text
                 )),
+                input_tokens: add_tokens(first.input_tokens, second.input_tokens),
+                output_tokens: add_tokens(first.output_tokens, second.output_tokens),
             }),
             Err(again) => Err(LlmError::InvalidAnswer {
                 backend: self.wire.name().to_string(),
@@ -241,6 +255,8 @@ impl<W: Wire> PlannerBackend for RemoteBackend<W> {
                 user_prompt,
                 raw_response: ex.raw,
                 latency_ms: start.elapsed().as_millis() as u64,
+                input_tokens: ex.input_tokens,
+                output_tokens: ex.output_tokens,
             });
         }
         Ok(out)
