@@ -24,6 +24,10 @@ pub struct HeuristicConfig {
     pub tilt: f64,
     /// Weight of z_grad in the risk score (0 ignores gradients).
     pub grad_weight: f64,
+    /// Re-standardise z_sens and z_grad among the layers of one kind (q_proj of every
+    /// block, …) before tilting, so the tilt ranks blocks rather than kinds: across all
+    /// layers the Wanda-score percentile mostly reflects each kind's scale.
+    pub within_kind: bool,
     /// Fraction of τ one step may spend, judged by the PPL cost per unit sparsity seen in
     /// the last iteration that gained sparsity.
     pub ppl_budget: f64,
@@ -42,10 +46,11 @@ pub struct HeuristicConfig {
 impl Default for HeuristicConfig {
     fn default() -> Self {
         Self {
-            base_step: 0.04,
+            base_step: 0.06,
             tilt: 0.2,
             grad_weight: 0.5,
-            ppl_budget: 0.5,
+            within_kind: true,
+            ppl_budget: 0.7,
             rollback_factor: 0.5,
             cheap_cost: 0.25,
             bold_factor: 1.25,

@@ -8,7 +8,8 @@
 //!    needed to finish in the iterations left, at most what the PPL budget allows
 //!    (`ppl_budget`·τ / observed cost), never past the target.
 //! 3. **Layers**: every layer the constraints allow is raised towards a common level
-//!    L tilted by its risk `r = z_sens + grad_weight·z_grad`: its goal is
+//!    L tilted by its risk `r = z_sens + grad_weight·z_grad` (z-scores re-standardised
+//!    within each layer kind, so blocks are compared, not kinds): its goal is
 //!    `L·(1 − tilt·tanh(r))`, so negative z_sens and non-positive z_grad end sparser.
 //!    L is found by bisection so that the plan adds exactly the step (δ within
 //!    [0.01, 0.15] and the layer cap). Near-uniform on purpose: on SmolLM2 a plan that
@@ -82,6 +83,13 @@ pub struct Posture {
     /// Relative PPL rise per unit of global sparsity in the last iteration that gained
     /// sparsity (rolled back or not); `None` before any.
     pub last_cost: Option<f64>,
+    /// Midpoint sparsity of that iteration's step.
+    pub last_cost_at: f64,
+    /// Growth rate k of the cost with sparsity, cost ∝ exp(k·s), from the last two
+    /// iterations that gained sparsity (0 before two, never negative). Pruning costs
+    /// grow steeply: on SmolLM2 the cost doubled from one 7 % step to the next around
+    /// 30 % sparsity, so a budget judged by the last cost alone lands near τ.
+    pub cost_growth: f64,
 }
 
 /// The deterministic heuristic planner.
@@ -106,6 +114,8 @@ impl HeuristicPlanner {
             rollbacks: 0,
             cheap_gains: 0,
             last_cost: None,
+            last_cost_at: 0.0,
+            cost_growth: 0.0,
         };
         for r in history {
             let o = &r.outcome;
@@ -120,12 +130,24 @@ impl HeuristicPlanner {
                 .aggressiveness
                 .clamp(c.min_aggressiveness, c.max_aggressiveness);
         }
-        p.last_cost = history
+        let mut gains = history
             .iter()
             .rev()
             .map(|r| &r.outcome)
-            .find(|o| o.sparsity_gain() > 0.0)
-            .map(|o| o.ppl_change().max(0.0) / o.sparsity_gain());
+            .filter(|o| o.sparsity_gain() > 0.0)
+            .map(|o| {
+                let cost = o.ppl_change().max(0.0) / o.sparsity_gain();
+                (cost, 0.5 * (o.sparsity_before + o.sparsity_after))
+            });
+        if let Some((cost, at)) = gains.next() {
+            p.last_cost = Some(cost);
+            p.last_cost_at = at;
+            if let Some((before, before_at)) = gains.next() {
+                if cost > 0.0 && before > 0.0 && at - before_at > 1e-3 {
+                    p.cost_growth = ((cost / before).ln() / (at - before_at)).clamp(0.0, 30.0);
+                }
+            }
+        }
         p
     }
 
@@ -146,13 +168,21 @@ impl HeuristicPlanner {
             why = format!("pace to finish in {iters_left} iterations");
         }
         if let Some(cost) = posture.last_cost.filter(|c| *c > 0.0) {
-            let cap = self.cfg.ppl_budget * req.tau / cost;
+            let cap = budget_step(
+                self.cfg.ppl_budget * req.tau,
+                cost,
+                posture.last_cost_at,
+                posture.cost_growth,
+                current,
+            );
             if cap < step {
                 step = cap;
                 why = format!(
-                    "PPL budget: {:.0}% of tau at the last observed cost of {:.2} PPL per unit sparsity",
+                    "PPL budget: {:.0}% of tau at the last observed cost of {:.2} PPL per unit \
+sparsity, growing x{:.2} per 0.01 of sparsity",
                     self.cfg.ppl_budget * 100.0,
-                    cost
+                    cost,
+                    (posture.cost_growth * 0.01).exp()
                 );
             }
         }
@@ -182,17 +212,21 @@ impl HeuristicPlanner {
         let cap = req.constraints.max_layer_sparsity.min(1.0);
         let tilt = (self.cfg.tilt * v.tilt).min(0.95);
         let mut rng = self.seed ^ (u64::from(req.iteration) << 32) ^ index as u64;
+        let risks = self.risks(&req.profiles);
         let eligible: Vec<Goal> = req
             .profiles
             .iter()
-            .filter(|p| req.constraints.allows(p) && cap - p.sparsity >= DELTA_MIN && p.params > 0)
-            .map(|p| {
+            .zip(&risks)
+            .filter(|(p, _)| {
+                req.constraints.allows(p) && cap - p.sparsity >= DELTA_MIN && p.params > 0
+            })
+            .map(|(p, risk)| {
                 let noise = v.jitter * (unit(&mut rng) - 0.5);
                 Goal {
                     name: &p.name,
                     sparsity: p.sparsity,
                     weight: p.params as f64,
-                    factor: 1.0 - tilt * (self.risk(p) + noise).tanh(),
+                    factor: 1.0 - tilt * (risk + noise).tanh(),
                     room: (cap - p.sparsity).min(DELTA_MAX),
                 }
             })
@@ -261,9 +295,33 @@ delta {lo:.3}..{hi:.3}; projected global sparsity {projected:.4}.",
         }
     }
 
-    /// Lower is safer.
-    fn risk(&self, p: &LayerProfile) -> f64 {
-        p.z_sens + self.cfg.grad_weight * p.z_grad
+    /// Risk per layer (lower is safer): `z_sens + grad_weight·z_grad`, with both
+    /// z-scores re-standardised among the layers of the same kind (`self_attn.q_proj` of
+    /// every block, …). The profile's z-scores span all layers, so they mostly tell the
+    /// kinds apart (a v_proj's Wanda scores sit on another scale than a down_proj's);
+    /// tilting by them would prune whole kinds harder. Within a kind they rank blocks.
+    /// A kind with a single layer, or with constant scores, has risk 0. With
+    /// `within_kind` off, the profile's own z-scores are used as they are.
+    fn risks(&self, profiles: &[LayerProfile]) -> Vec<f64> {
+        let mut groups: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+        for (i, p) in profiles.iter().enumerate() {
+            groups.entry(layer_kind(&p.name)).or_default().push(i);
+        }
+        if !self.cfg.within_kind {
+            return profiles
+                .iter()
+                .map(|p| p.z_sens + self.cfg.grad_weight * p.z_grad)
+                .collect();
+        }
+        let mut risk = vec![0.0; profiles.len()];
+        for members in groups.values() {
+            let zs = within(members, |i| profiles[i].z_sens);
+            let zg = within(members, |i| profiles[i].z_grad);
+            for (k, &i) in members.iter().enumerate() {
+                risk[i] = zs[k] + self.cfg.grad_weight * zg[k];
+            }
+        }
+        risk
     }
 
     /// Up to `k` distinct plans. Rungs already vetoed this iteration (one per
@@ -289,6 +347,61 @@ delta {lo:.3}..{hi:.3}; projected global sparsity {projected:.4}.",
         }
         plans
     }
+}
+
+/// The largest step x whose predicted PPL rise x·c(current + x/2) stays within
+/// `budget`, with the cost c(s) = cost·exp(growth·(s − at)) extrapolated from the last
+/// observed one (bisection: the rise grows with x).
+fn budget_step(budget: f64, cost: f64, at: f64, growth: f64, current: f64) -> f64 {
+    let rise = |x: f64| x * cost * (growth * (current + 0.5 * x - at)).exp();
+    let (mut lo, mut hi) = (0.0, 1.0);
+    if rise(hi) <= budget {
+        return hi;
+    }
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if rise(mid) <= budget {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// The kind of a layer: its name after the block index (`model.layers.3.mlp.up_proj` →
+/// `mlp.up_proj`); the whole name when it has no numeric component.
+fn layer_kind(name: &str) -> &str {
+    let mut offset = 0;
+    for part in name.split('.') {
+        offset += part.len() + 1;
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            return name.get(offset..).filter(|k| !k.is_empty()).unwrap_or(name);
+        }
+    }
+    name
+}
+
+/// z-scores of `value` over `members` (population std); all 0 when constant.
+fn within(members: &[usize], value: impl Fn(usize) -> f64) -> Vec<f64> {
+    let n = members.len() as f64;
+    let mean = members.iter().map(|&i| value(i)).sum::<f64>() / n;
+    let var = members
+        .iter()
+        .map(|&i| (value(i) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let sd = var.sqrt();
+    members
+        .iter()
+        .map(|&i| {
+            if sd > 1e-9 {
+                (value(i) - mean) / sd
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// One eligible layer and where the common level puts it.
