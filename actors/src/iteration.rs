@@ -5,6 +5,14 @@
 //! Order of effects on commit: the Checkpointer's transaction first, then the
 //! Executor's in-memory masks. A crash between the two loses nothing: a resume rebuilds
 //! the masks from the stored deltas.
+//!
+//! Tracing: each iteration is a root span (`iteration`, so one trace per iteration when
+//! exported over OTLP) with one child span per actor message: `profile`, `plan`,
+//! `critique`, `execute`, `evaluate`, `reflect`, `commit`. The request to the actor is
+//! sent while its span is current, and ractor's message envelope carries the sender's
+//! span (`message_span_propogation`, a default feature) and runs the receiving handler
+//! inside it, so whatever the actors record lands in the same trace. Attributes: run id,
+//! iteration, layer counts, sparsity, PPL, LLM latency.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +24,8 @@ use protocol::{
 };
 use ractor::rpc::CallResult;
 use ractor::ActorCell;
+use tracing::field::Empty;
+use tracing::{info_span, Instrument, Span};
 
 use crate::checkpointer::CheckpointerMsg;
 use crate::critic::CriticMsg;
@@ -29,6 +39,35 @@ use crate::util::ms;
 
 /// What `step` says next: continue (`None`) or stop for a reason.
 pub type Next = Result<Option<StopReason>, String>;
+
+/// Run `$body` (an expression that may use `?` and `.await`) inside `$span`: the span
+/// is current while the actor request is sent, so the message carries it.
+macro_rules! in_span {
+    ($span:expr, $body:expr) => {
+        async { $body }.instrument($span.clone()).await
+    };
+}
+
+/// A child span of the iteration span `parent` for one actor message.
+fn child(parent: &Span, name: &'static str, run: &str, t: u32) -> Span {
+    match name {
+        "profile" => info_span!(parent: parent, "profile", run.id = run, iteration = t,
+            layers = Empty, grad_collected = Empty),
+        "plan" => info_span!(parent: parent, "plan", run.id = run, iteration = t,
+            round = Empty, candidates = Empty, llm.latency_ms = Empty, planner.backend = Empty),
+        "critique" => info_span!(parent: parent, "critique", run.id = run, iteration = t,
+            approved = Empty, amended = Empty, vetoed = Empty),
+        "execute" => info_span!(parent: parent, "execute", run.id = run, iteration = t,
+            candidates = Empty, layers.touched = Empty, weights.pruned = Empty),
+        "evaluate" => info_span!(parent: parent, "evaluate", run.id = run, iteration = t,
+            candidates = Empty, ppl.best = Empty),
+        "reflect" => info_span!(parent: parent, "reflect", run.id = run, iteration = t,
+            assessment = Empty),
+        _ => info_span!(parent: parent, "commit", run.id = run, iteration = t,
+            committed = Empty, layers = Empty, delta_bytes = Empty, sparsity = Empty,
+            ppl = Empty),
+    }
+}
 
 /// The status record for `state` in `run_state`.
 pub fn status(state: &SupervisorState, run_state: RunState, reason: Option<String>) -> RunStatus {
@@ -112,8 +151,27 @@ impl Supervisor {
         Ok(None)
     }
 
-    /// One iteration; see the module docs.
+    /// One iteration, as the root span of its own trace; see the module docs.
     pub(crate) async fn step(&self, state: &mut SupervisorState, me: &ActorCell) -> Next {
+        let span = info_span!(parent: None, "iteration",
+            run.id = %self.run_id, iteration = state.iteration, layers = self.engine.layers.len(),
+            sparsity.before = Empty, sparsity.after = Empty, ppl.before = state.current_ppl,
+            ppl.after = Empty, rolled_back = Empty, llm.latency_ms = Empty,
+            planner.backend = Empty, outcome = Empty);
+        let next = self
+            .step_in(state, me, &span)
+            .instrument(span.clone())
+            .await;
+        match &next {
+            Ok(Some(reason)) => span.record("outcome", format!("{reason:?}").as_str()),
+            Ok(None) => span.record("outcome", "continue"),
+            Err(e) => span.record("outcome", format!("failed: {e}").as_str()),
+        };
+        next
+    }
+
+    async fn step_in(&self, state: &mut SupervisorState, me: &ActorCell, it: &Span) -> Next {
+        let run = self.run_id.as_str();
         let cfg = &self.cfg;
         let (target, tau, max_it) = (
             cfg.pruning.target_sparsity,
@@ -126,12 +184,17 @@ impl Supervisor {
         }
         let mut timings = ActorTimings::default();
         self.set_state(state, me, RunState::Profiling).await?;
-        let (report, profile_ms) = ask!(self, state, me, profiler, Some(Child::Profiler), |r| {
-            ProfilerMsg::Profile {
-                iteration: t,
-                reply: r,
-            }
+        let span = child(it, "profile", run, t);
+        let (report, profile_ms) = in_span!(span, {
+            ask!(self, state, me, profiler, Some(Child::Profiler), |r| {
+                ProfilerMsg::Profile {
+                    iteration: t,
+                    reply: r,
+                }
+            })
         })??;
+        span.record("layers", report.profiles.len());
+        span.record("grad_collected", report.grad_collected);
         timings.profiler_ms = profile_ms;
         state.raw_grad = Some(report.raw_grad.clone());
         let mut request = PlanRequest::new(
@@ -144,6 +207,7 @@ impl Supervisor {
             tau,
         );
         let before = request.current_sparsity;
+        it.record("sparsity.before", before);
         if target_reached(before, target) {
             return Ok(Some(StopReason::TargetReached));
         }
@@ -153,26 +217,45 @@ impl Supervisor {
         self.set_state(state, me, RunState::Planning).await?;
         let mut reviewed: Vec<ReviewedCandidate> = Vec::new();
         let mut survivors: Vec<Plan> = Vec::new();
-        for _round in 0..=cfg.critic.max_replans {
+        let mut llm_ms = 0u64;
+        for round in 0..=cfg.critic.max_replans {
             let start = Instant::now();
             let req = Box::new(request.clone());
-            let responses = ask!(self, state, me, planner, Some(Child::Planner), |r| {
-                PlannerMsg::Propose {
-                    request: req.clone(),
-                    k: cfg.pruning.candidates,
-                    reply: r,
-                }
+            let span = child(it, "plan", run, t);
+            let responses = in_span!(span, {
+                ask!(self, state, me, planner, Some(Child::Planner), |r| {
+                    PlannerMsg::Propose {
+                        request: req.clone(),
+                        k: cfg.pruning.candidates,
+                        reply: r,
+                    }
+                })
             })??;
+            let latency: u64 = responses.iter().map(|r| r.latency_ms).sum();
+            llm_ms += latency;
+            let backend = responses.first().map_or("", |r| r.backend.as_str());
+            span.record("round", round);
+            span.record("candidates", responses.len());
+            span.record("llm.latency_ms", latency);
+            span.record("planner.backend", backend);
+            it.record("planner.backend", backend);
             timings.planner_ms += ms(start);
             let start = Instant::now();
             let plans: Vec<Plan> = responses.iter().map(|r| r.plan.clone()).collect();
-            let verdicts = ask!(self, state, me, critic, Some(Child::Critic), |r| {
-                CriticMsg::Review {
-                    request: req.clone(),
-                    plans: plans.clone(),
-                    reply: r,
-                }
+            let span = child(it, "critique", run, t);
+            let verdicts = in_span!(span, {
+                ask!(self, state, me, critic, Some(Child::Critic), |r| {
+                    CriticMsg::Review {
+                        request: req.clone(),
+                        plans: plans.clone(),
+                        reply: r,
+                    }
+                })
             })?;
+            let count = |f: fn(&Verdict) -> bool| verdicts.iter().filter(|v| f(v)).count();
+            span.record("approved", count(|v| matches!(v, Verdict::Approve)));
+            span.record("amended", count(|v| matches!(v, Verdict::Amend { .. })));
+            span.record("vetoed", count(|v| matches!(v, Verdict::Veto { .. })));
             timings.critic_ms += ms(start);
             for (resp, verdict) in responses.into_iter().zip(verdicts) {
                 match &verdict {
@@ -193,6 +276,7 @@ impl Supervisor {
                 break;
             }
         }
+        it.record("llm.latency_ms", llm_ms);
         if survivors.is_empty() {
             return Ok(Some(StopReason::NoAcceptablePlan));
         }
@@ -208,25 +292,45 @@ impl Supervisor {
             .map(|(i, p)| (i as u32, p))
             .collect();
         let act = Arc::new(report.act_sum_sq.clone());
-        let (candidates, exec_ms) = ask!(self, state, me, executor, None::<Child>, |r| {
-            ExecutorMsg::Apply {
-                plans: plans.clone(),
-                act_sum_sq: act.clone(),
-                reply: r,
-            }
+        let span = child(it, "execute", run, t);
+        let (candidates, exec_ms) = in_span!(span, {
+            ask!(self, state, me, executor, None::<Child>, |r| {
+                ExecutorMsg::Apply {
+                    plans: plans.clone(),
+                    act_sum_sq: act.clone(),
+                    reply: r,
+                }
+            })
         })??;
+        span.record("candidates", candidates.len());
+        span.record(
+            "layers.touched",
+            candidates.iter().map(|c| c.deltas.len()).sum::<usize>(),
+        );
+        span.record(
+            "weights.pruned",
+            candidates.iter().map(|c| c.newly_pruned).sum::<u64>(),
+        );
         timings.executor_ms = exec_ms;
         self.set_state(state, me, RunState::Evaluating).await?;
         if self.pause_before_eval_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(self.pause_before_eval_ms)).await;
         }
-        let (scores, eval_ms) = ask!(self, state, me, evaluator, Some(Child::Evaluator), |r| {
-            EvaluatorMsg::Evaluate {
-                iteration: t,
-                candidates: candidates.clone(),
-                reply: r,
-            }
+        let span = child(it, "evaluate", run, t);
+        let (scores, eval_ms) = in_span!(span, {
+            ask!(self, state, me, evaluator, Some(Child::Evaluator), |r| {
+                EvaluatorMsg::Evaluate {
+                    iteration: t,
+                    candidates: candidates.clone(),
+                    reply: r,
+                }
+            })
         })??;
+        span.record("candidates", scores.len());
+        span.record(
+            "ppl.best",
+            scores.iter().map(|s| s.ppl).fold(f64::INFINITY, f64::min),
+        );
         timings.evaluator_ms = eval_ms;
         // Attach scores to the reviewed candidates that survived (in order).
         let mut it_scores = scores.iter();
@@ -256,13 +360,17 @@ impl Supervisor {
         };
         let start = Instant::now();
         let plan = Box::new(cand.plan.clone());
-        let feedback = ask!(self, state, me, critic, Some(Child::Critic), |r| {
-            CriticMsg::Reflect {
-                outcome: outcome.clone(),
-                plan: plan.clone(),
-                reply: r,
-            }
+        let span = child(it, "reflect", run, t);
+        let feedback = in_span!(span, {
+            ask!(self, state, me, critic, Some(Child::Critic), |r| {
+                CriticMsg::Reflect {
+                    outcome: outcome.clone(),
+                    plan: plan.clone(),
+                    reply: r,
+                }
+            })
         })?;
+        span.record("assessment", feedback.assessment.as_str());
         timings.critic_ms += ms(start);
         let record = IterationRecord {
             plan: cand.plan.clone(),
@@ -277,7 +385,7 @@ impl Supervisor {
         let delta_bytes: u64 = deltas.iter().map(|d| d.bytes.len() as u64).sum();
         let stored = Box::new(StoredIteration {
             record: record.clone(),
-            candidates: reviewed,
+            candidates: reviewed.clone(),
             committed: chosen.map(|i| candidates[i].id),
             raw_sens: report.raw_sens.clone(),
             raw_grad: report.raw_grad.clone(),
@@ -288,32 +396,51 @@ impl Supervisor {
         state.stored_iterations += 1;
         let st = status(state, RunState::Committed, None);
         let (none, start) = (None::<Child>, Instant::now());
-        let ck = ask!(self, state, me, checkpointer, none, |r| {
-            CheckpointerMsg::Commit {
-                stored: stored.clone(),
-                deltas: deltas.clone(),
-                status: st.clone(),
-                reply: r,
-            }
+        let span = child(it, "commit", run, t);
+        span.record("committed", chosen.is_some());
+        span.record("layers", deltas.len());
+        span.record("delta_bytes", delta_bytes);
+        let ck = in_span!(span, {
+            ask!(self, state, me, checkpointer, none, |r| {
+                CheckpointerMsg::Commit {
+                    stored: stored.clone(),
+                    deltas: deltas.clone(),
+                    status: st.clone(),
+                    reply: r,
+                }
+            })
         })?;
         ck.map_err(|e| format!("checkpointer: {e}"))?;
         timings.checkpointer_ms = ms(start);
         if chosen.is_some() {
-            ask!(self, state, me, executor, None::<Child>, |r| {
-                ExecutorMsg::Commit {
-                    deltas: deltas.clone(),
-                    reply: r,
-                }
+            in_span!(span, {
+                ask!(self, state, me, executor, None::<Child>, |r| {
+                    ExecutorMsg::Commit {
+                        deltas: deltas.clone(),
+                        reply: r,
+                    }
+                })
             })??;
             state.current_ppl = outcome.ppl_after;
             state.delta_bytes.push(delta_bytes);
         }
+        let (sp, ppl) = if chosen.is_some() {
+            (outcome.sparsity_after, outcome.ppl_after)
+        } else {
+            (outcome.sparsity_before, outcome.ppl_before)
+        };
+        span.record("sparsity", sp);
+        span.record("ppl", ppl);
+        it.record("sparsity.after", sp);
+        it.record("ppl.after", ppl);
+        it.record("rolled_back", outcome.rolled_back);
         state.timings.add(&timings);
         state.history.push(record.clone());
         self.emit(ProgressEvent::Iteration {
             record: Box::new(record),
             timings,
             delta_bytes,
+            candidates: reviewed,
         });
         state.iteration += 1;
         if chosen.is_some() && target_reached(outcome.sparsity_after, target) {

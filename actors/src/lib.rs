@@ -30,7 +30,7 @@ pub mod testing;
 pub mod util;
 
 pub use run::{
-    run_pruning, run_pruning_blocking, FinalEval, ProgressEvent, ProgressFn, RunError, RunOptions,
-    RunOutput,
+    run_pruning, run_pruning_blocking, FinalEval, ProgressEvent, ProgressFn, RunControl, RunError,
+    RunOptions, RunOutput, StopRequest,
 };
 pub use util::Faults;

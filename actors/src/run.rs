@@ -44,6 +44,9 @@ pub enum ProgressEvent {
         record: Box<IterationRecord>,
         timings: ActorTimings,
         delta_bytes: u64,
+        /// Every reviewed candidate as stored (backend that answered — a fallback says
+        /// so —, LLM latency, verdict, score), for observers such as the daemon's API.
+        candidates: Vec<protocol::ReviewedCandidate>,
     },
     Finished {
         state: RunState,
@@ -73,6 +76,54 @@ pub struct RunOptions {
     /// Test hook: sleep this long after entering `evaluating`, so a test can kill the
     /// process reliably in the middle of an iteration. 0 = off.
     pub pause_before_eval_ms: u64,
+    /// Lets another task stop the loop at the next iteration boundary (cancel, or
+    /// suspend for a shutdown); never consulted when nobody holds a clone.
+    pub control: RunControl,
+}
+
+/// A stop request from outside the loop, honoured between iterations: the iteration in
+/// progress always finishes (and is committed or rolled back) first, so nothing is left
+/// half-done. Clones share the request.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl(Arc<std::sync::atomic::AtomicU8>);
+
+/// What a [`RunControl`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// End the run as `cancelled` (terminal).
+    Cancel,
+    /// Stop without a terminal state (process shutdown); a resume continues it.
+    Suspend,
+}
+
+impl RunControl {
+    const CANCEL: u8 = 1;
+    const SUSPEND: u8 = 2;
+
+    /// Ask for a cancel; wins over an earlier suspend.
+    pub fn cancel(&self) {
+        self.0
+            .store(Self::CANCEL, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ask for a suspend, unless a cancel is already requested.
+    pub fn suspend(&self) {
+        let _ = self.0.compare_exchange(
+            0,
+            Self::SUSPEND,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// The pending request, if any.
+    pub fn requested(&self) -> Option<StopRequest> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Self::CANCEL => Some(StopRequest::Cancel),
+            Self::SUSPEND => Some(StopRequest::Suspend),
+            _ => None,
+        }
+    }
 }
 
 /// Perplexity of the dense and the pruned model on the final text.
@@ -198,6 +249,7 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
         progress: opts.progress.clone(),
         workers: opts.eval_workers.unwrap_or(cfg.pruning.candidates).max(1),
         pause_before_eval_ms: opts.pause_before_eval_ms,
+        control: opts.control.clone(),
     };
     let (sup_ref, handle) = Actor::spawn(None, sup, start)
         .await
@@ -420,6 +472,18 @@ pub fn masks_file(masks: &[LayerDelta]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancel_wins_over_a_suspend_and_clones_share_the_request() {
+        let c = RunControl::default();
+        assert_eq!(c.requested(), None);
+        let seen_by_the_loop = c.clone();
+        c.suspend();
+        assert_eq!(seen_by_the_loop.requested(), Some(StopRequest::Suspend));
+        c.cancel();
+        c.suspend();
+        assert_eq!(seen_by_the_loop.requested(), Some(StopRequest::Cancel));
+    }
 
     #[test]
     fn civil_dates() {

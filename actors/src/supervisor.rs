@@ -43,6 +43,8 @@ pub struct Supervisor {
     pub workers: usize,
     /// Test hook (see `RunOptions::pause_before_eval_ms`).
     pub pause_before_eval_ms: u64,
+    /// Cancel / suspend requests, checked before each iteration.
+    pub control: crate::run::RunControl,
 }
 
 /// Where the run starts: fresh (with the meta to create) or resumed.
@@ -298,7 +300,11 @@ impl Actor for Supervisor {
                 state.reply = Some(reply);
                 self.begin(state, &me).await
             }
-            SupervisorMsg::Step => self.step(state, &me).await,
+            SupervisorMsg::Step => match self.control.requested() {
+                Some(crate::run::StopRequest::Cancel) => Ok(Some(StopReason::Cancelled)),
+                Some(crate::run::StopRequest::Suspend) => Ok(Some(StopReason::Interrupted)),
+                None => self.step(state, &me).await,
+            },
             SupervisorMsg::Masks(reply) => {
                 let masks = match state
                     .children
@@ -347,27 +353,31 @@ impl Actor for Supervisor {
 
 impl Supervisor {
     /// Finish the run: record the terminal state (best effort on failure), reply with
-    /// the summary, stop the children.
+    /// the summary, stop the children. An interrupted run (shutdown) records nothing:
+    /// its stored status is that of its last committed iteration, which a resume reads.
     async fn finish(
         &self,
         state: &mut SupervisorState,
         reason: StopReason,
         failure: Option<String>,
     ) {
-        let terminal = if failure.is_some() {
-            RunState::Failed
-        } else {
-            RunState::Finished
+        let terminal = match (&failure, reason) {
+            (Some(_), _) => RunState::Failed,
+            (None, StopReason::Cancelled) => RunState::Cancelled,
+            (None, StopReason::Interrupted) => RunState::Committed,
+            _ => RunState::Finished,
         };
-        let note = failure
-            .clone()
-            .unwrap_or_else(|| format!("{reason:?}").to_lowercase());
-        let status = crate::iteration::status(state, terminal, Some(note));
-        let _ = state
-            .children
-            .checkpointer
-            .call(|r| CheckpointerMsg::SetStatus { status, reply: r }, None)
-            .await;
+        if reason != StopReason::Interrupted {
+            let note = failure
+                .clone()
+                .unwrap_or_else(|| format!("{reason:?}").to_lowercase());
+            let status = crate::iteration::status(state, terminal, Some(note));
+            let _ = state
+                .children
+                .checkpointer
+                .call(|r| CheckpointerMsg::SetStatus { status, reply: r }, None)
+                .await;
+        }
         let layers = match state
             .children
             .executor

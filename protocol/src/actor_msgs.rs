@@ -159,6 +159,11 @@ pub enum StopReason {
     /// Every candidate was vetoed `max_replans + 1` times.
     NoAcceptablePlan,
     Failed,
+    /// A user cancelled the run (the daemon's cancel); terminal, state `cancelled`.
+    Cancelled,
+    /// The process is shutting down: the loop stopped between iterations without a
+    /// terminal state, so a resume continues from the last committed iteration.
+    Interrupted,
 }
 
 /// What `run_pruning` returns: the run's outcome and its iteration memory.
