@@ -38,17 +38,24 @@ enum Command {
     Export(commands::export::ExportArgs),
     /// Prune a model with the agent-guided loop (offline defaults); `--resume RUN` continues a run.
     Prune(commands::prune::PruneArgs),
+    /// Serve the actor system as a daemon: HTTP JSON API, run queue, OTLP traces.
+    Daemon(commands::daemon::DaemonArgs),
+    /// Talk to a running daemon: list, show, submit, cancel runs.
+    Runs(commands::runs::RunsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The daemon installs its own subscriber (stderr logs plus OTLP traces).
+    if !matches!(cli.command, Command::Daemon(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.command {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
@@ -58,6 +65,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Prune(args) => commands::prune::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Daemon(args) => commands::daemon::run(args),
+        Command::Runs(args) => commands::runs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

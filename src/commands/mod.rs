@@ -3,9 +3,11 @@
 pub mod bench;
 pub mod common;
 pub mod compare;
+pub mod daemon;
 pub mod eval;
 pub mod export;
 pub mod fetch;
 pub mod generate;
 pub mod inspect;
 pub mod prune;
+pub mod runs;

@@ -1,0 +1,114 @@
+//! The HTTP client of the daemon's API (what `secateur runs …` uses). Errors carry the
+//! daemon's JSON error message and details, so the CLI shows exactly what the server
+//! said (`400: invalid configuration: …`).
+
+use std::time::Duration;
+
+use crate::types::{ApiError, Health, RunDetail, RunList, RunView, SubmitRequest};
+
+/// What went wrong talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the daemon at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{status}: {}{}", body.error, details(&body.details))]
+    Api { status: u16, body: ApiError },
+    #[error("unexpected answer from the daemon: {0}")]
+    Decode(String),
+}
+
+fn details(d: &[String]) -> String {
+    d.iter().map(|l| format!("\n  {l}")).collect()
+}
+
+/// A client for one daemon.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` like `http://127.0.0.1:7878`; `token` is sent as a bearer token.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    /// A request to `path` with the token attached.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = req
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                message: e.to_string(),
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        if !status.is_success() {
+            let body = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+                error: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                details: vec![],
+            });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.send(self.request(reqwest::Method::GET, "/health"))
+            .await
+    }
+
+    pub async fn list(&self) -> Result<Vec<RunView>, ClientError> {
+        let l: RunList = self
+            .send(self.request(reqwest::Method::GET, "/runs"))
+            .await?;
+        Ok(l.runs)
+    }
+
+    pub async fn show(&self, id: &str) -> Result<RunDetail, ClientError> {
+        self.send(self.request(reqwest::Method::GET, &format!("/runs/{id}")))
+            .await
+    }
+
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<RunView, ClientError> {
+        self.send(self.request(reqwest::Method::POST, "/runs").json(req))
+            .await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<RunView, ClientError> {
+        self.send(self.request(reqwest::Method::POST, &format!("/runs/{id}/cancel")))
+            .await
+    }
+}
