@@ -111,6 +111,14 @@ fn exports_of_a_pruned_run_reload_with_the_pruned_logits() {
         "sparse = hf export, bit for bit"
     );
 
+    // The fixture is an HF directory: --format gguf says why it cannot, and writes nothing.
+    let gguf = dir.path().join("export-gguf");
+    let o = export(&run, "gguf", &gguf, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("re-quantises a GGUF source"), "{err}");
+    assert!(!gguf.exists());
+
     // The destination exists now: refused without --force, replaced with it.
     let o = export(&run, "hf", &hf, &[]);
     assert!(!o.status.success());

@@ -8,12 +8,16 @@
 //! - [`export_sparse`]: the compressed form of [`model::load::sparse`]: per pruned weight
 //!   a packed bitmask plus its non-zero values, so a model at sparsity `s` takes about
 //!   `(1 − s)` of the dense bytes plus one bit per weight. `load_checkpoint` reads it back.
+//! - [`export_gguf`]: for GGUF sources, the same file with the pruned weights
+//!   re-quantised to their source types, for llama.cpp (see [`gguf`] for what happens to
+//!   zeros in block formats).
 //!
 //! Both write into a temporary directory next to the destination and rename it at the
 //! end, so a failed export (disk full, bad tensor) leaves no partial directory behind.
 //! An existing destination is refused unless `force` is set.
 
 mod atomic;
+pub mod gguf;
 mod hf;
 pub mod masks;
 mod sparse;
@@ -124,6 +128,8 @@ pub enum ExportError {
     Tensor { name: String, reason: String },
     #[error("safetensors: {0}")]
     Safetensors(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub type Result<T> = std::result::Result<T, ExportError>;
@@ -174,6 +180,31 @@ pub fn export_sparse(
         sparse::write_sparse(&tensors, &compressed, dtype, tmp)
     })
     .and_then(|weights| summarise(out, dtype, &weights))
+}
+
+/// Write `ckpt`'s source GGUF with `masks` applied, re-quantised to the source types,
+/// as `out/model.gguf` ([`gguf::GGUF_FILE`]). Only GGUF sources; `opts.dtype` must be
+/// unset (each tensor keeps its own type).
+pub fn export_gguf(
+    ckpt: &Checkpoint,
+    masks: &HashMap<String, Mask>,
+    out: &std::path::Path,
+    opts: &ExportOptions,
+) -> Result<ExportSummary> {
+    if opts.dtype.is_some() {
+        return Err(ExportError::Unsupported(
+            "--format gguf keeps every tensor's source type; --dtype does not apply".into(),
+        ));
+    }
+    let all = apply_masks(&ckpt.tensors, masks)?;
+    let pruned: HashMap<String, Tensor> = masks
+        .keys()
+        .map(|l| format!("{l}.weight"))
+        .filter_map(|n| all.get(&n).map(|t| (n, t.clone())))
+        .collect();
+    drop(all);
+    atomic::write_dir(out, opts.force, |tmp| gguf::write_gguf(ckpt, &pruned, tmp))
+        .and_then(|weights| summarise(out, ExportDtype::F32, &weights))
 }
 
 fn summarise(

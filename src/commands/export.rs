@@ -1,4 +1,4 @@
-//! `secateur export RUN --format hf|sparse --out DIR`: write a run's pruned model.
+//! `secateur export RUN --format hf|sparse|gguf --out DIR`: write a run's pruned model.
 //!
 //! The run's checkpoint database gives the model path (from the stored config) and the
 //! masks of its last committed iteration (every committed delta replayed in order, as
@@ -19,6 +19,9 @@ pub enum Format {
     Hf,
     /// Compressed bitmask + non-zero values; `secateur` loads it directly.
     Sparse,
+    /// GGUF sources only: the source file with the pruned weights re-quantised to their
+    /// source types (llama.cpp runs it; affine block types keep zeros only approximately).
+    Gguf,
 }
 
 #[derive(clap::Args)]
@@ -148,6 +151,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let summary = match args.format {
         Format::Hf => export::export_hf(&ckpt, &run.masks, &args.out, &opts)?,
         Format::Sparse => export::export_sparse(&ckpt, &run.masks, &args.out, &opts)?,
+        Format::Gguf => export::export_gguf(&ckpt, &run.masks, &args.out, &opts)?,
+    };
+    let types = match args.format {
+        Format::Gguf => "the source GGUF types".to_string(),
+        _ => summary.dtype.torch_name().to_string(),
     };
     let pruned: usize = run.masks.values().map(Mask::count_pruned).sum();
     let total: usize = run.masks.values().map(Mask::len).sum();
@@ -157,7 +165,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         run.committed_iterations,
         100.0 * pruned as f64 / total.max(1) as f64,
         run.model.display(),
-        summary.dtype.torch_name(),
+        types,
         summary.dir.display(),
         summary.weight_bytes,
         summary.total_bytes

@@ -198,6 +198,27 @@ pub fn unpermute_rope_rows(t: &Tensor, n_head: usize) -> candle_core::Result<Ten
         .reshape(dims)
 }
 
+/// llama.cpp's q/k row permutation (convert_hf_to_gguf.py `permute`), the inverse of
+/// [`unpermute_rope_rows`]: HF row `j·d/2 + i` of a head becomes GGUF row `2i + j`.
+/// Needed to write llama q/k weights back into a GGUF file.
+pub fn permute_rope_rows(t: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims.first().copied().unwrap_or(0);
+    if n_head == 0
+        || rows == 0
+        || !rows.is_multiple_of(n_head)
+        || !(rows / n_head).is_multiple_of(2)
+    {
+        candle_core::bail!("{rows} rows do not split into {n_head} heads of even size");
+    }
+    let mut split = vec![n_head, 2, rows / n_head / 2];
+    split.extend_from_slice(&dims[1..]);
+    t.reshape(split)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}
+
 /// Storage types we dequantise, with their display name; `None` for the rest
 /// (intermediate dot-product formats never written to files by llama.cpp).
 fn supported_dtype_name(dtype: GgmlDType) -> Option<&'static str> {
@@ -220,7 +241,7 @@ fn supported_dtype_name(dtype: GgmlDType) -> Option<&'static str> {
 }
 
 /// llama.cpp tensor name → HF checkpoint name, `None` when the engine has no use for it.
-pub(crate) fn hf_name(gguf: &str) -> Option<String> {
+pub fn hf_name(gguf: &str) -> Option<String> {
     match gguf {
         "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
         "output_norm.weight" => return Some("model.norm.weight".into()),
@@ -436,6 +457,22 @@ mod tests {
             let back = unpermute_rope_rows(&t, n_head).unwrap();
             assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
         }
+    }
+
+    #[test]
+    fn permute_is_the_converter_permutation_and_inverts_unpermute() {
+        let (rows, cols, n_head) = (16, 3, 2);
+        let hf: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let t = Tensor::from_vec(hf.clone(), (rows, cols), &Device::Cpu).unwrap();
+        let ours = permute_rope_rows(&t, n_head).unwrap();
+        let theirs = permute(&hf, rows, cols, n_head);
+        assert_eq!(
+            ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            theirs
+        );
+        let back = unpermute_rope_rows(&ours, n_head).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
+        assert!(permute_rope_rows(&t, 3).is_err());
     }
 
     #[test]
