@@ -48,22 +48,28 @@ macro_rules! in_span {
     };
 }
 
+/// An integer span field as i64: tracing-opentelemetry exports unsigned integers as
+/// strings, signed ones as OTLP ints (what Jaeger can filter and compare).
+fn int<T: TryInto<i64>>(x: T) -> i64 {
+    x.try_into().unwrap_or(i64::MAX)
+}
+
 /// A child span of the iteration span `parent` for one actor message.
 fn child(parent: &Span, name: &'static str, run: &str, t: u32) -> Span {
     match name {
-        "profile" => info_span!(parent: parent, "profile", run.id = run, iteration = t,
+        "profile" => info_span!(parent: parent, "profile", run.id = run, iteration = int(t),
             layers = Empty, grad_collected = Empty),
-        "plan" => info_span!(parent: parent, "plan", run.id = run, iteration = t,
+        "plan" => info_span!(parent: parent, "plan", run.id = run, iteration = int(t),
             round = Empty, candidates = Empty, llm.latency_ms = Empty, planner.backend = Empty),
-        "critique" => info_span!(parent: parent, "critique", run.id = run, iteration = t,
+        "critique" => info_span!(parent: parent, "critique", run.id = run, iteration = int(t),
             approved = Empty, amended = Empty, vetoed = Empty),
-        "execute" => info_span!(parent: parent, "execute", run.id = run, iteration = t,
+        "execute" => info_span!(parent: parent, "execute", run.id = run, iteration = int(t),
             candidates = Empty, layers.touched = Empty, weights.pruned = Empty),
-        "evaluate" => info_span!(parent: parent, "evaluate", run.id = run, iteration = t,
+        "evaluate" => info_span!(parent: parent, "evaluate", run.id = run, iteration = int(t),
             candidates = Empty, ppl.best = Empty),
-        "reflect" => info_span!(parent: parent, "reflect", run.id = run, iteration = t,
+        "reflect" => info_span!(parent: parent, "reflect", run.id = run, iteration = int(t),
             assessment = Empty),
-        _ => info_span!(parent: parent, "commit", run.id = run, iteration = t,
+        _ => info_span!(parent: parent, "commit", run.id = run, iteration = int(t),
             committed = Empty, layers = Empty, delta_bytes = Empty, sparsity = Empty,
             ppl = Empty),
     }
@@ -154,7 +160,7 @@ impl Supervisor {
     /// One iteration, as the root span of its own trace; see the module docs.
     pub(crate) async fn step(&self, state: &mut SupervisorState, me: &ActorCell) -> Next {
         let span = info_span!(parent: None, "iteration",
-            run.id = %self.run_id, iteration = state.iteration, layers = self.engine.layers.len(),
+            run.id = %self.run_id, iteration = int(state.iteration), layers = int(self.engine.layers.len()),
             sparsity.before = Empty, sparsity.after = Empty, ppl.before = state.current_ppl,
             ppl.after = Empty, rolled_back = Empty, llm.latency_ms = Empty,
             planner.backend = Empty, outcome = Empty);
@@ -193,7 +199,7 @@ impl Supervisor {
                 }
             })
         })??;
-        span.record("layers", report.profiles.len());
+        span.record("layers", int(report.profiles.len()));
         span.record("grad_collected", report.grad_collected);
         timings.profiler_ms = profile_ms;
         state.raw_grad = Some(report.raw_grad.clone());
@@ -234,9 +240,9 @@ impl Supervisor {
             let latency: u64 = responses.iter().map(|r| r.latency_ms).sum();
             llm_ms += latency;
             let backend = responses.first().map_or("", |r| r.backend.as_str());
-            span.record("round", round);
-            span.record("candidates", responses.len());
-            span.record("llm.latency_ms", latency);
+            span.record("round", int(round));
+            span.record("candidates", int(responses.len()));
+            span.record("llm.latency_ms", int(latency));
             span.record("planner.backend", backend);
             it.record("planner.backend", backend);
             timings.planner_ms += ms(start);
@@ -253,9 +259,12 @@ impl Supervisor {
                 })
             })?;
             let count = |f: fn(&Verdict) -> bool| verdicts.iter().filter(|v| f(v)).count();
-            span.record("approved", count(|v| matches!(v, Verdict::Approve)));
-            span.record("amended", count(|v| matches!(v, Verdict::Amend { .. })));
-            span.record("vetoed", count(|v| matches!(v, Verdict::Veto { .. })));
+            span.record("approved", int(count(|v| matches!(v, Verdict::Approve))));
+            span.record(
+                "amended",
+                int(count(|v| matches!(v, Verdict::Amend { .. }))),
+            );
+            span.record("vetoed", int(count(|v| matches!(v, Verdict::Veto { .. }))));
             timings.critic_ms += ms(start);
             for (resp, verdict) in responses.into_iter().zip(verdicts) {
                 match &verdict {
@@ -276,7 +285,7 @@ impl Supervisor {
                 break;
             }
         }
-        it.record("llm.latency_ms", llm_ms);
+        it.record("llm.latency_ms", int(llm_ms));
         if survivors.is_empty() {
             return Ok(Some(StopReason::NoAcceptablePlan));
         }
@@ -302,14 +311,14 @@ impl Supervisor {
                 }
             })
         })??;
-        span.record("candidates", candidates.len());
+        span.record("candidates", int(candidates.len()));
         span.record(
             "layers.touched",
-            candidates.iter().map(|c| c.deltas.len()).sum::<usize>(),
+            int(candidates.iter().map(|c| c.deltas.len()).sum::<usize>()),
         );
         span.record(
             "weights.pruned",
-            candidates.iter().map(|c| c.newly_pruned).sum::<u64>(),
+            int(candidates.iter().map(|c| c.newly_pruned).sum::<u64>()),
         );
         timings.executor_ms = exec_ms;
         self.set_state(state, me, RunState::Evaluating).await?;
@@ -326,7 +335,7 @@ impl Supervisor {
                 }
             })
         })??;
-        span.record("candidates", scores.len());
+        span.record("candidates", int(scores.len()));
         span.record(
             "ppl.best",
             scores.iter().map(|s| s.ppl).fold(f64::INFINITY, f64::min),
@@ -398,8 +407,8 @@ impl Supervisor {
         let (none, start) = (None::<Child>, Instant::now());
         let span = child(it, "commit", run, t);
         span.record("committed", chosen.is_some());
-        span.record("layers", deltas.len());
-        span.record("delta_bytes", delta_bytes);
+        span.record("layers", int(deltas.len()));
+        span.record("delta_bytes", int(delta_bytes));
         let ck = in_span!(span, {
             ask!(self, state, me, checkpointer, none, |r| {
                 CheckpointerMsg::Commit {
