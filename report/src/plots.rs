@@ -157,13 +157,8 @@ pub fn plot_iterations(path: &Path, records: &[IterationRecord]) -> Result<()> {
         )
     }))
     .map_err(|e| err(path, e))?;
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(path, e))?;
+    // No legend here: the caption names the two colours (an unlabelled series would
+    // draw an empty legend box).
     root.present().map_err(|e| err(path, e))?;
     Ok(())
 }
