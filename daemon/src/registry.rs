@@ -23,6 +23,9 @@ use tokio::sync::broadcast;
 
 use crate::types::{FinalPpl, HistoryItem, JobState, RunDetail, RunView};
 
+/// Events a subscriber may fall behind by before it gets `lagged` (about 5 per iteration).
+const EVENT_BUFFER: usize = 256;
+
 /// Events a run's subscribers (SSE streams) receive.
 #[derive(Debug, Clone)]
 pub enum JobEvent {
@@ -82,7 +85,9 @@ struct Job {
     active: bool,
     cancel_requested: bool,
     control: RunControl,
-    events: broadcast::Sender<JobEvent>,
+    /// Created on the first subscription: most runs are never watched live, and a
+    /// channel preallocates its whole ring.
+    events: Option<broadcast::Sender<JobEvent>>,
 }
 
 impl Job {
@@ -96,7 +101,7 @@ impl Job {
             active: false,
             cancel_requested: false,
             control: RunControl::default(),
-            events: broadcast::channel(1024).0,
+            events: None,
         }
     }
 
@@ -139,8 +144,10 @@ impl Job {
     }
 
     fn publish(&self, e: JobEvent) {
-        // No subscriber is not an error.
-        let _ = self.events.send(e);
+        if let Some(tx) = &self.events {
+            // No subscriber left is not an error.
+            let _ = tx.send(e);
+        }
     }
 }
 
@@ -305,9 +312,13 @@ impl Registry {
         &self,
         id: &str,
     ) -> Option<(RunView, Vec<HistoryItem>, broadcast::Receiver<JobEvent>)> {
-        let inner = self.lock();
-        let j = inner.jobs.get(id)?;
-        Some((j.view(), j.history.clone(), j.events.subscribe()))
+        let mut inner = self.lock();
+        let j = inner.jobs.get_mut(id)?;
+        let rx = j
+            .events
+            .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe();
+        Some((j.view(), j.history.clone(), rx))
     }
 
     /// The next run to execute: interrupted runs (running, no task) first, then queued

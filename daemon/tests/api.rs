@@ -368,3 +368,47 @@ async fn a_token_guards_every_endpoint_and_non_loopback_needs_one() {
         .unwrap_err();
     assert!(e.to_string().contains("without a bearer token"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_two_runs_two_at_a_time_and_queues_the_rest() {
+    let env = Env::new();
+    let mut cfg = env.daemon_config();
+    cfg.daemon.concurrency = 2;
+    let slow = Hooks {
+        pause_before_eval_ms: 300,
+        ..Default::default()
+    };
+    let d = Running::start(cfg, None, slow).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            d.client
+                .submit(&env.submit_request(|_| {}))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Two run while the third waits, and never more than two at once.
+    let mut peak = 0;
+    let mut saw_two_and_one_queued = false;
+    loop {
+        let h = d.client.health().await.unwrap();
+        peak = peak.max(h.running);
+        saw_two_and_one_queued |= h.running == 2 && h.queued == 1;
+        if h.running == 0 && h.queued == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(peak, 2);
+    assert!(saw_two_and_one_queued);
+    for id in &ids {
+        let det = wait_ended(&d.client, id, Duration::from_secs(10)).await;
+        assert_eq!(det.run.state, JobState::Finished, "{:?}", det.run.reason);
+    }
+    // FIFO: the third started after the first two.
+    let runs = d.client.list().await.unwrap();
+    assert!(runs[2].started_unix >= runs[0].started_unix);
+    d.stop().await.unwrap();
+}
