@@ -152,6 +152,10 @@ async fn one_trace_per_iteration_with_actor_spans_and_their_attributes() {
     for root in &roots {
         assert!(root.parent_span_id.is_empty(), "iteration spans are roots");
         assert_eq!(text(root, "run.id"), run.id);
+        // The API names each iteration's trace.
+        let it = int(root, "iteration") as usize;
+        let hex: String = root.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(det.history[it - 1].trace_id.as_deref(), Some(hex.as_str()));
     }
     // Iteration 2 in detail.
     let h = &det.history[1];

@@ -385,7 +385,9 @@ impl Registry {
                 delta_bytes,
                 candidates,
             } => {
-                let item = HistoryItem::new((**record).clone(), *timings, *delta_bytes, candidates);
+                let mut item =
+                    HistoryItem::new((**record).clone(), *timings, *delta_bytes, candidates);
+                item.trace_id = current_trace_id();
                 j.history.retain(|h| h.iteration != item.iteration);
                 j.history.push(item.clone());
                 j.phase = Some(RunState::Committed);
@@ -455,6 +457,17 @@ impl Registry {
             .map(|j| j.record.id.clone())
             .collect()
     }
+}
+
+/// The trace id of the current span: progress events are emitted inside the
+/// iteration's root span, so this is the iteration's trace. `None` when no span is
+/// exported (no OTLP layer installed).
+fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 fn write_record(dir: &Path, r: &RunRecord) -> std::io::Result<()> {

@@ -94,6 +94,10 @@ pub struct HistoryItem {
     pub delta_bytes: u64,
     /// One entry per candidate plan the planner produced (all rounds).
     pub planner: Vec<PlannerCall>,
+    /// The iteration's trace id (32 hex digits) when traces are exported: open it in
+    /// Jaeger. Absent for iterations read back from the database after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl HistoryItem {
@@ -117,6 +121,7 @@ impl HistoryItem {
                     fallback: c.response.backend.contains("(fallback;"),
                 })
                 .collect(),
+            trace_id: None,
         }
     }
 }

@@ -223,6 +223,7 @@ async fn endpoints_answer_with_values_and_errors_are_json() {
     for h in &detail.history {
         assert_eq!(h.planner.first().unwrap().backend, "heuristic");
         assert!(!h.planner[0].fallback);
+        assert_eq!(h.trace_id, None, "no trace export configured");
     }
     let run_dir = env.data_dir().join("runs").join(&v.id);
     assert!(run_dir.join("masks.bin").is_file());

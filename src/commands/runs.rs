@@ -73,8 +73,13 @@ fn detail(d: &RunDetail) -> Vec<String> {
     for h in &d.history {
         let o = &h.record.outcome;
         let backend = h.planner.first().map(|p| p.backend.as_str()).unwrap_or("-");
+        let trace = h
+            .trace_id
+            .as_deref()
+            .map(|t| format!("; trace {t}"))
+            .unwrap_or_default();
         out.push(format!(
-            "  iteration {:>3} {}: sparsity {:.4} -> {:.4}, PPL {:.4} -> {:.4}; planner {backend}",
+            "  iteration {:>3} {}: sparsity {:.4} -> {:.4}, PPL {:.4} -> {:.4}; planner {backend}{trace}",
             o.iteration,
             if o.rolled_back {
                 "rolled back"
