@@ -46,11 +46,11 @@ pub struct HeuristicConfig {
 impl Default for HeuristicConfig {
     fn default() -> Self {
         Self {
-            base_step: 0.06,
+            base_step: 0.04,
             tilt: 0.2,
             grad_weight: 0.5,
-            within_kind: true,
-            ppl_budget: 0.7,
+            within_kind: false,
+            ppl_budget: 0.5,
             rollback_factor: 0.5,
             cheap_cost: 0.25,
             bold_factor: 1.25,

@@ -98,7 +98,7 @@ impl Default for CalibrationConfig {
             samples: 16,
             seq_len: 256,
             activation_samples: 16,
-            gradient_samples: 2,
+            gradient_samples: 4,
         }
     }
 }

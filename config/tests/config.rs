@@ -47,7 +47,7 @@ fn empty_file_is_the_default_preset() {
     assert_eq!(empty.pruning.candidates, 1);
     assert_eq!(empty.pruning.max_iterations, 40);
     assert_eq!(empty.calibration.activation_samples, 16);
-    assert_eq!(empty.calibration.gradient_samples, 2);
+    assert_eq!(empty.calibration.gradient_samples, 4);
     assert_eq!(empty.calibration.seq_len, 256);
     assert_eq!(empty.evaluation.ppl_samples, 16);
     assert_eq!(empty.planner.backend, BackendKind::Heuristic);

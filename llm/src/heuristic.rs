@@ -8,8 +8,8 @@
 //!    needed to finish in the iterations left, at most what the PPL budget allows
 //!    (`ppl_budget`·τ / observed cost), never past the target.
 //! 3. **Layers**: every layer the constraints allow is raised towards a common level
-//!    L tilted by its risk `r = z_sens + grad_weight·z_grad` (z-scores re-standardised
-//!    within each layer kind, so blocks are compared, not kinds): its goal is
+//!    L tilted by its risk `r = z_sens + grad_weight·z_grad` (with `within_kind`, the
+//!    z-scores are re-standardised within each layer kind first): its goal is
 //!    `L·(1 − tilt·tanh(r))`, so negative z_sens and non-positive z_grad end sparser.
 //!    L is found by bisection so that the plan adds exactly the step (δ within
 //!    [0.01, 0.15] and the layer cap). Near-uniform on purpose: on SmolLM2 a plan that
