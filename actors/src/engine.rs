@@ -1,7 +1,7 @@
 //! The immutable setup every tensor-handling actor shares: the model (`Arc<Model>`,
 //! `Send + Sync`), its prunable layers, and the tokenised calibration and held-out
 //! samples. Built once per process before the actors start; no actor mutates it except
-//! through the model's own mask API (only the Executor commits masks).
+//! through the model's own pruning API (only the Executor commits, pruning in place).
 
 use std::sync::Arc;
 
@@ -40,10 +40,11 @@ impl Engine {
         let ckpt = model::load_checkpoint(&cfg.model.path)
             .map_err(|e| format!("{}: {e}", cfg.model.path.display()))?;
         let f32_bytes = ckpt.parameter_count() as u64 * 4;
-        let model = Model::new(&ckpt.config, &ckpt.tensors, &candle_core::Device::Cpu)
+        // The model takes the tensors by value: no one else holds the dense weights,
+        // so pruning in place (the Executor's commits) really releases them.
+        let model = Model::new_owned(&ckpt.config, ckpt.tensors, &candle_core::Device::Cpu)
             .map_err(|e| format!("{}: building the model: {e}", cfg.model.path.display()))?;
         let tokenizer = ckpt.tokenizer;
-        drop(ckpt.tensors); // the model holds what it needs
         let encode = move |text: &str| -> Result<Vec<u32>, Error> {
             tokenizer
                 .encode(text, false)

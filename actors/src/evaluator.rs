@@ -1,16 +1,16 @@
 //! The Evaluator actor (Algorithm 1 line 19): in-loop perplexity on the held-out slice,
 //! of the committed model or of candidates.
 //!
-//! A candidate is evaluated through a `WeightOverlay` holding only the layers its plan
-//! touched (committed mask + the candidate's delta, times the dense weight); every other
-//! layer is shared with the committed model. With K > 1 candidates a pool of worker
+//! A candidate is evaluated through a `WeightOverlay` holding, for the layers its plan
+//! touched only, keep bits (committed mask + the candidate's delta) that the forward
+//! applies to the model's stored weights one layer at a time; every other layer is
+//! shared with the committed model. With K > 1 candidates a pool of worker
 //! threads (one per candidate, at most `workers` at a time) scores them concurrently on
 //! the one shared model.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
 use kernels::{Mask, MaskDelta};
 use model::{Perplexity, WeightOverlay};
 use protocol::{CandidateMasks, CandidateScore};
@@ -124,26 +124,24 @@ fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, String> 
     })
 }
 
-/// The candidate's touched layers as effective weights: dense ⊙ (committed mask − delta).
+/// The candidate's touched layers as lazy mask entries: committed bits (the model's
+/// in-place pruning) minus the candidate's delta. A candidate costs its bits, 1 per
+/// weight of the layers it touches; each forward builds a layer's masked weight
+/// transiently from the model's stored (already pruned) weight.
 pub fn overlay(engine: &Engine, c: &CandidateMasks) -> Result<WeightOverlay, String> {
     let model = &engine.model;
-    let mut masks: Vec<(String, Tensor)> = Vec::with_capacity(c.deltas.len());
+    let mut overlay = WeightOverlay::new();
     for d in &c.deltas {
         let err = |e: &dyn std::fmt::Display| format!("evaluator `{}`: {e}", d.layer);
         let delta = MaskDelta::from_bytes(&d.bytes).map_err(|e| err(&e))?;
-        let mut mask = match model.layer_mask(&d.layer).map_err(|e| err(&e))? {
-            Some(m) => Mask::from_tensor(&m).map_err(|e| err(&e))?,
+        let mut mask = match model.pruned_mask(&d.layer).map_err(|e| err(&e))? {
+            Some(m) => (*m).clone(),
             None => Mask::ones(delta.rows(), delta.cols()),
         };
         delta.apply_to(&mut mask).map_err(|e| err(&e))?;
-        let t = mask
-            .to_tensor(DType::U8, &Device::Cpu)
-            .map_err(|e| err(&e))?;
-        masks.push((d.layer.clone(), t));
+        overlay.insert_mask(d.layer.clone(), Arc::new(mask));
     }
-    model
-        .overlay_from_masks(masks.iter().map(|(n, t)| (n.as_str(), t)))
-        .map_err(|e| format!("evaluator: {e}"))
+    Ok(overlay)
 }
 
 /// Token-weighted PPL over the held-out sequences.

@@ -2,15 +2,19 @@
 //! committed masks with incremental per-row Wanda pruning, and commits the chosen one.
 //!
 //! It owns the committed masks (one bitset per prunable layer, model order) and mirrors
-//! every commit into the shared model (`Model::set_mask`). A candidate touches only the
-//! layers its plan names: it is returned as those layers' mask deltas (compact bytes),
-//! never as weight copies. Dense weights are never modified.
+//! every commit into the shared model by pruning it in place (`Model::prune_in_place`):
+//! the model's stored weights become `W ⊙ M` and the dense values are released, so the
+//! process holds one copy of the weights whatever the sparsity. A candidate touches only
+//! the layers its plan names: it is returned as those layers' mask deltas (compact
+//! bytes), never as weight copies. Wanda scores of a pruned layer are computed on the
+//! pruned weights: they differ from the dense scores only where weights are already
+//! pruned, which the incremental selection never picks again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use kernels::{Mask, MaskDelta};
 use protocol::{CandidateId, CandidateMasks, LayerDelta, Plan};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -75,11 +79,12 @@ impl Actor for Executor {
         let engine = self.engine.clone();
         let masks = Arc::new(masks);
         let m = masks.clone();
-        // Mirror the starting masks into the model (only layers with pruned weights).
+        // Prune the model in place to the starting masks (a resumed run; only layers
+        // with pruned weights). Repeating a mask the model already holds is a no-op.
         blocking(move || -> Result<(), String> {
             for (info, mask) in engine.layers.iter().zip(m.iter()) {
                 if mask.count_pruned() > 0 {
-                    set_mask(&engine, &info.name, mask)?;
+                    prune_in_place(&engine, &info.name, mask)?;
                 }
             }
             Ok(())
@@ -127,7 +132,7 @@ impl Actor for Executor {
                         delta
                             .apply_to(&mut masks[i])
                             .map_err(|e| format!("commit `{}`: {e}", d.layer))?;
-                        set_mask(&engine, &d.layer, &masks[i])?;
+                        prune_in_place(&engine, &d.layer, &masks[i])?;
                     }
                     Ok(masks)
                 })
@@ -172,14 +177,11 @@ pub fn full_delta(name: &str, m: &Mask) -> LayerDelta {
     }
 }
 
-/// Commit one layer's mask into the model.
-fn set_mask(engine: &Engine, name: &str, mask: &Mask) -> Result<(), String> {
-    let t = mask
-        .to_tensor(DType::U8, &Device::Cpu)
-        .map_err(|e| format!("mask `{name}`: {e}"))?;
+/// Commit one layer's mask into the model, pruning it in place.
+fn prune_in_place(engine: &Engine, name: &str, mask: &Mask) -> Result<(), String> {
     engine
         .model
-        .set_mask(name, Some(&t))
+        .prune_in_place(name, mask)
         .map_err(|e| format!("mask `{name}`: {e}"))
 }
 

@@ -2,7 +2,8 @@
 //! profiles {z_sens, z_grad, sparsity} of the model's committed state.
 //!
 //! Activation statistics (Σx² per input column) are collected on every call; gradient
-//! importance every `pruning.gradient_every` iterations (iterations 1, 1+g, 1+2g, …),
+//! importance (the model's lean per-layer means, `Model::gradient_importance_means`)
+//! every `pruning.gradient_every` iterations (iterations 1, 1+g, 1+2g, …),
 //! and reused in between. The last raw gradient values can be handed in at spawn time,
 //! so a restarted (or resumed) Profiler continues with exactly what was measured.
 
@@ -154,7 +155,13 @@ impl Job {
                 .take(self.gradient_samples)
                 .cloned()
                 .collect();
-            Some(model.gradient_importance(&samples).map_err(|e| err(&e))?)
+            // One number per layer, reduced as the gradients appear: the per-weight
+            // gradients never exist all at once.
+            Some(
+                model
+                    .gradient_importance_means(&samples)
+                    .map_err(|e| err(&e))?,
+            )
         } else {
             None
         };
@@ -169,9 +176,10 @@ impl Job {
                 None => Tensor::zeros(info.in_features, candle_core::DType::F32, &Device::Cpu),
             }
             .map_err(|e| err(&e))?;
-            let mask = match model.layer_mask(name).map_err(|e| err(&e))? {
-                Some(m) => Mask::from_tensor(&m).map_err(|e| err(&e))?,
-                None => Mask::ones(info.out_features, info.in_features),
+            // The committed state is the model's in-place pruning (the Executor's).
+            let mask = match model.pruned_mask(name).map_err(|e| err(&e))? {
+                Some(m) => m,
+                None => Arc::new(Mask::ones(info.out_features, info.in_features)),
             };
             let w = model.layer_weight(name).map_err(|e| err(&e))?;
             let scores = kernels::wanda_scores(&w, &sum_sq).map_err(|e| err(&e))?;
@@ -179,11 +187,8 @@ impl Job {
             let s = kernels::layer_sensitivity(&scores, &mask, self.percentile).unwrap_or(0.0);
             sens.push(s);
             if let Some(g) = &grads {
-                let gi = match g.get(name) {
-                    Some(gi) => kernels::gradient_importance(&gi.mean_abs, &mask).unwrap_or(0.0),
-                    None => 0.0,
-                };
-                grad.push(gi);
+                // A fully pruned layer has no kept weight, hence no entry: 0.
+                grad.push(g.get(name).copied().unwrap_or(0.0));
             }
             act.push(sum_sq.to_vec1::<f32>().map_err(|e| err(&e))?);
             profiles.push(LayerProfile {

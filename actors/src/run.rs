@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpointer::load_run;
 use crate::engine::Engine;
+use crate::store::TextPpl;
 use crate::supervisor::{StartPoint, Supervisor, SupervisorMsg};
 use crate::util::{blocking, Faults};
 
@@ -207,6 +208,14 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
         .await
         .map_err(RunError::Setup)?,
     );
+    // The dense final PPL is measured now, while the model is still dense (the Executor
+    // prunes it in place, also the stored masks of a resumed run), and stored with the
+    // run, so neither the end of this run nor a resume needs the dense weights.
+    let dense_final = if opts.final_eval {
+        Some(dense_final_ppl(&cfg, &engine, &run_dir, &run_id, loaded.as_ref()).await?)
+    } else {
+        None
+    };
     let start = match loaded {
         Some(l) => resume_point(&engine, l)?,
         None => StartPoint {
@@ -272,15 +281,16 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     sup_ref.stop_children_and_wait(None, None).await;
     let _ = sup_ref.stop_and_wait(None, None).await;
     let _ = handle.await;
-    let final_eval = if opts.final_eval && summary.state == RunState::Finished {
-        let (cfg2, engine2) = (cfg.clone(), engine.clone());
-        Some(
-            blocking(move || final_ppl(&cfg2, &engine2))
-                .await
-                .map_err(RunError::Setup)?,
-        )
-    } else {
-        None
+    let final_eval = match dense_final {
+        Some(dense) if summary.state == RunState::Finished => {
+            let (cfg2, engine2) = (cfg.clone(), engine.clone());
+            Some(
+                blocking(move || final_ppl(&cfg2, &engine2, &dense))
+                    .await
+                    .map_err(RunError::Setup)?,
+            )
+        }
+        _ => None,
     };
     Ok(RunOutput {
         summary,
@@ -351,10 +361,62 @@ fn resume_point(engine: &Engine, l: crate::store::LoadedRun) -> Result<StartPoin
     })
 }
 
-/// Dense vs pruned PPL on `[evaluation.final]`: texts joined by blank lines,
-/// non-overlapping windows (WikiText-2 protocol). The committed masks are in the model;
-/// the dense pass uses an overlay of the dense weights.
-pub fn final_ppl(cfg: &Config, engine: &Engine) -> Result<FinalEval, String> {
+/// The dense model's PPL on `[evaluation.final]`: the stored value of a resumed run,
+/// else measured on `engine` — which must still be dense: a new run, or a run stored
+/// before this value was kept (its engine was just loaded from the checkpoint and the
+/// stored masks are applied later, by the Executor) — and stored with the run.
+async fn dense_final_ppl(
+    cfg: &Config,
+    engine: &Arc<Engine>,
+    run_dir: &Path,
+    run_id: &str,
+    loaded: Option<&crate::store::LoadedRun>,
+) -> Result<TextPpl, RunError> {
+    if let Some(d) = loaded.and_then(|l| l.dense_final.clone()) {
+        return Ok(d);
+    }
+    let (cfg2, engine2) = (cfg.clone(), engine.clone());
+    let dense = blocking(move || final_text_ppl(&cfg2, &engine2))
+        .await
+        .map_err(RunError::Setup)?;
+    let (db, id, d) = (db_dir(run_dir), run_id.to_string(), dense.clone());
+    blocking(move || crate::store::record_dense_final(&db, &id, &d)).await?;
+    Ok(dense)
+}
+
+/// Dense vs pruned PPL on `[evaluation.final]`: the committed masks are in the model
+/// (pruned in place); `dense` was measured before the run pruned anything.
+pub fn final_ppl(cfg: &Config, engine: &Engine, dense: &TextPpl) -> Result<FinalEval, String> {
+    let f = &cfg.evaluation.final_ppl;
+    let pruned = final_text_ppl(cfg, engine)?;
+    if pruned.tokens_scored != dense.tokens_scored {
+        return Err(format!(
+            "final PPL: {} tokens scored now, {} when the dense PPL was measured; \
+the final text changed during the run",
+            pruned.tokens_scored, dense.tokens_scored
+        ));
+    }
+    Ok(FinalEval {
+        text: format!(
+            "{}{}",
+            f.path.display(),
+            f.field
+                .as_deref()
+                .map(|x| format!(":{x}"))
+                .unwrap_or_default()
+        ),
+        texts: pruned.texts,
+        window: f.window,
+        tokens_scored: pruned.tokens_scored,
+        dense_ppl: dense.ppl,
+        pruned_ppl: pruned.ppl,
+        seconds: dense.seconds + pruned.seconds,
+    })
+}
+
+/// PPL of the model as it stands on `[evaluation.final]`: texts joined by blank
+/// lines, non-overlapping windows (WikiText-2 protocol).
+fn final_text_ppl(cfg: &Config, engine: &Engine) -> Result<TextPpl, String> {
     let f = &cfg.evaluation.final_ppl;
     let start = std::time::Instant::now();
     let source = TextSource {
@@ -365,37 +427,17 @@ pub fn final_ppl(cfg: &Config, engine: &Engine) -> Result<FinalEval, String> {
         .read((f.max_texts > 0).then_some(f.max_texts))
         .map_err(|e| format!("final text: {e}"))?;
     let tokens = (engine.encode)(&texts.join("\n\n"))?;
-    let model = &engine.model;
-    let mut dense = model::WeightOverlay::new();
-    for l in &engine.layers {
-        let w = model.layer_weight(&l.name).map_err(|e| e.to_string())?;
-        dense.insert(l.name.clone(), w);
-    }
-    let eval = |overlay: Option<&model::WeightOverlay>| -> Result<Perplexity, String> {
-        let parts = tokens
-            .chunks(f.window)
-            .filter(|c| c.len() >= 2)
-            .map(|c| model.perplexity_with(c, f.window, overlay))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("final PPL: {e}"))?;
-        Perplexity::combine(&parts).map_err(|e| format!("final PPL: {e}"))
-    };
-    let dense_ppl = eval(Some(&dense))?;
-    let pruned = eval(None)?;
-    Ok(FinalEval {
-        text: format!(
-            "{}{}",
-            f.path.display(),
-            f.field
-                .as_deref()
-                .map(|x| format!(":{x}"))
-                .unwrap_or_default()
-        ),
+    let parts = tokens
+        .chunks(f.window)
+        .filter(|c| c.len() >= 2)
+        .map(|c| engine.model.perplexity_with(c, f.window, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("final PPL: {e}"))?;
+    let p = Perplexity::combine(&parts).map_err(|e| format!("final PPL: {e}"))?;
+    Ok(TextPpl {
+        ppl: p.ppl,
+        tokens_scored: p.tokens_scored,
         texts: texts.len(),
-        window: f.window,
-        tokens_scored: pruned.tokens_scored,
-        dense_ppl: dense_ppl.ppl,
-        pruned_ppl: pruned.ppl,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -6,6 +6,10 @@
 //! - `iterations`: run id ‖ 0 ‖ iteration (u32 big-endian) → [`StoredIteration`] (JSON).
 //! - `deltas`: run id ‖ 0 ‖ iteration (u32 BE) ‖ layer index (u32 BE) → [`LayerDelta`]
 //!   (layer name length u16 BE ‖ name ‖ `MaskDelta` bytes).
+//! - `dense_final`: run id → [`TextPpl`] (JSON): the dense model's perplexity on the
+//!   final text, measured before anything is pruned (the model is pruned in place, so
+//!   the dense weights are gone by the end of the run). Absent in stores written before
+//!   it existed, and in runs without a final evaluation; such stores load unchanged.
 //!
 //! Big-endian iteration numbers make sled's key order the iteration order, so a prefix
 //! scan returns iterations oldest first. A finished iteration — its record, its deltas
@@ -33,6 +37,17 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Perplexity of a model on the `[evaluation.final]` text.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TextPpl {
+    pub ppl: f64,
+    pub tokens_scored: usize,
+    /// Texts read from the source.
+    pub texts: usize,
+    /// Wall time of the measurement.
+    pub seconds: f64,
+}
+
 /// A run loaded back from the database.
 #[derive(Debug, Clone)]
 pub struct LoadedRun {
@@ -42,6 +57,8 @@ pub struct LoadedRun {
     pub iterations: Vec<StoredIteration>,
     /// The deltas of each committed iteration, in iteration order.
     pub deltas: Vec<(u32, Vec<LayerDelta>)>,
+    /// The dense final-text PPL, when it was measured and stored.
+    pub dense_final: Option<TextPpl>,
 }
 
 /// The open database.
@@ -51,6 +68,7 @@ pub struct Store {
     state: sled::Tree,
     iterations: sled::Tree,
     deltas: sled::Tree,
+    dense_final: sled::Tree,
 }
 
 fn run_prefix(run: &str) -> Vec<u8> {
@@ -114,6 +132,7 @@ impl Store {
             state: db.open_tree("state")?,
             iterations: db.open_tree("iterations")?,
             deltas: db.open_tree("deltas")?,
+            dense_final: db.open_tree("dense_final")?,
             db,
         })
     }
@@ -175,6 +194,13 @@ impl Store {
         Ok(())
     }
 
+    /// Record the dense final-text PPL of `run` (flushed: a resume relies on it).
+    pub fn set_dense_final(&self, run: &str, ppl: &TextPpl) -> Result<()> {
+        self.dense_final.insert(run.as_bytes(), json(ppl))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Everything stored for `run`.
     pub fn load_run(&self, run: &str) -> Result<LoadedRun> {
         let meta_bytes = self
@@ -209,11 +235,16 @@ impl Store {
                 _ => deltas.push((it, vec![d])),
             }
         }
+        let dense_final = match self.dense_final.get(run.as_bytes())? {
+            Some(b) => Some(parse(run.as_bytes(), &b)?),
+            None => None,
+        };
         Ok(LoadedRun {
             meta,
             status,
             iterations,
             deltas,
+            dense_final,
         })
     }
 
@@ -225,6 +256,13 @@ impl Store {
             .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
             .collect()
     }
+}
+
+/// Record the dense final-text PPL of `run` in the database at `dir` (opens and closes
+/// it, so call it while no Checkpointer holds the database, i.e. before the actors
+/// start).
+pub fn record_dense_final(dir: &Path, run: &str, ppl: &TextPpl) -> Result<()> {
+    Store::open(dir)?.set_dense_final(run, ppl)
 }
 
 fn tx_err(e: TransactionError<()>) -> StoreError {
@@ -355,6 +393,38 @@ mod tests {
             store.load_run("nope"),
             Err(StoreError::UnknownRun(_))
         ));
+    }
+
+    #[test]
+    fn dense_final_ppl_is_optional_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RunMeta {
+            run_id: "r2".into(),
+            config_toml: String::new(),
+            created_unix: 1,
+            baseline_ppl: 3.0,
+            layers: vec![],
+        };
+        {
+            // A store as older versions wrote it: no dense_final record for the run.
+            let store = Store::open(dir.path()).unwrap();
+            store.create_run(&meta, &status(0)).unwrap();
+            assert_eq!(store.load_run("r2").unwrap().dense_final, None);
+        }
+        let ppl = TextPpl {
+            ppl: 29.5,
+            tokens_scored: 1234,
+            texts: 5,
+            seconds: 2.5,
+        };
+        record_dense_final(dir.path(), "r2", &ppl).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let run = store.load_run("r2").unwrap();
+        assert_eq!(run.dense_final, Some(ppl));
+        assert_eq!(run.meta, meta);
+        store.dense_final.insert("r2", "{").unwrap();
+        let e = store.load_run("r2").unwrap_err().to_string();
+        assert!(e.contains("corrupt record `r2`"), "{e}");
     }
 
     #[test]

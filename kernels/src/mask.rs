@@ -8,7 +8,7 @@
 //! column `c` of row `r` is bit `c % 64` of word `r * words_per_row + c / 64`. Padding bits are
 //! always 0, so word popcounts count kept weights.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 
 use crate::{KernelError, Result};
 
@@ -124,6 +124,56 @@ impl Mask {
         self.check_shape(w.dims2()?, "weight")?;
         let keep = self.to_tensor(DType::U8, w.device())?;
         Ok(keep.where_cond(w, &w.zeros_like()?)?)
+    }
+
+    /// `w` with every pruned weight set to exactly 0: the same values as [`Mask::apply`].
+    /// For a contiguous-or-not f32 CPU weight it is one pass over the words with no
+    /// intermediate u8 tensor (`apply` unpacks the bits to booleans, then to a u8 tensor,
+    /// then selects): lazily masked model overlays call it once per layer per forward, so
+    /// its cost is paid by every candidate evaluation. Any other dtype or device goes
+    /// through [`Mask::apply`].
+    pub fn apply_fast(&self, w: &Tensor) -> Result<Tensor> {
+        self.check_shape(w.dims2()?, "weight")?;
+        if w.dtype() != DType::F32 || !matches!(w.device(), Device::Cpu) || self.is_empty() {
+            return self.apply(w);
+        }
+        let w = w.contiguous()?;
+        let (storage, layout) = w.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        else {
+            return Err(KernelError::Shape(
+                "contiguous CPU weight expected after contiguous()".into(),
+            ));
+        };
+        let data = &cpu.as_slice::<f32>()?[start..end];
+        let mut out = Vec::with_capacity(data.len());
+        for (row, words) in data
+            .chunks(self.cols)
+            .zip(self.bits.chunks(self.words_per_row()))
+        {
+            for (chunk, &word) in row.chunks(64).zip(words) {
+                out.extend(
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| if word >> i & 1 == 1 { v } else { 0.0 }),
+                );
+            }
+        }
+        Ok(Tensor::from_vec(out, (self.rows, self.cols), &Device::Cpu)?)
+    }
+
+    /// Weights kept here but pruned in `other`: 0 exactly when every weight this mask keeps
+    /// is also kept by `other` (`self ⊆ other`), i.e. when replacing `other` by `self` is a
+    /// monotone update that re-enables no pruned weight. Errors when the shapes differ.
+    pub fn count_kept_outside(&self, other: &Mask) -> Result<usize> {
+        other.check_shape((self.rows, self.cols), "mask")?;
+        Ok(self
+            .bits
+            .iter()
+            .zip(&other.bits)
+            .map(|(a, b)| (a & !b).count_ones() as usize)
+            .sum())
     }
 
     pub fn rows(&self) -> usize {

@@ -64,6 +64,50 @@ fn apply_zeroes_pruned_weights() {
     ));
 }
 
+/// The one-pass f32 path gives exactly `apply`'s values (NaN and inf pruned to 0, padding
+/// columns, transposed input), and other dtypes go through `apply` itself.
+#[test]
+fn apply_fast_equals_apply() {
+    let w = tensor(2, 3, vec![1., f32::INFINITY, -3., f32::NAN, 5., 6.]);
+    let mask = Mask::from_bools(2, 3, &[true, false, true, false, true, true]).unwrap();
+    let v = mask.apply_fast(&w).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(v, vec![vec![1., 0., -3.], vec![0., 5., 6.]]);
+    assert!(matches!(
+        mask.apply_fast(&w.t().unwrap()),
+        Err(KernelError::Shape(_))
+    ));
+    let mut rng = rng(31);
+    for (rows, cols) in [(1, 1), (3, 64), (5, 65), (7, 130)] {
+        let mask = random_mask(rows, cols, 0.5, &mut rng);
+        let w = Tensor::randn(0f32, 1.0, (cols, rows), &Device::Cpu)
+            .unwrap()
+            .t()
+            .unwrap();
+        let fast = mask.apply_fast(&w).unwrap().to_vec2::<f32>().unwrap();
+        let slow = mask.apply(&w).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(fast, slow, "{rows}x{cols}");
+        let w64 = w.to_dtype(DType::F64).unwrap();
+        let fast = mask.apply_fast(&w64).unwrap();
+        assert_eq!(fast.dtype(), DType::F64);
+        assert_eq!(
+            fast.to_vec2::<f64>().unwrap(),
+            mask.apply(&w64).unwrap().to_vec2::<f64>().unwrap()
+        );
+    }
+}
+
+#[test]
+fn kept_outside_counts_re_enabled_weights() {
+    let old = Mask::from_bools(2, 3, &[true, false, true, false, true, true]).unwrap();
+    let sub = Mask::from_bools(2, 3, &[true, false, false, false, true, false]).unwrap();
+    let other = Mask::from_bools(2, 3, &[false, true, true, true, true, true]).unwrap();
+    assert_eq!(sub.count_kept_outside(&old).unwrap(), 0);
+    assert_eq!(old.count_kept_outside(&old).unwrap(), 0);
+    assert_eq!(other.count_kept_outside(&old).unwrap(), 2);
+    assert_eq!(old.count_kept_outside(&sub).unwrap(), 2);
+    assert!(old.count_kept_outside(&Mask::ones(3, 2)).is_err());
+}
+
 #[test]
 fn delta_between_and_apply() {
     let mut rng = rng(22);

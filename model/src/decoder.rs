@@ -186,7 +186,7 @@ impl DecoderLayer {
             } else {
                 None
             };
-            Ok(PrunableLinear::new(full, weight, bias))
+            PrunableLinear::new(full, weight, bias)
         };
         let proj = [
             make(PROJECTIONS[0])?,

@@ -83,6 +83,9 @@ pub enum ModelError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    /// A mask operation failed in the kernels (shape mismatch, unsupported device).
+    #[error(transparent)]
+    Kernel(#[from] kernels::KernelError),
     /// A layer name that is not one of the model's prunable linears.
     #[error("no prunable layer named `{name}`")]
     UnknownLayer { name: String },

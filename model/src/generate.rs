@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::decoder::LayerKv;
-use crate::linear::WeightOverlay;
+use crate::overlay::WeightOverlay;
 use crate::transformer::Model;
 use crate::{ModelError, Result};
 

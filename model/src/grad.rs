@@ -1,101 +1,282 @@
-//! Gradient importance (the paper's z_grad input): mean over calibration samples of
-//! |∂L/∂W| for every prunable weight, L the sample's mean next-token cross-entropy.
+//! Gradient importance (the paper's z_grad input): |∂L/∂W| of every prunable weight,
+//! L a calibration sample's mean next-token cross-entropy, averaged over samples.
+//!
+//! Memory is the point of this file. candle's `backward()` keeps a gradient for every
+//! leaf of the graph — every weight, variable or not (a matmul's backward always
+//! computes both operands' gradients) — so one backward through the whole model holds
+//! a model-sized set of gradients next to the weights, plus every activation. Here the
+//! backward runs one decoder block at a time instead:
+//!
+//! 1. a forward stores each block's input (`seq × hidden` numbers per block) and keeps
+//!    no graph (no tensor is tracked);
+//! 2. the head: the loss's softmax gradient, written out in row chunks (no
+//!    `[seq, vocab]` logits, no lm_head gradient), then `backward()` through the final
+//!    norm from a `Var` copy of the last hidden state, gives ∂L/∂h for the top block;
+//! 3. from the top block down: the block's 7 weights become `Var`s (a transient copy
+//!    of one block), its forward is rebuilt from the stored input, and `backward()` of
+//!    ⟨out, ∂L/∂out⟩ gives ∂L/∂W for the block's weights and ∂L/∂x, the output
+//!    gradient of the block below. Each weight gradient goes to a visitor, and the
+//!    block's gradient store is dropped before the next block.
+//!
+//! This is the chain rule split at block boundaries: the same gradients as one
+//! backward through the model (the finite-difference tests in `tests/grad_check.rs`
+//! check them), for the cost of one extra forward per sample. The forward uses the
+//! differentiable op forms (see `crate::decoder`) in both passes, so the rebuilt
+//! block sees exactly the stored values.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
+use kernels::Mask;
 
-use crate::linear::WeightOverlay;
-use crate::perplexity::next_token_nll;
+use crate::decoder::{causal_mask, rms_norm, softmax_last_dim, RopeTables};
+use crate::linear::{Pass, PrunableLinear};
+use crate::overlay::WeightOverlay;
+use crate::perplexity::LOGIT_ROWS;
 use crate::transformer::Model;
 use crate::{ModelError, Result};
 
-/// Gradient importance of one prunable layer.
+/// Gradient importance of one prunable layer, per weight.
 #[derive(Debug, Clone)]
 pub struct GradImportance {
-    /// `[out, in]`, model dtype: mean over samples of |∂L/∂W|. Zero where the
-    /// committed mask has pruned the weight.
+    /// `[out, in]`, model dtype: mean over samples of |∂L/∂W|. Zero where the layer is
+    /// pruned (in place or by a committed non-destructive mask).
     pub mean_abs: Tensor,
     /// Mean of `mean_abs` over all entries (pruned ones included).
     pub mean: f64,
 }
 
+/// Receives ∂L/∂W (`[out, in]`, model dtype) of one sample for prunable layer number
+/// `index` (model order). With a non-destructive mask committed the gradient is
+/// already zero where it prunes; where the layer is pruned in place it is
+/// ∂L/∂W_effective, generally non-zero: visitors mask it as they need.
+type Visit<'a> = dyn FnMut(usize, &PrunableLinear, &Tensor) -> Result<()> + 'a;
+
 impl Model {
-    /// Backpropagate each sample (one sequence at a time, no padding; each needs ≥ 2
-    /// tokens) and average |∂L/∂W| per weight. Committed masks are respected: the
-    /// forward uses `W ⊙ M` with `W` a candle `Var`, so ∂L/∂W = M ⊙ ∂L/∂(W ⊙ M).
-    ///
-    /// Memory: a `Var` copy of every prunable weight, its gradient and the running sum
-    /// are live at once, about three times the prunable weights' size.
+    /// Mean over samples of |∂L/∂W| for every prunable weight (each sample one
+    /// sequence, no padding, at least 2 tokens). For checks and tools that need the
+    /// per-weight values; it holds one `[out, in]` running sum per layer, the size of
+    /// the prunable weights. The pruning loop needs one number per layer and uses
+    /// [`Model::gradient_importance_means`], which holds no such sums.
     pub fn gradient_importance(
         &self,
         samples: &[Vec<u32>],
     ) -> Result<HashMap<String, GradImportance>> {
-        if samples.is_empty() {
-            return Err(ModelError::InvalidArgument(
-                "gradient_importance: no samples".into(),
-            ));
-        }
-        for (i, s) in samples.iter().enumerate() {
-            if s.len() < 2 {
-                return Err(ModelError::InvalidArgument(format!(
-                    "gradient_importance: sample {i} has {} tokens, needs at least 2",
-                    s.len()
-                )));
-            }
-            self.check_len(s.len())?;
-            self.check_ids(s)?;
-        }
-        let vars = self
-            .linears()
-            .map(|l| {
-                let mask = l.mask().map(|m| m.to_dtype(self.dtype())).transpose()?;
-                Ok((l.name().to_string(), Var::from_tensor(l.dense())?, mask))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // Built once: each sample's backward walks from its own loss through these
-        // shared `W ⊙ M` nodes to the variables, so they need not be rebuilt.
-        let mut overlay = WeightOverlay::new();
-        for (name, var, mask) in &vars {
-            let w = match mask {
-                Some(m) => (var.as_tensor() * m)?,
-                None => var.as_tensor().clone(),
+        let layers: Vec<&PrunableLinear> = self.linears().collect();
+        let mut sums: Vec<Option<Tensor>> = vec![None; layers.len()];
+        self.for_each_sample_gradient(samples, &mut |i, layer, g| {
+            let a = g.abs()?;
+            let a = match layer.pruned_mask() {
+                Some(keep) => keep.apply_fast(&a)?,
+                None => a,
             };
-            overlay.insert(name.clone(), w);
-        }
-        let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
-        for sample in samples {
-            let tokens = Tensor::new(sample.as_slice(), self.device())?.unsqueeze(0)?;
-            let hidden = self.hidden(&tokens, Some(&overlay), None, true)?;
-            let logits = self.logits(&hidden)?.squeeze(0)?;
-            let loss = next_token_nll(&logits, &sample[1..])?.mean_all()?;
-            let grads = loss.backward()?;
-            for ((_, var, _), sum) in vars.iter().zip(sums.iter_mut()) {
-                let g = match grads.get(var.as_tensor()) {
-                    Some(g) => g.detach().abs()?,
-                    None => var.as_tensor().zeros_like()?,
-                };
-                *sum = Some(match sum.take() {
-                    Some(acc) => (acc + g)?,
-                    None => g,
-                });
-            }
-        }
+            sums[i] = Some(match sums[i].take() {
+                Some(acc) => (acc + a)?,
+                None => a,
+            });
+            Ok(())
+        })?;
         let n = samples.len() as f64;
-        vars.into_iter()
+        layers
+            .into_iter()
             .zip(sums)
-            .map(|((name, var, _), sum)| {
+            .map(|(layer, sum)| {
                 let total = match sum {
                     Some(s) => s,
-                    None => var.as_tensor().zeros_like()?,
+                    None => layer.stored().zeros_like()?,
                 };
                 let mean_abs = (total / n)?;
                 let mean = mean_abs
                     .mean_all()?
                     .to_dtype(DType::F64)?
                     .to_scalar::<f64>()?;
-                Ok((name, GradImportance { mean_abs, mean }))
+                Ok((layer.name().to_string(), GradImportance { mean_abs, mean }))
             })
             .collect()
     }
+
+    /// Per layer, the mean over samples and over the layer's kept weights of
+    /// |∂L/∂W| — exactly `kernels::gradient_importance(mean_abs, keep)` of
+    /// [`Model::gradient_importance`]'s `mean_abs`, `keep` the layer's kept weights
+    /// (pruned in place and by a non-destructive mask both count as pruned). Each
+    /// sample's gradient is reduced to one number per layer as soon as it exists, so
+    /// nothing weight-sized outlives one decoder block. A layer with no kept weight has
+    /// no entry.
+    pub fn gradient_importance_means(&self, samples: &[Vec<u32>]) -> Result<HashMap<String, f64>> {
+        let layers: Vec<&PrunableLinear> = self.linears().collect();
+        let keep = layers
+            .iter()
+            .map(|l| kept_weights(l))
+            .collect::<Result<Vec<_>>>()?;
+        // Σ over samples of the sample's mean |∂L/∂W| over kept weights; every sample
+        // has the same kept set, so the mean of means is the mean over both.
+        let mut sums = vec![0f64; layers.len()];
+        self.for_each_sample_gradient(samples, &mut |i, _, g| {
+            if keep[i].count_kept() > 0 {
+                sums[i] += kernels::gradient_importance(g, &keep[i])?;
+            }
+            Ok(())
+        })?;
+        let n = samples.len() as f64;
+        Ok(layers
+            .iter()
+            .zip(keep.iter().zip(sums))
+            .filter(|(_, (k, _))| k.count_kept() > 0)
+            .map(|(l, (_, s))| (l.name().to_string(), s / n))
+            .collect())
+    }
+
+    /// Check every sample, then run [`Model::sample_gradient`] on each in turn.
+    fn for_each_sample_gradient(&self, samples: &[Vec<u32>], visit: &mut Visit<'_>) -> Result<()> {
+        if samples.is_empty() {
+            return Err(ModelError::InvalidArgument(
+                "gradient importance: no samples".into(),
+            ));
+        }
+        for (i, s) in samples.iter().enumerate() {
+            if s.len() < 2 {
+                return Err(ModelError::InvalidArgument(format!(
+                    "gradient importance: sample {i} has {} tokens, needs at least 2",
+                    s.len()
+                )));
+            }
+            self.check_len(s.len())?;
+            self.check_ids(s)?;
+        }
+        for s in samples {
+            self.sample_gradient(s, visit)?;
+        }
+        Ok(())
+    }
+
+    /// One sample's backward, block by block (module docs); calls `visit` once per
+    /// prunable layer, top block first. Activation statistics, when on, are recorded by
+    /// the first forward only.
+    fn sample_gradient(&self, sample: &[u32], visit: &mut Visit<'_>) -> Result<()> {
+        let (dtype, dev) = (self.dtype(), self.device());
+        let len = sample.len();
+        let tokens = Tensor::new(sample, dev)?.unsqueeze(0)?;
+        let rope = RopeTables::new(self.config(), 0, len, dtype, dev)?;
+        let mask = causal_mask(len, 0, dtype, dev)?;
+        let blocks = self.decoder_layers();
+        let first = Pass {
+            overlay: None,
+            record_stats: self.stats_enabled(),
+            grad: true,
+        };
+        // 1. Block inputs; nothing is tracked, so no graph is kept.
+        let mut inputs = Vec::with_capacity(blocks.len());
+        let mut x = self.embed(&tokens)?;
+        for block in blocks {
+            let next = block.forward(&x, &rope, mask.as_ref(), None, first)?;
+            inputs.push(x);
+            x = next;
+        }
+        // 2. The head: ∂L/∂(top block output), through the final norm by backward()
+        // from the softmax gradient of the loss (see `Model::head_gradient`).
+        let h = Var::from_tensor(&x)?;
+        drop(x);
+        let normed = rms_norm(
+            h.as_tensor(),
+            self.final_norm(),
+            self.config().rms_norm_eps,
+            true,
+        )?;
+        let g_normed = self.head_gradient(&normed.detach().squeeze(0)?, &sample[1..])?;
+        let grads = (normed * g_normed.unsqueeze(0)?)?.sum_all()?.backward()?;
+        let mut upstream = gradient_of(&grads, h.as_tensor())?;
+        drop((grads, h));
+        // 3. Blocks from the top; per block one transient copy of its 7 weights.
+        let per_block = blocks.first().map_or(0, |b| b.projections().len());
+        for (b, (block, input)) in blocks.iter().zip(inputs).enumerate().rev() {
+            let x = Var::from_tensor(&input)?;
+            drop(input);
+            let projections = block.projections();
+            let vars = projections
+                .iter()
+                .map(|p| Ok(Var::from_tensor(&p.stored())?))
+                .collect::<Result<Vec<_>>>()?;
+            let mut overlay = WeightOverlay::new();
+            for (p, v) in projections.iter().zip(&vars) {
+                // A non-destructive mask is part of the forward, as in plain calls.
+                let w = match p.mask() {
+                    Some(m) => (v.as_tensor() * m.to_dtype(dtype)?)?,
+                    None => v.as_tensor().clone(),
+                };
+                overlay.insert(p.name(), w);
+            }
+            let pass = Pass {
+                overlay: Some(&overlay),
+                record_stats: false,
+                grad: true,
+            };
+            let out = block.forward(x.as_tensor(), &rope, mask.as_ref(), None, pass)?;
+            let grads = (out * &upstream)?.sum_all()?.backward()?;
+            for (slot, (p, v)) in projections.iter().zip(&vars).enumerate() {
+                visit(
+                    b * per_block + slot,
+                    p,
+                    &gradient_of(&grads, v.as_tensor())?,
+                )?;
+            }
+            upstream = gradient_of(&grads, x.as_tensor())?;
+        }
+        Ok(())
+    }
+}
+
+impl Model {
+    /// ∂L/∂hidden (`[seq, hidden]`) for L the mean next-token NLL of `targets`
+    /// (`seq − 1` ids) under logits `hidden · lm_headᵀ`: row `i < seq − 1` is
+    /// `(softmax(zᵢ) · lm_head − lm_head[targets[i]]) / (seq − 1)`, the last row 0.
+    /// Written out rather than left to `backward()`, which would keep `[seq, vocab]`
+    /// logits, their log-softmax temporaries and a `[hidden, vocab]` lm_head gradient
+    /// (~0.5 GB for SmolLM2 at 256 tokens); here logits exist [`LOGIT_ROWS`] rows at a
+    /// time and the lm_head gradient never.
+    fn head_gradient(&self, hidden: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        let n = targets.len();
+        let head = self.lm_head();
+        let mut rows = Vec::with_capacity(n.div_ceil(LOGIT_ROWS) + 1);
+        for (c, ids) in targets.chunks(LOGIT_ROWS).enumerate() {
+            let h = hidden.narrow(0, c * LOGIT_ROWS, ids.len())?;
+            let probs = softmax_last_dim(&self.logits(&h)?, true)?;
+            let picked = head.index_select(&Tensor::new(ids, hidden.device())?, 0)?;
+            rows.push(((probs.matmul(head)? - picked)? / n as f64)?);
+        }
+        rows.push(hidden.narrow(0, n, hidden.dim(0)? - n)?.zeros_like()?);
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+}
+
+/// The gradient of `t` in `grads`; zeros when `t` did not influence the loss.
+fn gradient_of(grads: &candle_core::backprop::GradStore, t: &Tensor) -> Result<Tensor> {
+    Ok(match grads.get(t) {
+        Some(g) => g.clone(),
+        None => t.zeros_like()?,
+    })
+}
+
+/// The layer's kept weights: in-place keep bits AND its non-destructive mask.
+fn kept_weights(layer: &PrunableLinear) -> Result<Arc<Mask>> {
+    let info = layer.info();
+    let in_place = layer.pruned_mask();
+    let Some(m) = layer.mask() else {
+        return Ok(
+            in_place.unwrap_or_else(|| Arc::new(Mask::ones(info.out_features, info.in_features)))
+        );
+    };
+    let masked = Mask::from_tensor(&m)?;
+    Ok(Arc::new(match in_place {
+        None => masked,
+        Some(p) => Mask::from_words(
+            info.out_features,
+            info.in_features,
+            p.words()
+                .iter()
+                .zip(masked.words())
+                .map(|(a, b)| a & b)
+                .collect(),
+        )?,
+    }))
 }

@@ -1,13 +1,27 @@
-//! Prunable linear layers: dense weight + optional mask, Wanda statistics collected
-//! inside the layer (as mistral.rs `imatrix.rs` does, no hooks), and per-call weight
-//! overlays so several candidate masks can be evaluated on one shared model.
+//! Prunable linear layers: the stored weight, the two ways of pruning it, and Wanda
+//! statistics collected inside the layer (as mistral.rs `imatrix.rs` does, no hooks).
+//!
+//! Two pruning modes, on purpose:
+//! - **in place** ([`PrunableLinear::prune_in_place`]): the stored weight becomes
+//!   `W ⊙ M` and the dense values are gone; the layer keeps only the keep bits (1 bit
+//!   per weight). This is how the pruning loop commits: a model holds one copy of its
+//!   weights, whatever the sparsity.
+//! - **non-destructive** ([`PrunableLinear::set_mask`]): a u8 mask and a cached `W ⊙ M`
+//!   next to the untouched stored weight, cleared with `None`. Baselines, comparisons,
+//!   export and tests use it; it costs a second copy of each masked layer.
+//!
+//! They compose in one order only: a non-destructive mask may be set on a layer
+//! pruned in place (its effective weight is then `W_stored ⊙ M`, with `W_stored`
+//! already zero where pruned), but `prune_in_place` refuses while a non-destructive
+//! mask is committed, so the cached `W ⊙ M` can never go stale.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use candle_core::{DType, Tensor, D};
+use kernels::Mask;
 
+use crate::overlay::{OverlayEntry, WeightOverlay};
 use crate::{ModelError, Result};
 
 /// Name and shape of one prunable projection, e.g. `model.layers.3.mlp.down_proj`
@@ -43,44 +57,6 @@ pub struct ActivationGram {
     pub tokens: u64,
 }
 
-/// Effective (already masked) weights that replace some layers' weights for one
-/// forward call only; untouched layers use the model's committed weights. This is
-/// what lets K candidate masks run concurrently on one shared [`crate::Model`].
-#[derive(Debug, Clone, Default)]
-pub struct WeightOverlay {
-    weights: HashMap<String, Tensor>,
-}
-
-impl WeightOverlay {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Replace layer `name`'s effective weight (`[out, in]`, model dtype) for calls
-    /// that use this overlay. Returns the previous entry, if any. Names and shapes are
-    /// checked when the overlay is used, against the model it is used with.
-    pub fn insert(&mut self, name: impl Into<String>, effective_weight: Tensor) -> Option<Tensor> {
-        self.weights.insert(name.into(), effective_weight)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.weights.get(name)
-    }
-
-    /// Layer names this overlay replaces.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.weights.keys().map(String::as_str)
-    }
-
-    pub fn len(&self) -> usize {
-        self.weights.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.weights.is_empty()
-    }
-}
-
 /// Per-call switches threaded through the decoder.
 #[derive(Clone, Copy)]
 pub(crate) struct Pass<'a> {
@@ -90,8 +66,8 @@ pub(crate) struct Pass<'a> {
     pub grad: bool,
 }
 
-/// A committed mask and the cached effective weight `W ⊙ M` built from it once, so
-/// forwards do not multiply by the mask every call.
+/// A committed non-destructive mask and the cached effective weight `W ⊙ M` built
+/// from it once, so forwards do not multiply by the mask every call.
 struct Committed {
     /// `[out, in]` u8, 1 = keep.
     mask: Tensor,
@@ -106,9 +82,18 @@ struct StatsAcc {
 /// A q/k/v/o/gate/up/down projection that can be pruned.
 pub(crate) struct PrunableLinear {
     name: String,
-    /// Dense `[out, in]` weight; never modified.
-    weight: Tensor,
+    /// `(out_features, in_features)`.
+    shape: (usize, usize),
+    /// The stored `[out, in]` weight: the checkpoint's tensor (shared with the caller,
+    /// never written) until the layer is pruned in place, then `W ⊙ M` in a tensor of
+    /// its own. It is replaced, never written through, so a handle taken earlier
+    /// (e.g. by `Model::layer_weight`) keeps the values it had.
+    weight: RwLock<Tensor>,
     bias: Option<Tensor>,
+    /// Keep bits of the weights pruned in place (1 = kept); `None` until the first
+    /// `prune_in_place`. Monotone: each later mask is a subset of this one.
+    pruned: RwLock<Option<Arc<Mask>>>,
+    /// Non-destructive mask (`set_mask`).
     committed: RwLock<Option<Committed>>,
     stats: Mutex<Option<StatsAcc>>,
     /// Opt-in per layer: a Gram matrix is in² numbers, too big to collect everywhere
@@ -118,16 +103,19 @@ pub(crate) struct PrunableLinear {
 }
 
 impl PrunableLinear {
-    pub fn new(name: String, weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
+    pub fn new(name: String, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let shape = weight.dims2()?;
+        Ok(Self {
             name,
-            weight,
+            shape,
+            weight: RwLock::new(weight),
             bias,
+            pruned: RwLock::new(None),
             committed: RwLock::new(None),
             stats: Mutex::new(None),
             gram_enabled: AtomicBool::new(false),
             gram: Mutex::new(None),
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -135,65 +123,114 @@ impl PrunableLinear {
     }
 
     pub fn info(&self) -> LayerInfo {
-        let (out_features, in_features) = self.weight.dims2().unwrap_or((0, 0));
         LayerInfo {
             name: self.name.clone(),
-            out_features,
-            in_features,
+            out_features: self.shape.0,
+            in_features: self.shape.1,
         }
     }
 
-    /// The dense weight, never masked.
-    pub fn dense(&self) -> &Tensor {
-        &self.weight
+    /// The stored weight: dense, or `W ⊙ M` once pruned in place. Never includes a
+    /// non-destructive mask.
+    pub fn stored(&self) -> Tensor {
+        read(&self.weight).clone()
     }
 
-    /// The committed mask (u8, 1 = keep), if any.
+    /// The committed non-destructive mask (u8, 1 = keep), if any.
     pub fn mask(&self) -> Option<Tensor> {
-        self.read_committed().as_ref().map(|c| c.mask.clone())
+        read(&self.committed).as_ref().map(|c| c.mask.clone())
     }
 
-    /// The weight a plain forward uses: `W ⊙ M` when a mask is committed, else `W`.
+    /// Keep bits of the weights pruned in place, if the layer was ever pruned in place.
+    pub fn pruned_mask(&self) -> Option<Arc<Mask>> {
+        read(&self.pruned).clone()
+    }
+
+    /// The weight a plain forward uses: `W_stored ⊙ M` when a non-destructive mask is
+    /// committed, else the stored weight.
     pub fn effective(&self) -> Tensor {
-        match self.read_committed().as_ref() {
+        match read(&self.committed).as_ref() {
             Some(c) => c.effective.clone(),
-            None => self.weight.clone(),
+            None => self.stored(),
         }
     }
 
-    /// Commit (or with `None` clear) a mask. The mask must be `[out, in]` and hold
-    /// only 0 and 1 (any numeric dtype).
+    /// Set the stored weight to `W ⊙ keep` and record `keep`. The new weight is a
+    /// fresh tensor (one layer's transient copy); the old one is released, so the dense
+    /// values are gone unless a caller still holds them. `keep` must be `[out, in]` and,
+    /// after a first call, keep no weight the previous call pruned (pruned weights stay
+    /// pruned; repeating the same mask is a no-op). Refused while a non-destructive mask
+    /// is committed (its cached `W ⊙ M` would go stale): clear it first.
+    pub fn prune_in_place(&self, keep: &Mask) -> Result<()> {
+        if (keep.rows(), keep.cols()) != self.shape {
+            return Err(ModelError::WeightShape {
+                tensor: format!("in-place mask of {}", self.name),
+                expected: vec![self.shape.0, self.shape.1],
+                actual: vec![keep.rows(), keep.cols()],
+            });
+        }
+        // Lock order: committed, pruned, weight (set_mask takes committed first too).
+        let committed = self
+            .committed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if committed.is_some() {
+            return Err(ModelError::InvalidArgument(format!(
+                "prune_in_place on {}: a non-destructive mask is committed (set_mask); \
+clear it with set_mask(None) first",
+                self.name
+            )));
+        }
+        let mut pruned = self.pruned.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(prev) = pruned.as_ref() {
+            let revived = keep.count_kept_outside(prev)?;
+            if revived > 0 {
+                return Err(ModelError::InvalidArgument(format!(
+                    "prune_in_place on {}: the mask keeps {revived} weights that are already \
+pruned in place; pruned weights stay pruned (their values are gone)",
+                    self.name
+                )));
+            }
+        }
+        let masked = keep.apply_fast(&self.stored())?;
+        *self.weight.write().unwrap_or_else(PoisonError::into_inner) = masked;
+        *pruned = Some(Arc::new(keep.clone()));
+        drop(committed);
+        Ok(())
+    }
+
+    /// Commit (or with `None` clear) a non-destructive mask. The mask must be
+    /// `[out, in]` and hold only 0 and 1 (any numeric dtype).
     pub fn set_mask(&self, mask: Option<&Tensor>) -> Result<()> {
-        let committed = match mask {
+        let mut slot = self
+            .committed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *slot = match mask {
             None => None,
             Some(m) => {
                 let keep = self.check_mask(m)?;
-                let effective = (&self.weight * &keep)?;
+                let effective = (&self.stored() * &keep)?;
                 Some(Committed {
                     mask: keep.to_dtype(DType::U8)?,
                     effective,
                 })
             }
         };
-        *self
-            .committed
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = committed;
         Ok(())
     }
 
     /// Validate a mask for this layer and return it in the weight's dtype and device.
     pub fn check_mask(&self, mask: &Tensor) -> Result<Tensor> {
-        if mask.dims() != self.weight.dims() {
+        let weight = self.stored();
+        if mask.dims() != weight.dims() {
             return Err(ModelError::WeightShape {
                 tensor: format!("mask of {}", self.name),
-                expected: self.weight.dims().to_vec(),
+                expected: weight.dims().to_vec(),
                 actual: mask.dims().to_vec(),
             });
         }
-        let m = mask
-            .to_device(self.weight.device())?
-            .to_dtype(self.weight.dtype())?;
+        let m = mask.to_device(weight.device())?.to_dtype(weight.dtype())?;
         // m·(m−1) is 0 exactly for m ∈ {0, 1}; NaN makes the sum NaN, which fails too.
         let off = (&m * (&m - 1.0)?)?
             .abs()?
@@ -209,7 +246,9 @@ impl PrunableLinear {
         Ok(m)
     }
 
-    /// `x · Wᵀ + b` with the weight chosen by the pass (overlay, else committed).
+    /// `x · Wᵀ + b` with the weight chosen by the pass: the overlay's entry (a full
+    /// weight, or its mask applied to the stored weight for this call only), else the
+    /// committed effective weight.
     pub fn forward(&self, x: &Tensor, pass: Pass<'_>) -> Result<Tensor> {
         if pass.record_stats {
             self.record(x)?;
@@ -217,8 +256,9 @@ impl PrunableLinear {
         if self.gram_enabled.load(Ordering::Relaxed) {
             self.record_gram(x)?;
         }
-        let w = match pass.overlay.and_then(|o| o.get(&self.name)) {
-            Some(w) => w.clone(),
+        let w = match pass.overlay.and_then(|o| o.entry(&self.name)) {
+            Some(OverlayEntry::Weight(w)) => w.clone(),
+            Some(OverlayEntry::Mask(keep)) => keep.apply_fast(&self.stored())?,
             None => self.effective(),
         };
         let dims = x.dims().to_vec();
@@ -307,10 +347,10 @@ impl PrunableLinear {
             tokens: a.tokens,
         })
     }
+}
 
-    fn read_committed(&self) -> std::sync::RwLockReadGuard<'_, Option<Committed>> {
-        self.committed
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
+/// A read guard that survives a poisoned lock (the data are plain values, always
+/// consistent between statements).
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::decoder::log_softmax_last_dim;
-use crate::linear::WeightOverlay;
+use crate::overlay::WeightOverlay;
 use crate::transformer::Model;
 use crate::{ModelError, Result};
 
@@ -92,17 +92,33 @@ impl Model {
         let (mut nll_sum, mut scored, mut windows) = (0.0f64, 0usize, 0usize);
         for chunk in tokens.chunks(window).filter(|c| c.len() >= 2) {
             let input = Tensor::new(chunk, self.device())?.unsqueeze(0)?;
-            let logits = self
-                .logits(&self.hidden(&input, overlay, None, false)?)?
-                .squeeze(0)?;
-            let nll = next_token_nll(&logits, &chunk[1..])?;
-            nll_sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            let hidden = self.hidden(&input, overlay, None, false)?.squeeze(0)?;
+            nll_sum += self.nll_sum(&hidden, &chunk[1..])?;
             scored += chunk.len() - 1;
             windows += 1;
         }
         Ok(Perplexity::from_sum(nll_sum, scored, windows))
     }
+
+    /// Σ of the next-token NLL of `targets` (`n` ids) under the first `n` rows of
+    /// `hidden` (`[≥ n, hidden]`, final-normed), in f64. The logits are built
+    /// [`LOGIT_ROWS`] rows at a time: a whole window's `[seq, vocab]` logits and their
+    /// log-softmax temporaries (~4 × 100 MB for 512 tokens of a 49k vocabulary) would
+    /// be most of a small model's peak memory, per concurrent evaluation.
+    pub(crate) fn nll_sum(&self, hidden: &Tensor, targets: &[u32]) -> Result<f64> {
+        let mut sum = 0f64;
+        for (c, ids) in targets.chunks(LOGIT_ROWS).enumerate() {
+            let rows = hidden.narrow(0, c * LOGIT_ROWS, ids.len())?;
+            let nll = next_token_nll(&self.logits(&rows)?, ids)?;
+            sum += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        }
+        Ok(sum)
+    }
 }
+
+/// Rows of logits materialised at a time (perplexity and the gradient head): 64 rows
+/// of a 49k vocabulary are 12.6 MB in f32.
+pub(crate) const LOGIT_ROWS: usize = 64;
 
 /// Negative log-likelihood `[n]` of `targets` (`n` ids) under the first `n` rows of
 /// `logits` (`[≥ n, vocab]`): row `i` predicts `targets[i]`. Differentiable, so the

@@ -3,21 +3,23 @@
 //!
 //! One `Model` is shared (`Arc<Model>`, `Send + Sync`) by every thread that evaluates
 //! candidates: per-call state (overlays, KV caches, gradient variables) lives in the
-//! caller's stack, never in the model. Masks sit behind a per-layer `RwLock` so they
-//! can be committed through `&self`; a forward that runs while masks are being
-//! committed may see some layers before and some after the commit, so commit between
-//! evaluation rounds.
+//! caller's stack, never in the model. Masks (and in-place pruned weights) sit behind
+//! per-layer `RwLock`s so they can be committed through `&self`; a forward that runs
+//! while masks are being committed may see some layers before and some after the
+//! commit, so commit between evaluation rounds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
+use kernels::Mask;
 
 use crate::decoder::{causal_mask, rms_norm, DecoderLayer, LayerKv, RopeTables};
 use crate::families::{self, FamilySpec};
-use crate::linear::{
-    ActivationGram, ActivationStats, LayerInfo, Pass, PrunableLinear, WeightOverlay,
-};
+use crate::linear::{ActivationGram, ActivationStats, LayerInfo, Pass, PrunableLinear};
+use crate::overlay::{OverlayEntry, WeightOverlay};
 use crate::{ModelConfig, ModelError, Result};
 
 /// A decoder-only transformer of one of the supported families.
@@ -61,6 +63,28 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::build(cfg, device, dtype, &mut |name| tensors.get(name).cloned())
+    }
+
+    /// As [`Model::new`], taking the tensors by value: each is removed from the map as
+    /// the model takes it, so a tensor the model converts (dtype, device) is freed
+    /// right after, and the caller is left holding none of the weights. The pruning
+    /// loop builds its model this way: pruning in place then releases the dense
+    /// values, which a caller-held map would keep alive.
+    pub fn new_owned(
+        cfg: &ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(cfg, device, DType::F32, &mut |name| tensors.remove(name))
+    }
+
+    fn build(
+        cfg: &ModelConfig,
+        device: &Device,
+        dtype: DType,
+        source: &mut dyn FnMut(&str) -> Option<Tensor>,
+    ) -> Result<Self> {
         if !dtype.is_float() {
             return Err(ModelError::InvalidArgument(format!(
                 "model dtype must be a float type, got {dtype:?}"
@@ -70,7 +94,7 @@ impl Model {
         let shapes: HashMap<String, Vec<usize>> =
             families::expected_weights(cfg)?.into_iter().collect();
         let mut take = |name: &str| -> Result<Tensor> {
-            let t = tensors.get(name).ok_or_else(|| ModelError::MissingWeight {
+            let t = source(name).ok_or_else(|| ModelError::MissingWeight {
                 tensor: name.to_string(),
             })?;
             if let Some(expected) = shapes.get(name) {
@@ -159,7 +183,7 @@ impl Model {
         cache: Option<&mut Vec<LayerKv>>,
         grad: bool,
     ) -> Result<Tensor> {
-        let (b, l) = tokens.dims2()?;
+        let l = tokens.dim(1)?;
         let offset = match &cache {
             Some(c) => c
                 .first()
@@ -174,10 +198,7 @@ impl Model {
         };
         let rope = RopeTables::new(&self.config, offset, l, self.dtype, &self.device)?;
         let mask = causal_mask(l, offset, self.dtype, &self.device)?;
-        let mut x = self
-            .embed
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, l, self.config.hidden_size))?;
+        let mut x = self.embed(tokens)?;
         match cache {
             Some(cache) => {
                 cache.resize(self.layers.len(), None);
@@ -192,6 +213,30 @@ impl Model {
             }
         }
         rms_norm(&x, &self.final_norm, self.config.rms_norm_eps, grad)
+    }
+
+    /// Embedding rows of `tokens` (`[batch, seq]`, checked) → `[batch, seq, hidden]`.
+    pub(crate) fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, l) = tokens.dims2()?;
+        Ok(self
+            .embed
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, l, self.config.hidden_size))?)
+    }
+
+    /// The decoder blocks, bottom to top.
+    pub(crate) fn decoder_layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
+    /// The `[vocab, hidden]` output matrix (the embedding itself when tied).
+    pub(crate) fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// The final RMSNorm weight.
+    pub(crate) fn final_norm(&self) -> &Tensor {
+        &self.final_norm
     }
 
     /// lm_head over hidden states `[..., hidden]` → `[..., vocab]`.
@@ -212,30 +257,54 @@ impl Model {
         self.linears().map(PrunableLinear::info).collect()
     }
 
-    /// Commit a mask (`[out, in]`, any numeric dtype, only 0/1, 1 = keep) to layer
-    /// `name`, or clear it with `None`. The masked weight `W ⊙ M` is computed once
-    /// here and used by every later forward; the dense weight is kept unchanged.
+    /// Prune layer `name` in place: its stored weight becomes `W ⊙ keep` (1 = kept) and
+    /// the dense values are released — the model keeps one copy of its weights and 1
+    /// bit per weight, whatever the sparsity. Monotone: after a first call, `keep` may
+    /// not keep a weight an earlier call pruned (an error says how many it would
+    /// re-enable); repeating a mask is a no-op. Refused while a non-destructive mask
+    /// ([`Model::set_mask`]) is committed on the layer: clear that first.
+    pub fn prune_in_place(&self, name: &str, keep: &Mask) -> Result<()> {
+        self.linear(name)?.prune_in_place(keep)
+    }
+
+    /// The keep bits of layer `name`'s in-place pruning, `None` if it was never pruned
+    /// in place. Shared, not copied: the model keeps its own handle.
+    pub fn pruned_mask(&self, name: &str) -> Result<Option<Arc<Mask>>> {
+        Ok(self.linear(name)?.pruned_mask())
+    }
+
+    /// Commit a non-destructive mask (`[out, in]`, any numeric dtype, only 0/1,
+    /// 1 = keep) to layer `name`, or clear it with `None`. The masked weight
+    /// `W ⊙ M` is computed once here and used by every later forward; the stored
+    /// weight is kept unchanged (`W` is the dense weight, or `W ⊙ M_inplace` on a
+    /// layer pruned in place: the two masks then combine by AND).
     pub fn set_mask(&self, name: &str, mask: Option<&Tensor>) -> Result<()> {
         self.linear(name)?.set_mask(mask)
     }
 
-    /// The committed mask of `name` (u8, 1 = keep), `None` when the layer is dense.
+    /// The committed non-destructive mask of `name` (u8, 1 = keep), `None` when there
+    /// is none. In-place pruning is reported by [`Model::pruned_mask`] instead.
     pub fn layer_mask(&self, name: &str) -> Result<Option<Tensor>> {
         Ok(self.linear(name)?.mask())
     }
 
-    /// The dense (never masked) weight `[out, in]` of layer `name`.
+    /// The stored weight `[out, in]` of layer `name`: the dense weight, or `W ⊙ M`
+    /// once the layer was pruned in place. Never includes a non-destructive mask. The
+    /// returned handle is not affected by later pruning (pruning replaces the stored
+    /// tensor, it never writes into it).
     pub fn layer_weight(&self, name: &str) -> Result<Tensor> {
-        Ok(self.linear(name)?.dense().clone())
+        Ok(self.linear(name)?.stored())
     }
 
-    /// The weight a plain forward uses for `name`: `W ⊙ M`, or `W` without a mask.
+    /// The weight a plain forward uses for `name`: `W_stored ⊙ M` with a
+    /// non-destructive mask, else the stored weight.
     pub fn effective_weight(&self, name: &str) -> Result<Tensor> {
         Ok(self.linear(name)?.effective())
     }
 
     /// Build an overlay from candidate masks (layer name → `[out, in]` 0/1 mask): each
-    /// entry becomes `W_dense ⊙ M`. Only the listed layers are copied.
+    /// entry becomes the full weight `W_stored ⊙ M`. Only the listed layers are
+    /// copied; [`WeightOverlay::insert_mask`] avoids the copies altogether.
     pub fn overlay_from_masks<'a>(
         &self,
         masks: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
@@ -244,7 +313,7 @@ impl Model {
         for (name, mask) in masks {
             let layer = self.linear(name)?;
             let keep = layer.check_mask(mask)?;
-            overlay.insert(name, (layer.dense() * keep)?);
+            overlay.insert(name, (layer.stored() * keep)?);
         }
         Ok(overlay)
     }
@@ -350,15 +419,32 @@ impl Model {
         }
     }
 
-    /// Every overlay entry must name a prunable layer and match its shape and dtype.
+    /// Every overlay entry must name a prunable layer and match its shape (and, for a
+    /// full weight, its dtype and device).
     pub(crate) fn check_overlay(&self, overlay: &WeightOverlay) -> Result<()> {
         for name in overlay.names() {
             let layer = self.linear(name)?;
-            let w = overlay.get(name).unwrap_or(layer.dense());
-            if w.dims() != layer.dense().dims() {
+            let info = layer.info();
+            let expected = vec![info.out_features, info.in_features];
+            let w = match overlay.entry(name) {
+                Some(OverlayEntry::Weight(w)) => w,
+                Some(OverlayEntry::Mask(keep)) => {
+                    let actual = vec![keep.rows(), keep.cols()];
+                    if actual != expected {
+                        return Err(ModelError::WeightShape {
+                            tensor: format!("overlay mask of {name}"),
+                            expected,
+                            actual,
+                        });
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            if w.dims() != expected.as_slice() {
                 return Err(ModelError::WeightShape {
                     tensor: format!("overlay weight of {name}"),
-                    expected: layer.dense().dims().to_vec(),
+                    expected,
                     actual: w.dims().to_vec(),
                 });
             }

@@ -50,44 +50,47 @@ fn window_and_token_arithmetic() {
     }
 }
 
+/// Windows of 5 tokens, and of 128 (the tiny context), whose 127 scored rows span
+/// two of the row chunks the logits are built in.
 #[test]
 fn random_model_matches_hand_computed_nll() {
     let cfg = tiny_config(Architecture::Qwen2);
     let w = random_weights(&cfg, 4, &Device::Cpu).unwrap();
     let m = Model::new(&cfg, &w, &Device::Cpu).unwrap();
-    let tokens = stream(13);
-    let window = 5;
-    let mut nll = 0f64;
-    let mut scored = 0;
-    for chunk in tokens.chunks(window).filter(|c| c.len() >= 2) {
-        let logits = m
-            .forward(
-                &Tensor::new(chunk, &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-            )
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        for (pos, target) in chunk.iter().enumerate().skip(1) {
-            let row: Vec<f64> = logits[pos - 1].iter().map(|v| f64::from(*v)).collect();
-            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let log_z = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-            nll += log_z - row[*target as usize];
-            scored += 1;
+    for (n, window, windows) in [(13, 5, 3), (300, 128, 3)] {
+        let tokens = stream(n);
+        let mut nll = 0f64;
+        let mut scored = 0;
+        for chunk in tokens.chunks(window).filter(|c| c.len() >= 2) {
+            let logits = m
+                .forward(
+                    &Tensor::new(chunk, &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                )
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (pos, target) in chunk.iter().enumerate().skip(1) {
+                let row: Vec<f64> = logits[pos - 1].iter().map(|v| f64::from(*v)).collect();
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let log_z = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                nll += log_z - row[*target as usize];
+                scored += 1;
+            }
         }
+        let p = m.perplexity(&tokens, window).unwrap();
+        assert_eq!(p.tokens_scored, scored);
+        assert_eq!(p.windows, windows);
+        let want = nll / scored as f64;
+        assert!((p.mean_nll - want).abs() < 1e-5, "{} vs {want}", p.mean_nll);
+        assert!((p.ppl - want.exp()).abs() < 1e-5 * want.exp());
+        // A random model is far from uniform here.
+        assert!((p.ppl - 64.0).abs() > 1.0, "{p:?}");
     }
-    let p = m.perplexity(&tokens, window).unwrap();
-    assert_eq!(p.tokens_scored, scored);
-    assert_eq!(p.windows, 3);
-    let want = nll / scored as f64;
-    assert!((p.mean_nll - want).abs() < 1e-5, "{} vs {want}", p.mean_nll);
-    assert!((p.ppl - want.exp()).abs() < 1e-5 * want.exp());
-    // A random model is far from uniform here.
-    assert!((p.ppl - 64.0).abs() > 1.0, "{p:?}");
 }
 
 #[test]
