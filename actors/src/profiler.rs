@@ -140,7 +140,8 @@ impl Job {
                 let t = Tensor::new(s.as_slice(), &Device::Cpu)
                     .and_then(|t| t.unsqueeze(0))
                     .map_err(|e| err(&e))?;
-                model.forward(&t).map_err(|e| err(&e))?;
+                // Statistics only: the logits would be dropped unused.
+                model.forward_hidden(&t).map_err(|e| err(&e))?;
             }
             Ok(())
         };

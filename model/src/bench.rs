@@ -17,7 +17,8 @@ pub struct BenchReport {
     /// Mean wall time of one `forward` of `[1, seq_len]` tokens, in seconds.
     pub forward_secs: f64,
     pub forward_tokens_per_sec: f64,
-    /// Mean wall time of `gradient_importance` on one sample of `seq_len` tokens.
+    /// Mean wall time of `gradient_importance_means` (the pruning loop's gradient
+    /// pass) on one sample of `seq_len` tokens.
     pub gradient_secs: Option<f64>,
 }
 
@@ -44,7 +45,7 @@ pub fn bench(model: &Model, seq_len: usize, reps: usize, gradient: bool) -> Resu
         let samples = [ids.clone()];
         let start = Instant::now();
         for _ in 0..reps {
-            model.gradient_importance(&samples)?;
+            model.gradient_importance_means(&samples)?;
         }
         Some(start.elapsed().as_secs_f64() / reps as f64)
     } else {

@@ -173,6 +173,15 @@ impl Model {
         self.logits(&hidden)
     }
 
+    /// The final-normed hidden states `[batch, seq, hidden]` of `tokens`, without the
+    /// lm_head: for passes that only collect activation statistics. The lm_head is a
+    /// large share of a small model's forward (SmolLM2-135M: a 49k × 576 matrix, ~28 M
+    /// weights, against ~106 M in the blocks), wasted when the logits are dropped.
+    pub fn forward_hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.check_tokens(tokens)?;
+        self.hidden(tokens, None, None, false)
+    }
+
     /// Final-norm hidden states `[batch, seq, hidden]`. With a cache, `tokens` follow
     /// the cached positions and their keys/values are appended to it. With `grad`,
     /// every op keeps its backward (slower). Inputs are assumed checked.

@@ -187,3 +187,32 @@ fn sum_sq_accumulates_across_calls_and_longer_sequences() {
     m.reset_stats();
     assert!(m.take_stats().is_empty());
 }
+
+/// `forward_hidden` collects the same statistics as `forward` (it only skips the
+/// lm_head), returns `[batch, seq, hidden]`, and checks its tokens like `forward`.
+#[test]
+fn forward_hidden_collects_the_same_statistics() {
+    let cfg = tiny_config(Architecture::Llama);
+    let w = random_weights(&cfg, 23, &Device::Cpu).unwrap();
+    let m = Model::new(&cfg, &w, &Device::Cpu).unwrap();
+    let tokens = Tensor::new(&[[5u32, 9, 2, 60, 33], [1, 1, 8, 13, 21]], &Device::Cpu).unwrap();
+    m.set_stats_enabled(true);
+    m.forward(&tokens).unwrap();
+    let full = m.take_stats();
+    let hidden = m.forward_hidden(&tokens).unwrap();
+    let lean = m.take_stats();
+    m.set_stats_enabled(false);
+    assert_eq!(hidden.dims(), &[2, 5, cfg.hidden_size]);
+    assert_eq!(full.len(), 14);
+    for (name, s) in &full {
+        assert_eq!(lean[name].tokens, s.tokens, "{name}");
+        assert_eq!(
+            lean[name].sum_sq.to_vec1::<f64>().unwrap(),
+            s.sum_sq.to_vec1::<f64>().unwrap(),
+            "{name}"
+        );
+    }
+    assert!(m
+        .forward_hidden(&Tensor::new(&[[1u32, 99]], &Device::Cpu).unwrap())
+        .is_err());
+}
