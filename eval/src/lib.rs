@@ -38,6 +38,21 @@ pub struct Target<'a> {
     pub stop_tokens: &'a [u32],
 }
 
+/// End-of-sequence ids of a checkpoint: the configured eos plus the chat end-of-turn
+/// markers its vocabulary knows (ChatML `<|im_end|>`, Llama-3 `<|eot_id|>`, …), so a
+/// generated answer stops where the model ends its turn.
+pub fn stop_tokens(ckpt: &model::Checkpoint) -> Vec<u32> {
+    let mut stops: Vec<u32> = ckpt.config.eos_token_id.into_iter().collect();
+    for marker in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"] {
+        if let Some(id) = ckpt.tokenizer.token_to_id(marker) {
+            if !stops.contains(&id) {
+                stops.push(id);
+            }
+        }
+    }
+    stops
+}
+
 /// Perplexity of `texts` by the WikiText-2 protocol: joined with blank lines,
 /// tokenised once, cut into non-overlapping windows of `window` tokens.
 pub fn perplexity_of_texts(

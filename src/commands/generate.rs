@@ -48,16 +48,5 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// End-of-sequence ids: the configured eos plus the chat end-of-turn markers the
-/// vocabulary knows (ChatML `<|im_end|>`, Llama-3 `<|eot_id|>`).
-pub fn stop_tokens(ckpt: &model::Checkpoint) -> Vec<u32> {
-    let mut stops: Vec<u32> = ckpt.config.eos_token_id.into_iter().collect();
-    for marker in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"] {
-        if let Some(id) = ckpt.tokenizer.token_to_id(marker) {
-            if !stops.contains(&id) {
-                stops.push(id);
-            }
-        }
-    }
-    stops
-}
+/// End-of-sequence ids (shared with the evaluations and the in-loop probe).
+pub use ::eval::stop_tokens;
