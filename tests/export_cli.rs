@@ -168,6 +168,7 @@ fn unknown_and_uncommitted_runs_are_refused_without_output() {
         created_unix: 0,
         baseline_ppl: 10.0,
         layers: vec![],
+        baseline_probe: None,
     };
     let status = protocol::RunStatus {
         state: protocol::RunState::Failed,

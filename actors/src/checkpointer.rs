@@ -1,7 +1,8 @@
 //! The Checkpointer actor: the run's durable memory in sled ([`crate::store`]). It
 //! stores the run (config, baseline), the state machine, every finished iteration (plan,
 //! verdicts, outcome, prompts and responses) and each committed iteration's mask delta
-//! — never weight copies. Each iteration is one transaction + flush.
+//! — never weight copies — and the knowledge probe's points. Each iteration is one
+//! transaction + flush.
 //!
 //! Write errors are replied, not raised: the Supervisor then stops the run as `failed`
 //! with the reason (the database may be unusable, so nothing more is attempted).
@@ -9,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use protocol::{LayerDelta, RunMeta, RunStatus, StoredIteration};
+use protocol::{LayerDelta, ProbePoint, RunMeta, RunStatus, StoredIteration};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::store::{LoadedRun, Store, StoreError};
@@ -42,6 +43,12 @@ pub enum CheckpointerMsg {
         deltas: Vec<LayerDelta>,
         status: RunStatus,
         reply: RpcReplyPort<Result<u64, String>>,
+    },
+    /// Store the final model's knowledge-probe point (taken after the last iteration
+    /// was committed, so it cannot join that iteration's transaction).
+    SetFinalProbe {
+        point: ProbePoint,
+        reply: RpcReplyPort<Result<(), String>>,
     },
 }
 
@@ -92,6 +99,10 @@ impl Actor for Checkpointer {
             }
             CheckpointerMsg::SetStatus { status, reply } => {
                 let out = blocking(move || store.set_status(&run, &status)).await;
+                let _ = reply.send(out.map_err(|e| e.to_string()));
+            }
+            CheckpointerMsg::SetFinalProbe { point, reply } => {
+                let out = blocking(move || store.set_final_probe(&run, &point)).await;
                 let _ = reply.send(out.map_err(|e| e.to_string()));
             }
             CheckpointerMsg::Commit {

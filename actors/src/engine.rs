@@ -1,13 +1,16 @@
 //! The immutable setup every tensor-handling actor shares: the model (`Arc<Model>`,
 //! `Send + Sync`), its prunable layers, and the tokenised calibration and held-out
-//! samples. Built once per process before the actors start; no actor mutates it except
-//! through the model's own pruning API (only the Executor commits, pruning in place).
+//! samples, and the knowledge probe's questions when it is on. Built once per process
+//! before the actors start; no actor mutates it except through the model's own pruning
+//! API (only the Executor commits, pruning in place).
 
 use std::sync::Arc;
 
 use config::Config;
 use model::text::TextSource;
 use model::{LayerInfo, Model};
+
+use crate::probe::ProbeSet;
 
 /// Errors while preparing the engine, as readable strings (they end the run).
 pub type Error = String;
@@ -31,20 +34,46 @@ pub struct Engine {
     pub f32_bytes: u64,
     /// The model's tokenizer, without special tokens (texts are scored as they are).
     pub encode: Encoder,
+    /// The in-loop knowledge probe, when `evaluation.probe.every > 0`.
+    pub probe: Option<ProbeSet>,
 }
 
 impl Engine {
     /// Load the model of `cfg` and cut the calibration source into samples.
     /// Heavy (reads and dequantises the checkpoint): call from a blocking thread.
     pub fn load(cfg: &Config) -> Result<Self, Error> {
+        // The probe's file is read first: a missing or bad one fails before the
+        // (slow) checkpoint load.
+        let probe_cfg = &cfg.evaluation.probe;
+        let questions = if probe_cfg.every > 0 {
+            Some(ProbeSet::read_questions(probe_cfg)?)
+        } else {
+            None
+        };
         let ckpt = model::load_checkpoint(&cfg.model.path)
             .map_err(|e| format!("{}: {e}", cfg.model.path.display()))?;
         let f32_bytes = ckpt.parameter_count() as u64 * 4;
+        // What the probe needs from the checkpoint, taken before the tensors move.
+        let probe_parts = match &questions {
+            Some(_) => Some((
+                model::ChatTemplate::for_checkpoint(&ckpt)
+                    .map_err(|e| format!("{}: chat template: {e}", cfg.model.path.display()))?,
+                eval::stop_tokens(&ckpt),
+            )),
+            None => None,
+        };
         // The model takes the tensors by value: no one else holds the dense weights,
         // so pruning in place (the Executor's commits) really releases them.
         let model = Model::new_owned(&ckpt.config, ckpt.tensors, &candle_core::Device::Cpu)
             .map_err(|e| format!("{}: building the model: {e}", cfg.model.path.display()))?;
-        let tokenizer = ckpt.tokenizer;
+        let tokenizer = Arc::new(ckpt.tokenizer);
+        let probe = match (questions, probe_parts) {
+            (Some(q), Some((template, stops))) => {
+                let codec: Arc<dyn eval::Codec> = tokenizer.clone();
+                Some(ProbeSet::new(probe_cfg, q, codec, template, stops)?)
+            }
+            _ => None,
+        };
         let encode = move |text: &str| -> Result<Vec<u32>, Error> {
             tokenizer
                 .encode(text, false)
@@ -60,6 +89,7 @@ impl Engine {
             eval,
             f32_bytes,
             encode: Box::new(encode),
+            probe,
         })
     }
 

@@ -1,5 +1,6 @@
 //! The Evaluator actor (Algorithm 1 line 19): in-loop perplexity on the held-out slice,
-//! of the committed model or of candidates.
+//! of the committed model or of candidates, and the knowledge probe
+//! ([`crate::probe`]) when it is on.
 //!
 //! A candidate is evaluated through a `WeightOverlay` holding, for the layers its plan
 //! touched only, keep bits (committed mask + the candidate's delta) that the forward
@@ -11,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use eval::probe::ProbeScore;
 use kernels::{Mask, MaskDelta};
 use model::{Perplexity, WeightOverlay};
 use protocol::{CandidateMasks, CandidateScore};
@@ -38,6 +40,13 @@ pub enum EvaluatorMsg {
         iteration: u32,
         candidates: Vec<CandidateMasks>,
         reply: RpcReplyPort<Result<(Vec<CandidateScore>, u64), String>>,
+    },
+    /// Knowledge probe of the committed model, or of the committed model with
+    /// `candidate`'s delta (the candidate about to be committed). An error when the
+    /// probe is off.
+    Probe {
+        candidate: Option<Box<CandidateMasks>>,
+        reply: RpcReplyPort<Result<ProbeScore, String>>,
     },
 }
 
@@ -82,6 +91,10 @@ impl Actor for Evaluator {
                 let out = blocking(move || evaluate_all(&engine, &candidates, workers)).await;
                 let _ = reply.send(out.map(|s| (s, start.elapsed().as_millis() as u64)));
             }
+            EvaluatorMsg::Probe { candidate, reply } => {
+                let out = blocking(move || probe(&engine, candidate.as_deref())).await;
+                let _ = reply.send(out);
+            }
         }
         Ok(())
     }
@@ -122,6 +135,18 @@ fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, String> 
         ppl: held_out_ppl(engine, Some(&overlay))?,
         sparsity_after: c.sparsity_after,
     })
+}
+
+/// The probe of the committed model, plus `candidate`'s keep bits through the same
+/// lazy overlay its PPL was scored with: the point describes exactly the model the
+/// commit is about to produce, so it can be stored in that iteration's transaction.
+fn probe(engine: &Engine, candidate: Option<&CandidateMasks>) -> Result<ProbeScore, String> {
+    let set = engine
+        .probe
+        .as_ref()
+        .ok_or("knowledge probe requested, but evaluation.probe.every is 0")?;
+    let overlay = candidate.map(|c| overlay(engine, c)).transpose()?;
+    set.score(&engine.model, overlay.as_ref())
 }
 
 /// The candidate's touched layers as lazy mask entries: committed bits (the model's

@@ -8,17 +8,18 @@
 //!
 //! Tracing: each iteration is a root span (`iteration`, so one trace per iteration when
 //! exported over OTLP) with one child span per actor message: `profile`, `plan`,
-//! `critique`, `execute`, `evaluate`, `reflect`, `commit`. The request to the actor is
-//! sent while its span is current, and ractor's message envelope carries the sender's
-//! span (`message_span_propogation`, a default feature) and runs the receiving handler
-//! inside it, so whatever the actors record lands in the same trace. Attributes: run id,
-//! iteration, layer counts, sparsity, PPL, LLM latency.
+//! `critique`, `execute`, `evaluate`, `reflect`, `commit` (and `probe` when the
+//! knowledge probe is due). The request to the actor is sent while its span is current,
+//! and ractor's message envelope carries the sender's span (`message_span_propogation`,
+//! a default feature) and runs the receiving handler inside it, so whatever the actors
+//! record lands in the same trace. Attributes: run id, iteration, layer counts,
+//! sparsity, PPL, LLM latency, probe accuracy.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::{
-    target_reached, ActorTimings, CandidateMasks, CandidateScore, IterationOutcome,
+    probe_due, target_reached, ActorTimings, CandidateMasks, CandidateScore, IterationOutcome,
     IterationRecord, Plan, PlanRequest, Rejection, ReviewedCandidate, RunState, RunStatus,
     StopReason, StoredIteration, Verdict,
 };
@@ -69,6 +70,8 @@ fn child(parent: &Span, name: &'static str, run: &str, t: u32) -> Span {
             candidates = Empty, ppl.best = Empty),
         "reflect" => info_span!(parent: parent, "reflect", run.id = run, iteration = int(t),
             assessment = Empty),
+        "probe" => info_span!(parent: parent, "probe", run.id = run, iteration = int(t),
+            accuracy = Empty),
         _ => info_span!(parent: parent, "commit", run.id = run, iteration = int(t),
             committed = Empty, layers = Empty, delta_bytes = Empty, sparsity = Empty,
             ppl = Empty),
@@ -138,6 +141,12 @@ impl Supervisor {
             meta.baseline_ppl = base;
             state.baseline_ppl = base;
             state.current_ppl = base;
+            if self.probe_on() {
+                // The dense point, while the model is still dense; stored with the run.
+                let p = self.probe(state, me, None, (0, 0.0, base)).await?;
+                meta.baseline_probe = Some(p.clone());
+                state.probe_points.push(p);
+            }
             let st = status(state, RunState::Created, None);
             let none: Option<Child> = None;
             ask!(self, state, me, checkpointer, none, |r| {
@@ -386,6 +395,24 @@ impl Supervisor {
             outcome: outcome.clone(),
             feedback,
         };
+        // The probe, when due, measures the model this iteration leaves committed (the
+        // chosen candidate's masks, or the unchanged model after a rollback) and is
+        // stored in the iteration's own transaction.
+        let probe = if self.probe_on() && probe_due(cfg.evaluation.probe.every, t) {
+            let start = Instant::now();
+            let span = child(it, "probe", run, t);
+            let (sp, ppl) = match chosen {
+                Some(_) => (outcome.sparsity_after, outcome.ppl_after),
+                None => (outcome.sparsity_before, outcome.ppl_before),
+            };
+            let committed = chosen.map(|i| &candidates[i]);
+            let p = in_span!(span, self.probe(state, me, committed, (t, sp, ppl)).await)?;
+            span.record("accuracy", p.accuracy);
+            timings.evaluator_ms += ms(start);
+            Some(p)
+        } else {
+            None
+        };
         let deltas = if chosen.is_some() {
             cand.deltas.clone()
         } else {
@@ -401,6 +428,7 @@ impl Supervisor {
             profiles: report.profiles.clone(),
             timings,
             delta_bytes,
+            probe: probe.clone(),
         });
         state.stored_iterations += 1;
         let st = status(state, RunState::Committed, None);
@@ -445,6 +473,7 @@ impl Supervisor {
         it.record("rolled_back", outcome.rolled_back);
         state.timings.add(&timings);
         state.history.push(record.clone());
+        state.probe_points.extend(probe);
         self.emit(ProgressEvent::Iteration {
             record: Box::new(record),
             timings,

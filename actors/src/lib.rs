@@ -8,7 +8,7 @@
 //! | Planner | [`planner`] | K candidate plans from a `llm::PlannerBackend` |
 //! | Critic | [`critic`] ([`critic_rules`]) | approve / amend / veto by explicit rules; reflections |
 //! | Executor | [`executor`] | candidate masks by incremental Wanda (touched layers only); commits |
-//! | Evaluator | [`evaluator`] | in-loop PPL of candidates, concurrently for K > 1 |
+//! | Evaluator | [`evaluator`], [`probe`] | in-loop PPL of candidates, concurrently for K > 1; the knowledge probe every few iterations |
 //! | Checkpointer | [`checkpointer`] ([`store`]) | sled: runs, iterations, mask deltas, state machine |
 //!
 //! [`run::run_pruning`] is the entry point. Tensor work runs on blocking threads
@@ -22,6 +22,7 @@ pub mod evaluator;
 pub mod executor;
 pub mod iteration;
 pub mod planner;
+pub mod probe;
 pub mod profiler;
 pub mod run;
 pub mod store;

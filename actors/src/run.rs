@@ -229,6 +229,7 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
                     .iter()
                     .map(|l| (l.name.clone(), [l.out_features, l.in_features]))
                     .collect(),
+                baseline_probe: None,
             }),
             baseline_ppl: None,
             history: Vec::new(),
@@ -238,6 +239,8 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
             masks: None,
             delta_bytes: Vec::new(),
             stored_iterations: 0,
+            probe_points: Vec::new(),
+            final_probe: None,
         },
     };
     let backend: Arc<dyn PlannerBackend> = match &opts.planner {
@@ -303,7 +306,7 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
 }
 
 /// Rebuild the state of a stored run: masks from the committed deltas in order, the
-/// iteration memory, the last PPL and the last gradients.
+/// iteration memory, the last PPL, the last gradients and the knowledge-probe points.
 fn resume_point(engine: &Engine, l: crate::store::LoadedRun) -> Result<StartPoint, RunError> {
     let index: std::collections::HashMap<&str, usize> = engine
         .layers
@@ -348,6 +351,13 @@ fn resume_point(engine: &Engine, l: crate::store::LoadedRun) -> Result<StartPoin
         .map(|r| r.outcome.ppl_after)
         .unwrap_or(l.meta.baseline_ppl);
     let next = history.last().map_or(1, |r| r.outcome.iteration + 1);
+    let probe_points = l
+        .meta
+        .baseline_probe
+        .iter()
+        .chain(l.iterations.iter().filter_map(|s| s.probe.as_ref()))
+        .cloned()
+        .collect();
     Ok(StartPoint {
         new_meta: None,
         baseline_ppl: Some(l.meta.baseline_ppl),
@@ -358,6 +368,8 @@ fn resume_point(engine: &Engine, l: crate::store::LoadedRun) -> Result<StartPoin
         delta_bytes,
         stored_iterations: history.len() as u32,
         history,
+        probe_points,
+        final_probe: l.final_probe,
     })
 }
 

@@ -10,6 +10,10 @@
 //!   final text, measured before anything is pruned (the model is pruned in place, so
 //!   the dense weights are gone by the end of the run). Absent in stores written before
 //!   it existed, and in runs without a final evaluation; such stores load unchanged.
+//! - `final_probe`: run id → [`ProbePoint`] (JSON): the knowledge probe of the final
+//!   model, when the run finished after an iteration that had no probe point (the
+//!   dense point lives in [`RunMeta`], the others in their [`StoredIteration`]).
+//!   Absent unless the probe is on; older stores load unchanged.
 //!
 //! Big-endian iteration numbers make sled's key order the iteration order, so a prefix
 //! scan returns iterations oldest first. A finished iteration — its record, its deltas
@@ -18,7 +22,7 @@
 
 use std::path::Path;
 
-use protocol::{LayerDelta, RunMeta, RunStatus, StoredIteration};
+use protocol::{LayerDelta, ProbePoint, RunMeta, RunStatus, StoredIteration};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
@@ -59,6 +63,8 @@ pub struct LoadedRun {
     pub deltas: Vec<(u32, Vec<LayerDelta>)>,
     /// The dense final-text PPL, when it was measured and stored.
     pub dense_final: Option<TextPpl>,
+    /// The final model's knowledge-probe point, when one was stored.
+    pub final_probe: Option<ProbePoint>,
 }
 
 /// The open database.
@@ -69,6 +75,7 @@ pub struct Store {
     iterations: sled::Tree,
     deltas: sled::Tree,
     dense_final: sled::Tree,
+    final_probe: sled::Tree,
 }
 
 fn run_prefix(run: &str) -> Vec<u8> {
@@ -133,6 +140,7 @@ impl Store {
             iterations: db.open_tree("iterations")?,
             deltas: db.open_tree("deltas")?,
             dense_final: db.open_tree("dense_final")?,
+            final_probe: db.open_tree("final_probe")?,
             db,
         })
     }
@@ -201,6 +209,13 @@ impl Store {
         Ok(())
     }
 
+    /// Record the final model's probe point of `run` (flushed).
+    pub fn set_final_probe(&self, run: &str, point: &ProbePoint) -> Result<()> {
+        self.final_probe.insert(run.as_bytes(), json(point))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Everything stored for `run`.
     pub fn load_run(&self, run: &str) -> Result<LoadedRun> {
         let meta_bytes = self
@@ -239,12 +254,17 @@ impl Store {
             Some(b) => Some(parse(run.as_bytes(), &b)?),
             None => None,
         };
+        let final_probe = match self.final_probe.get(run.as_bytes())? {
+            Some(b) => Some(parse(run.as_bytes(), &b)?),
+            None => None,
+        };
         Ok(LoadedRun {
             meta,
             status,
             iterations,
             deltas,
             dense_final,
+            final_probe,
         })
     }
 
@@ -328,6 +348,7 @@ mod tests {
             profiles: vec![],
             timings: ActorTimings::default(),
             delta_bytes: 3,
+            probe: None,
         }
     }
 
@@ -350,6 +371,7 @@ mod tests {
             created_unix: 5,
             baseline_ppl: 9.0,
             layers: vec![("a".into(), [2, 3])],
+            baseline_probe: None,
         };
         store.create_run(&meta, &status(0)).unwrap();
         // Iterations 2..=300 cross a byte boundary: big-endian keys keep them in order.
@@ -404,6 +426,7 @@ mod tests {
             created_unix: 1,
             baseline_ppl: 3.0,
             layers: vec![],
+            baseline_probe: None,
         };
         {
             // A store as older versions wrote it: no dense_final record for the run.
@@ -425,6 +448,67 @@ mod tests {
         store.dense_final.insert("r2", "{").unwrap();
         let e = store.load_run("r2").unwrap_err().to_string();
         assert!(e.contains("corrupt record `r2`"), "{e}");
+    }
+
+    #[test]
+    fn probe_points_survive_reopen_and_old_records_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let pt = |iteration: u32, correct: usize| ProbePoint {
+            iteration,
+            sparsity: 0.1 * f64::from(iteration),
+            ppl: 5.0 + f64::from(iteration),
+            correct,
+            total: 8,
+            accuracy: correct as f64 / 8.0,
+            seconds: 0.25,
+        };
+        let meta = RunMeta {
+            run_id: "p".into(),
+            config_toml: String::new(),
+            created_unix: 1,
+            baseline_ppl: 5.0,
+            layers: vec![],
+            baseline_probe: Some(pt(0, 6)),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_run(&meta, &status(0)).unwrap();
+            let mut it2 = stored(2, false);
+            it2.probe = Some(pt(2, 5));
+            store
+                .commit_iteration("p", &stored(1, false), &[], &status(1))
+                .unwrap();
+            store.commit_iteration("p", &it2, &[], &status(2)).unwrap();
+            store
+                .commit_iteration("p", &stored(3, true), &[], &status(3))
+                .unwrap();
+            store.set_final_probe("p", &pt(3, 4)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let run = store.load_run("p").unwrap();
+        assert_eq!(run.meta.baseline_probe, Some(pt(0, 6)));
+        let probes: Vec<Option<u32>> = run
+            .iterations
+            .iter()
+            .map(|s| s.probe.as_ref().map(|p| p.iteration))
+            .collect();
+        assert_eq!(probes, vec![None, Some(2), None]);
+        assert_eq!(run.iterations[1].probe, Some(pt(2, 5)));
+        assert_eq!(run.final_probe, Some(pt(3, 4)));
+        // Records as written before the probe existed: no probe fields at all.
+        let old_meta =
+            r#"{"run_id":"o","config_toml":"","created_unix":1,"baseline_ppl":2.0,"layers":[]}"#;
+        store.runs.insert("o", old_meta).unwrap();
+        let old_it = serde_json::to_value(stored(1, false)).unwrap();
+        assert!(old_it.get("probe").is_none(), "None is not written");
+        store
+            .iterations
+            .insert(iteration_key("o", 1), serde_json::to_vec(&old_it).unwrap())
+            .unwrap();
+        let old = store.load_run("o").unwrap();
+        assert_eq!(old.meta.baseline_probe, None);
+        assert_eq!(old.iterations[0].probe, None);
+        assert_eq!(old.final_probe, None);
     }
 
     #[test]

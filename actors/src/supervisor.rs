@@ -14,7 +14,9 @@ use std::sync::Arc;
 use config::Config;
 use kernels::Mask;
 use llm::PlannerBackend;
-use protocol::{ActorTimings, IterationRecord, RunMeta, RunState, RunSummary, StopReason};
+use protocol::{
+    ActorTimings, IterationRecord, ProbePoint, RunMeta, RunState, RunSummary, StopReason,
+};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
@@ -59,6 +61,11 @@ pub struct StartPoint {
     pub masks: Option<Vec<Mask>>,
     pub delta_bytes: Vec<u64>,
     pub stored_iterations: u32,
+    /// Knowledge-probe points stored so far (dense, then per iteration), oldest first.
+    pub probe_points: Vec<ProbePoint>,
+    /// The final model's probe point stored by a process that already finished this
+    /// run (reused when the run finishes again at the same iteration).
+    pub final_probe: Option<ProbePoint>,
 }
 
 /// Messages of the Supervisor.
@@ -105,6 +112,9 @@ pub struct SupervisorState {
     pub timings: ActorTimings,
     pub delta_bytes: Vec<u64>,
     pub restarts: Vec<Child>,
+    /// Knowledge-probe points of this run so far, oldest first (see [`crate::probe`]).
+    pub probe_points: Vec<ProbePoint>,
+    pub stored_final_probe: Option<ProbePoint>,
 }
 
 impl Supervisor {
@@ -285,6 +295,8 @@ impl Actor for Supervisor {
             timings: ActorTimings::default(),
             delta_bytes: start.delta_bytes,
             restarts: Vec::new(),
+            probe_points: start.probe_points,
+            stored_final_probe: start.final_probe,
         })
     }
 
@@ -319,6 +331,13 @@ impl Actor for Supervisor {
                 return Ok(());
             }
         };
+        let next = match next {
+            // A run that ends normally gets the final model's probe point first.
+            Ok(Some(reason)) if self.probe_on() && ends_normally(reason) => {
+                self.final_probe(state, &me).await.map(|()| Some(reason))
+            }
+            other => other,
+        };
         match next {
             Ok(None) => {
                 let _ = myself.cast(SupervisorMsg::Step);
@@ -349,6 +368,18 @@ impl Actor for Supervisor {
         }
         Ok(())
     }
+}
+
+/// The loop stopped on its own (not failed, cancelled or interrupted): the committed
+/// model is the run's result.
+fn ends_normally(reason: StopReason) -> bool {
+    matches!(
+        reason,
+        StopReason::TargetReached
+            | StopReason::PlannerStopped
+            | StopReason::MaxIterations
+            | StopReason::NoAcceptablePlan
+    )
 }
 
 impl Supervisor {
@@ -403,6 +434,7 @@ impl Supervisor {
             layer_sparsity: layers,
             delta_bytes: state.delta_bytes.clone(),
             started_at_iteration: state.started_at,
+            probe: self.probe_series(state),
         };
         self.emit(crate::run::ProgressEvent::Finished {
             state: terminal,

@@ -149,6 +149,61 @@ fn sample(model: &Model, rng: &mut StdRng, n: usize) -> Result<Vec<u32>, String>
     Ok(ids)
 }
 
+/// Write an NQ-open style question file (`question`, `answer` list) for the fixture's
+/// model: `n` questions of random words. Two in three get as their answer the first
+/// word the dense model generates for them through the raw LLM-KICK prompt (the probe's
+/// style on this template-less model), the others a random word. The dense model thus
+/// answers most of them and pruning can change that, so a probe on this file measures
+/// something rather than sitting at zero.
+pub fn write_qa_fixture(
+    f: &Fixture,
+    seed: u64,
+    n: usize,
+    answer_tokens: usize,
+) -> Result<PathBuf, String> {
+    let err = |e: &dyn std::fmt::Display| format!("QA fixture: {e}");
+    let ckpt = model::load_checkpoint(&f.model_dir).map_err(|e| err(&e))?;
+    let model = Model::new(&ckpt.config, &ckpt.tensors, &Device::Cpu).map_err(|e| err(&e))?;
+    let stops = eval::stop_tokens(&ckpt);
+    let target = eval::Target {
+        model: &model,
+        overlay: None,
+        codec: &ckpt.tokenizer,
+        template: None,
+        stop_tokens: &stops,
+    };
+    let opts = eval::qa::QaOptions {
+        style: eval::qa::PromptStyle::Raw,
+        max_new_tokens: answer_tokens,
+        ..Default::default()
+    };
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9a);
+    let word = |rng: &mut StdRng| format!("w{}", rng.random_range(3..VOCAB as u32));
+    let mut out = String::new();
+    for i in 0..n {
+        let len = rng.random_range(3..7);
+        let question: Vec<String> = (0..len).map(|_| word(&mut rng)).collect();
+        let item = eval::data::QaItem {
+            question: question.join(" "),
+            answers: vec!["unused".into()],
+        };
+        let said = eval::qa::answer(&target, &item, &[], &opts).map_err(|e| err(&e))?;
+        let words: Vec<&str> = said.continuation.split_whitespace().collect();
+        let answer = if i % 3 != 2 && !words.is_empty() {
+            words.join(" ")
+        } else {
+            word(&mut rng)
+        };
+        out.push_str(
+            &serde_json::json!({ "question": item.question, "answer": [answer] }).to_string(),
+        );
+        out.push('\n');
+    }
+    let path = f.model_dir.with_file_name("qa.jsonl");
+    std::fs::write(&path, out).map_err(|e| err(&e))?;
+    Ok(path)
+}
+
 /// A config for the fixture: small samples, the loop's defaults otherwise.
 pub fn fixture_config(f: &Fixture, runs_dir: &Path) -> config::Config {
     let mut c = config::Config::default();

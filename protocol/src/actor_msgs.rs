@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{LayerProfile, Plan};
+use crate::probe::{ProbePoint, ProbeSeries};
 use crate::request::{IterationRecord, PlanResponse};
 use crate::run::{RunId, RunState, Verdict};
 
@@ -121,6 +122,12 @@ pub struct StoredIteration {
     pub timings: ActorTimings,
     /// Bytes of mask delta stored for this iteration (0 on rollback).
     pub delta_bytes: u64,
+    /// The knowledge probe of the model committed after this iteration, when the
+    /// probe was due (`evaluation.probe.every`). Stored in the iteration's
+    /// transaction, so a resumed run keeps it; absent in records written before the
+    /// probe existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbePoint>,
 }
 
 /// The immutable description of a run, stored when it is created.
@@ -135,6 +142,10 @@ pub struct RunMeta {
     pub baseline_ppl: f64,
     /// Prunable layers in model order, with their shapes `[out, in]`.
     pub layers: Vec<(String, [usize; 2])>,
+    /// The knowledge probe of the dense model (iteration 0), measured with PPL₀ when
+    /// the probe is on. Absent in runs stored before the probe existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_probe: Option<ProbePoint>,
 }
 
 /// The run's position in its state machine, rewritten at each step.
@@ -188,6 +199,10 @@ pub struct RunSummary {
     pub delta_bytes: Vec<u64>,
     /// Iteration this process started at (1 for a new run).
     pub started_at_iteration: u32,
+    /// The knowledge probe's points over the whole run (also those measured before a
+    /// resume); `None` when the probe is off.
+    #[serde(default)]
+    pub probe: Option<ProbeSeries>,
 }
 
 impl RunSummary {

@@ -6,12 +6,14 @@
 //! (and a remote client of the daemon) can speak it without pulling in tensors.
 
 pub mod plan;
+pub mod probe;
 pub mod request;
 pub mod run;
 
 pub use plan::{
     plan_json_schema, LayerDecision, LayerProfile, Plan, PlanError, DELTA_MAX, DELTA_MIN,
 };
+pub use probe::{probe_due, ProbePoint, ProbeSeries};
 pub use request::{
     global_sparsity, projected_sparsity, recently_rolled_back, target_reached, IterationRecord,
     PlanConstraints, PlanRequest, PlanResponse, Rejection, SPARSITY_EPS, TARGET_TOLERANCE,

@@ -4,7 +4,8 @@
 //!   timings and sizes;
 //! - `report.md`: the same statistics as a Markdown table (paper Table 4);
 //! - `iterations.png`: the paper's Figure 1 — sparsity and PPL per iteration, before and
-//!   after, rollbacks marked, and the per-iteration sparsity gains;
+//!   after, rollbacks marked, the knowledge probe's accuracy under the PPL when the run
+//!   has probe points, and the per-iteration sparsity gains;
 //! - `layers.png`: final sparsity per prunable layer.
 //!
 //! Plots use plotters' bitmap backend with `ab_glyph` and an embedded DejaVu Sans
@@ -15,7 +16,7 @@ mod plots;
 
 use std::path::{Path, PathBuf};
 
-use protocol::RunSummary;
+use protocol::{ProbePoint, ProbeSeries, RunSummary};
 use serde::{Deserialize, Serialize};
 
 pub use plots::{plot_iterations, plot_layers};
@@ -91,11 +92,12 @@ pub struct Extras {
     pub final_ppl: Option<FinalPpl>,
 }
 
-/// The JSON document of `report.json`.
+/// The JSON document of `report.json`. Has a `probe` object (dense and final accuracy,
+/// the verdict, every point) only when the run has knowledge-probe data.
 pub fn report_json(s: &RunSummary, x: &Extras) -> serde_json::Value {
     let n = s.delta_bytes.len().max(1) as f64;
     let mean_delta = s.delta_bytes.iter().sum::<u64>() as f64 / n;
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "run_id": s.run_id,
         "state": s.state,
         "stop_reason": s.stop_reason,
@@ -112,7 +114,87 @@ pub fn report_json(s: &RunSummary, x: &Extras) -> serde_json::Value {
         "started_at_iteration": s.started_at_iteration,
         "layers": s.layer_sparsity.iter().map(|(n, sp, p)| serde_json::json!({"name": n, "sparsity": sp, "params": p})).collect::<Vec<_>>(),
         "iterations": s.records,
-    })
+    });
+    if let (Some(p), Some(obj)) = (probe_of(s), doc.as_object_mut()) {
+        obj.insert(
+            "probe".into(),
+            serde_json::json!({
+                "path": p.path,
+                "style": p.style,
+                "questions": p.questions,
+                "every": p.every,
+                "chance": p.chance,
+                "informative": p.informative,
+                "dense_accuracy": p.dense().map(|d| d.accuracy),
+                "final_accuracy": p.last().map(|d| d.accuracy),
+                "final_iteration": p.last().map(|d| d.iteration),
+                "points": p.points,
+            }),
+        );
+    }
+    doc
+}
+
+/// The run's probe series when it has at least one point.
+fn probe_of(s: &RunSummary) -> Option<&ProbeSeries> {
+    s.probe.as_ref().filter(|p| !p.points.is_empty())
+}
+
+/// The Markdown section of the knowledge probe: dense and final accuracy, the verdict
+/// (dense vs chance, flagged when uninformative, as every knowledge metric is), and
+/// one row per point.
+fn probe_md(p: &ProbeSeries) -> String {
+    let acc = |q: &ProbePoint| format!("{:.1} % ({}/{})", q.accuracy * 100.0, q.correct, q.total);
+    let mut out = format!(
+        "\n## Knowledge probe\n\n{} questions from `{}` ({} prompts), asked of the dense model \
+(iteration 0), of the committed model at every iteration divisible by {}, and of the final \
+model.\n\n",
+        p.questions, p.path, p.style, p.every
+    );
+    match (p.dense(), p.last()) {
+        (Some(d), Some(f)) => {
+            out.push_str(&format!(
+                "Accuracy: dense {} → iteration {} {} ({:+.1} points).\n\n",
+                acc(d),
+                f.iteration,
+                acc(f),
+                (f.accuracy - d.accuracy) * 100.0
+            ));
+            let flag = if p.informative {
+                ""
+            } else {
+                "  **[UNINFORMATIVE: dense model within 5 points of chance/zero or too few questions]**"
+            };
+            out.push_str(&format!(
+                "Verdict: dense {:.1} % vs chance {:.1} %{flag}\n",
+                d.accuracy * 100.0,
+                p.chance * 100.0
+            ));
+        }
+        (None, Some(f)) => out.push_str(&format!(
+            "Accuracy: iteration {} {} (no dense point: the run was stored before the probe \
+was on, so there is no verdict).\n",
+            f.iteration,
+            acc(f)
+        )),
+        _ => {}
+    }
+    out.push_str(
+        "\n| it | sparsity | in-loop PPL | correct | accuracy | seconds |\n|---|---|---|---|---|---|\n",
+    );
+    for q in &p.points {
+        out.push_str(&format!(
+            "| {} | {:.4} | {:.3} | {}/{} | {:.1} % | {:.1} |\n",
+            q.iteration,
+            q.sparsity,
+            q.ppl,
+            q.correct,
+            q.total,
+            q.accuracy * 100.0,
+            q.seconds
+        ));
+    }
+    out
 }
 
 /// The Markdown of `report.md`.
@@ -157,6 +239,9 @@ pub fn report_md(s: &RunSummary, x: &Extras) -> String {
             f.pruned_ppl,
             (f.pruned_ppl / f.dense_ppl - 1.0) * 100.0
         ));
+    }
+    if let Some(p) = probe_of(s) {
+        out.push_str(&probe_md(p));
     }
     let tm = &s.timings;
     out.push_str(&format!(
@@ -213,7 +298,7 @@ pub fn write_all(dir: &Path, s: &RunSummary, x: &Extras) -> Result<Vec<PathBuf>>
         write("report.md", report_md(s, x))?,
     ];
     let it = dir.join("iterations.png");
-    plot_iterations(&it, &s.records)?;
+    plot_iterations(&it, &s.records, probe_of(s))?;
     out.push(it);
     let layers = dir.join("layers.png");
     plot_layers(&layers, &s.layer_sparsity, s.target_sparsity)?;

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
-use protocol::IterationRecord;
+use protocol::{IterationRecord, ProbeSeries};
 
 use crate::{ReportError, Result};
 
@@ -31,17 +32,33 @@ fn err(path: &Path, e: impl std::fmt::Display) -> ReportError {
 const COMMIT: RGBColor = RGBColor(46, 139, 87);
 const ROLLBACK: RGBColor = RGBColor(200, 30, 30);
 const BEFORE: RGBColor = RGBColor(120, 120, 120);
+const PROBE: RGBColor = RGBColor(31, 119, 180);
 
 /// Figure 1: (top) global sparsity before/after each iteration, (middle) PPL
-/// before/after, rollbacks as red crosses, (bottom) sparsity gain per iteration,
-/// green when committed and red when rolled back.
-pub fn plot_iterations(path: &Path, records: &[IterationRecord]) -> Result<()> {
+/// before/after, rollbacks as red crosses, then — only when the run has knowledge-probe
+/// points — the probe's accuracy per iteration right under the PPL it is read against
+/// (iteration 0 = dense, so every panel's axis then starts at 0), and (bottom) sparsity
+/// gain per iteration, green when committed and red when rolled back.
+pub fn plot_iterations(
+    path: &Path,
+    records: &[IterationRecord],
+    probe: Option<&ProbeSeries>,
+) -> Result<()> {
     font();
-    let root = BitMapBackend::new(path, (1200, 1100)).into_drawing_area();
+    let probe = probe.filter(|p| !p.points.is_empty());
+    let (panels, height) = if probe.is_some() {
+        (4, 1450)
+    } else {
+        (3, 1100)
+    };
+    let root = BitMapBackend::new(path, (1200, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let areas = root.split_evenly((3, 1));
-    let n = records.len().max(1) as f64;
-    let xs = 0.5..n + 0.5;
+    let areas = root.split_evenly((panels, 1));
+    let last_probe = probe
+        .and_then(|p| p.points.iter().map(|q| q.iteration).max())
+        .unwrap_or(0);
+    let n = records.len().max(last_probe as usize).max(1) as f64;
+    let xs = if probe.is_some() { -0.5 } else { 0.5 }..n + 0.5;
     // Records are iterations 1..=n in order (a resumed run reports all of them).
     let x_of = |i: usize| i as f64 + 1.0;
     let int = |x: &f64| format!("{x:.0}");
@@ -116,13 +133,17 @@ pub fn plot_iterations(path: &Path, records: &[IterationRecord]) -> Result<()> {
         path,
     )?;
 
+    if let Some(p) = probe {
+        draw_probe(&areas[2], xs.clone(), ticks, p, path)?;
+    }
+
     // Gains.
     let gmax = records
         .iter()
         .map(|r| r.outcome.sparsity_gain())
         .fold(0.01, f64::max)
         * 1.15;
-    let mut c = ChartBuilder::on(&areas[2])
+    let mut c = ChartBuilder::on(&areas[panels - 1])
         .caption(
             "Sparsity gain per iteration (green committed, red rolled back)",
             (FONT, 26),
@@ -130,7 +151,7 @@ pub fn plot_iterations(path: &Path, records: &[IterationRecord]) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(xs, 0.0..gmax)
+        .build_cartesian_2d(xs.clone(), 0.0..gmax)
         .map_err(|e| err(path, e))?;
     c.configure_mesh()
         .x_desc("iteration")
@@ -160,6 +181,94 @@ pub fn plot_iterations(path: &Path, records: &[IterationRecord]) -> Result<()> {
     // No legend here: the caption names the two colours (an unlabelled series would
     // draw an empty legend box).
     root.present().map_err(|e| err(path, e))?;
+    Ok(())
+}
+
+/// The knowledge probe's accuracy per point (iteration 0 = dense), the dense level as
+/// a dashed line, and chance when it is above zero; the caption carries the verdict.
+fn draw_probe(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    xs: std::ops::Range<f64>,
+    ticks: usize,
+    p: &ProbeSeries,
+    path: &Path,
+) -> Result<()> {
+    let top = p
+        .points
+        .iter()
+        .map(|q| q.accuracy)
+        .fold(p.chance.max(0.05), f64::max);
+    let ymax = (top * 1.2).min(1.05);
+    let caption = format!(
+        "Knowledge probe accuracy ({} questions){}",
+        p.questions,
+        if p.informative {
+            ""
+        } else {
+            " [uninformative: dense near chance/zero]"
+        }
+    );
+    let mut c = ChartBuilder::on(area)
+        .caption(caption, (FONT, 26))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs.clone(), 0.0..ymax)
+        .map_err(|e| err(path, e))?;
+    let pct = |y: &f64| format!("{:.0} %", y * 100.0);
+    c.configure_mesh()
+        .x_desc("iteration (0 = dense)")
+        .x_labels(ticks + 1)
+        .x_label_formatter(&|x: &f64| format!("{x:.0}"))
+        .y_desc("accuracy")
+        .y_label_formatter(&pct)
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 18))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    let xy: Vec<(f64, f64)> = p
+        .points
+        .iter()
+        .map(|q| (f64::from(q.iteration), q.accuracy))
+        .collect();
+    c.draw_series(LineSeries::new(xy.clone(), PROBE.stroke_width(2)))
+        .map_err(|e| err(path, e))?
+        .label("probe accuracy (committed model)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], PROBE.stroke_width(2)));
+    c.draw_series(
+        xy.iter()
+            .map(|&(x, y)| Circle::new((x, y), 5, PROBE.filled())),
+    )
+    .map_err(|e| err(path, e))?;
+    if let Some(d) = p.dense() {
+        c.draw_series(DashedLineSeries::new(
+            vec![(xs.start, d.accuracy), (xs.end, d.accuracy)],
+            8,
+            5,
+            BEFORE.stroke_width(1),
+        ))
+        .map_err(|e| err(path, e))?
+        .label("dense")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BEFORE.stroke_width(1)));
+    }
+    if p.chance > 0.0 {
+        c.draw_series(DashedLineSeries::new(
+            vec![(xs.start, p.chance), (xs.end, p.chance)],
+            3,
+            4,
+            ROLLBACK.stroke_width(1),
+        ))
+        .map_err(|e| err(path, e))?
+        .label("chance")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], ROLLBACK.stroke_width(1)));
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path, e))?;
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 //! Markdown, and PNGs that contain drawn text (the embedded font works).
 
 use protocol::{
-    ActorTimings, Feedback, IterationOutcome, IterationRecord, Plan, RunState, RunSummary,
-    StopReason,
+    ActorTimings, Feedback, IterationOutcome, IterationRecord, Plan, ProbePoint, ProbeSeries,
+    RunState, RunSummary, StopReason,
 };
 use report::{report_json, report_md, write_all, Extras, Table4};
 
@@ -71,6 +71,40 @@ fn summary() -> RunSummary {
             .collect(),
         delta_bytes: vec![1000, 800, 700],
         started_at_iteration: 1,
+        probe: None,
+    }
+}
+
+fn point(iteration: u32, sparsity: f64, ppl: f64, correct: usize, total: usize) -> ProbePoint {
+    ProbePoint {
+        iteration,
+        sparsity,
+        ppl,
+        correct,
+        total,
+        accuracy: correct as f64 / total as f64,
+        seconds: 1.5,
+    }
+}
+
+/// The synthetic run with probe points at the dense step, iteration 2 (rolled back:
+/// the committed model of iteration 1) and 4 (the end), `total` questions each.
+fn probed(total: usize, correct: [usize; 3]) -> RunSummary {
+    RunSummary {
+        probe: Some(ProbeSeries {
+            path: "q.jsonl".into(),
+            style: "chat".into(),
+            questions: total,
+            every: 2,
+            chance: 0.0,
+            informative: total >= 20 && correct[0] as f64 / total as f64 > 0.05,
+            points: vec![
+                point(0, 0.0, 10.0, correct[0], total),
+                point(2, 0.2, 10.5, correct[1], total),
+                point(4, 0.5, 12.5, correct[2], total),
+            ],
+        }),
+        ..summary()
     }
 }
 
@@ -118,4 +152,64 @@ fn writes_all_files() {
     assert_eq!(png_dims(&dir.join("layers.png")).1, 600);
     // PNGs of plots with text are well above a blank image's size.
     assert!(std::fs::metadata(dir.join("iterations.png")).unwrap().len() > 20_000);
+}
+
+#[test]
+fn probe_section_only_with_probe_data() {
+    let x = Extras::default();
+    // Without probe data: no section, no JSON key.
+    let plain = summary();
+    assert!(!report_md(&plain, &x).contains("Knowledge probe"));
+    assert!(report_json(&plain, &x).get("probe").is_none());
+    let empty = RunSummary {
+        probe: Some(ProbeSeries {
+            points: vec![],
+            ..probed(40, [20, 10, 5]).probe.unwrap()
+        }),
+        ..summary()
+    };
+    assert!(!report_md(&empty, &x).contains("Knowledge probe"));
+
+    // Informative: 40 questions, dense 50 %.
+    let s = probed(40, [20, 14, 9]);
+    let md = report_md(&s, &x);
+    assert!(md.contains("## Knowledge probe"), "{md}");
+    assert!(
+        md.contains("Accuracy: dense 50.0 % (20/40) → iteration 4 22.5 % (9/40) (-27.5 points)."),
+        "{md}"
+    );
+    assert!(
+        md.contains("Verdict: dense 50.0 % vs chance 0.0 %\n"),
+        "{md}"
+    );
+    assert!(!md.contains("UNINFORMATIVE"));
+    assert!(
+        md.contains("| 2 | 0.2000 | 10.500 | 14/40 | 35.0 % | 1.5 |"),
+        "{md}"
+    );
+    let j = report_json(&s, &x);
+    assert_eq!(j["probe"]["dense_accuracy"], 0.5);
+    assert_eq!(j["probe"]["final_accuracy"], 0.225);
+    assert_eq!(j["probe"]["final_iteration"], 4);
+    assert_eq!(j["probe"]["informative"], true);
+    assert_eq!(j["probe"]["points"].as_array().unwrap().len(), 3);
+    assert_eq!(j["probe"]["points"][1]["correct"], 14);
+
+    // Near zero on the dense model (as SmolLM2-135M on NQ-open): flagged.
+    let md = report_md(&probed(200, [6, 5, 3]), &x);
+    assert!(
+        md.contains("dense 3.0 % vs chance 0.0 %  **[UNINFORMATIVE"),
+        "{md}"
+    );
+}
+
+#[test]
+fn iterations_png_gets_a_probe_panel_only_with_probe_data() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path(), &probed(40, [20, 14, 9]), &Extras::default()).unwrap();
+    let with = dir.path().join("iterations.png");
+    assert_eq!(png_dims(&with), (1200, 1450));
+    assert!(std::fs::metadata(&with).unwrap().len() > 25_000);
+    write_all(dir.path(), &summary(), &Extras::default()).unwrap();
+    assert_eq!(png_dims(&with), (1200, 1100));
 }
