@@ -180,6 +180,24 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 f.text, f.dense_ppl, f.pruned_ppl
             ))?;
         }
+        if let Some((p, d, f)) = s
+            .probe
+            .as_ref()
+            .and_then(|p| Some((p, p.dense()?, p.last()?)))
+        {
+            common::print(&format!(
+                "knowledge probe ({} questions): dense {:.1}% -> {:.1}% after iteration {}{}",
+                p.questions,
+                d.accuracy * 100.0,
+                f.accuracy * 100.0,
+                f.iteration,
+                if p.informative {
+                    ""
+                } else {
+                    " [uninformative: dense near zero or too few questions]"
+                }
+            ))?;
+        }
         for p in written.iter().chain([&masks_path]) {
             common::print(&format!("wrote {}", p.display()))?;
         }
