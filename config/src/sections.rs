@@ -212,8 +212,8 @@ pub enum ProbeStyle {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProbeConfig {
-    /// Run the probe on the dense model and after every `every`-th iteration
-    /// (0 = never).
+    /// Run the probe on the dense model, after every `every`-th iteration (on the
+    /// committed model) and on the final model (0 = never).
     pub every: u32,
     /// Factual QA file: NQ-open style JSONL (`question`, `answer` list) or FreebaseQA.
     pub path: PathBuf,
