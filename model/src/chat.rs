@@ -11,11 +11,14 @@
 //! the Llama 3.1 template) rather than the clock: prompts, and with them every
 //! evaluation of a pruning run, stay reproducible from one day to the next.
 
+use std::path::Path;
+
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
 
 use crate::load::Checkpoint;
-use crate::{ModelError, Result};
+use crate::{ModelConfig, ModelError, Result};
 
 /// One chat turn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,20 +92,36 @@ impl ChatTemplate {
     /// The checkpoint's template with its bos/eos strings taken from the tokenizer;
     /// `None` when the checkpoint has no template (callers then use raw text).
     pub fn for_checkpoint(ckpt: &Checkpoint) -> Result<Option<Self>> {
-        let Some(source) = &ckpt.chat_template else {
+        Self::from_parts(
+            ckpt.chat_template.as_deref(),
+            &ckpt.tokenizer,
+            &ckpt.config,
+            &ckpt.path,
+        )
+    }
+
+    /// [`ChatTemplate::for_checkpoint`] from a checkpoint's parts (e.g. a
+    /// [`crate::GgufHeader`]); `path` only labels errors.
+    pub fn from_parts(
+        source: Option<&str>,
+        tokenizer: &Tokenizer,
+        config: &ModelConfig,
+        path: &Path,
+    ) -> Result<Option<Self>> {
+        let Some(source) = source else {
             return Ok(None);
         };
         let token = |id: Option<u32>| {
-            id.and_then(|id| ckpt.tokenizer.id_to_token(id))
+            id.and_then(|id| tokenizer.id_to_token(id))
                 .unwrap_or_default()
         };
-        let bos = token(ckpt.config.bos_token_id);
-        let eos = token(ckpt.config.eos_token_id);
+        let bos = token(config.bos_token_id);
+        let eos = token(config.eos_token_id);
         Self::new(source, &bos, &eos)
             .map(Some)
             .map_err(|e| match e {
                 ModelError::ChatTemplate { reason } => ModelError::ChatTemplate {
-                    reason: format!("{}: {reason}", ckpt.path.display()),
+                    reason: format!("{}: {reason}", path.display()),
                 },
                 other => other,
             })

@@ -25,7 +25,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
 pub use grad::GradImportance;
 pub use linear::{ActivationGram, ActivationStats, LayerInfo};
-pub use load::{load_checkpoint, Checkpoint, SourceFormat, TensorSummary};
+pub use load::{gguf_header, load_checkpoint, Checkpoint, GgufHeader, SourceFormat, TensorSummary};
 pub use overlay::WeightOverlay;
 pub use perplexity::{Perplexity, DEFAULT_PPL_WINDOW};
 pub use transformer::Model;

@@ -118,16 +118,8 @@ pub(crate) fn load_gguf(path: &Path) -> Result<Checkpoint> {
     }
     validate::validate_checkpoint(path, &config, &tensors)?;
 
-    let mut tokenizer = Tokenizer::from_gguf(&content).map_err(|e| ModelError::Tokenizer {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    fix_pre_tokenizer(&mut tokenizer, &content);
-    let chat_template = content
-        .metadata
-        .get("tokenizer.chat_template")
-        .and_then(|v| v.to_string().ok())
-        .cloned();
+    let tokenizer = gguf_tokenizer(path, &content)?;
+    let chat_template = gguf_chat_template(&content);
     Ok(Checkpoint {
         path: path.to_path_buf(),
         format: SourceFormat::Gguf,
@@ -137,6 +129,55 @@ pub(crate) fn load_gguf(path: &Path) -> Result<Checkpoint> {
         tokenizer,
         chat_template,
     })
+}
+
+/// What a GGUF file says about the model without its tensors.
+pub struct GgufHeader {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    /// Jinja chat template from `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+}
+
+/// Config, tokenizer and chat template of an already-read GGUF `content`, without
+/// dequantising any tensor: for callers that run the file through another engine (the
+/// local planner runs candle's quantized models), which would otherwise turn every
+/// weight into f32 (2.5 GB and ~7 s for Qwen2.5-0.5B) only to drop them.
+pub fn gguf_header(path: &Path, content: &Content) -> Result<GgufHeader> {
+    let arch_name = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| field(path, "general.architecture", "missing or not a string"))?;
+    let arch =
+        Architecture::from_name(arch_name).ok_or_else(|| ModelError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            arch: arch_name.clone(),
+        })?;
+    let config = config_from_metadata(path, content, arch_name, arch)?;
+    validate::check_config(path, &config)?;
+    Ok(GgufHeader {
+        config,
+        tokenizer: gguf_tokenizer(path, content)?,
+        chat_template: gguf_chat_template(content),
+    })
+}
+
+fn gguf_tokenizer(path: &Path, content: &Content) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_gguf(content).map_err(|e| ModelError::Tokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    fix_pre_tokenizer(&mut tokenizer, content);
+    Ok(tokenizer)
+}
+
+fn gguf_chat_template(content: &Content) -> Option<String> {
+    content
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
 }
 
 /// Pre-tokenizers that candle's `TokenizerFromGguf` does not special-case fall back to

@@ -20,7 +20,7 @@ use tokenizers::Tokenizer;
 
 use crate::{ModelConfig, ModelError, Result};
 
-pub use gguf::{hf_name, permute_rope_rows, unpermute_rope_rows};
+pub use gguf::{gguf_header, hf_name, permute_rope_rows, unpermute_rope_rows, GgufHeader};
 
 /// Which kind of file(s) a checkpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
