@@ -3,19 +3,20 @@
 //! [`PlanGrammar`] is a character-level automaton that accepts exactly the plan
 //! documents in compact canonical form:
 //! `{"reasoning":"…","stop_pruning":true|false,"layer_decisions":[{"layer":"<name>","delta":0.dddd},…]}`
-//! with layer names drawn from the request (each at most once) and δ written as `0.`
-//! plus 1–4 digits inside [`DELTA_MIN`], [`DELTA_MAX`]. A prefix is rejected as soon as
+//! with layer names drawn from the request (each at most once), δ written as `0.` plus
+//! 1–4 digits inside [`DELTA_MIN`], [`DELTA_MAX`], and at least one decision unless
+//! `stop_pruning` is true (an empty plan that does not stop is always vetoed).
+//! [`PlanGrammar::without_stop`] also rules out `true`: small local models emit it at
+//! random, and with the critic's premature-stop rule off by default that would end a
+//! run at its first iteration. A prefix is rejected as soon as
 //! no accepted document extends it, so a decoder that only takes tokens the automaton
 //! accepts cannot produce an unparsable or invalid plan. The reasoning and the number of
 //! decisions are capped, so every path reaches the end in a bounded number of characters.
 //!
-//! [`Vocab::pick`] applies it at token level: it samples from the model's distribution
-//! restricted to tokens whose text keeps the output a valid prefix (Gumbel-max over the
-//! allowed tokens, greedy at temperature 0).
+//! [`crate::vocab::Vocab::pick`] applies it at token level: it samples from the model's
+//! distribution restricted to tokens whose text keeps the output a valid prefix.
 
 use protocol::{DELTA_MAX, DELTA_MIN};
-
-use crate::rng::unit;
 
 /// δ is written with at most this many decimals.
 const DELTA_DIGITS: usize = 4;
@@ -53,6 +54,8 @@ pub struct GrammarState {
     phase: Phase,
     /// Indices of the layers already chosen.
     used: Vec<usize>,
+    /// The plan says `stop_pruning: true`.
+    stop: bool,
 }
 
 impl GrammarState {
@@ -68,6 +71,7 @@ pub struct PlanGrammar {
     layers: Vec<String>,
     max_reasoning: usize,
     max_decisions: usize,
+    allow_stop: bool,
 }
 
 const OPEN: &str = "{\"reasoning\":\"";
@@ -83,13 +87,21 @@ impl PlanGrammar {
             layers,
             max_reasoning,
             max_decisions,
+            allow_stop: true,
         }
+    }
+
+    /// The same grammar with `stop_pruning` fixed to `false`.
+    pub fn without_stop(mut self) -> Self {
+        self.allow_stop = false;
+        self
     }
 
     pub fn start(&self) -> GrammarState {
         GrammarState {
             phase: Phase::Lit(OPEN, 0, After::Reasoning),
             used: Vec::new(),
+            stop: false,
         }
     }
 
@@ -100,6 +112,16 @@ impl PlanGrammar {
             self.step(&mut s, c)?;
         }
         Some(s)
+    }
+
+    /// The values `stop_pruning` may take: `false` needs a layer to decide on, `true`
+    /// is ruled out by [`PlanGrammar::without_stop`] unless nothing else is possible.
+    fn bools(&self) -> impl Iterator<Item = &'static str> {
+        let go = self.max_decisions.min(self.layers.len()) > 0;
+        let stop = self.allow_stop || !go;
+        [("true", stop), ("false", go)]
+            .into_iter()
+            .filter_map(|(w, ok)| ok.then_some(w))
     }
 
     fn room(&self, s: &GrammarState) -> bool {
@@ -116,7 +138,9 @@ impl PlanGrammar {
         };
     }
 
-    fn step(&self, s: &mut GrammarState, c: char) -> Option<()> {
+    /// Advance `s` by one character; `None` (with `s` left half-updated, so callers
+    /// step a copy) when no accepted document continues that way.
+    pub(crate) fn step(&self, s: &mut GrammarState, c: char) -> Option<()> {
         match &mut s.phase {
             Phase::Lit(lit, pos, next) => {
                 let (lit, next) = (*lit, *next);
@@ -136,16 +160,18 @@ impl PlanGrammar {
             },
             Phase::Bool(b) => {
                 b.push(c);
-                if b == "true" || b == "false" {
-                    s.phase = Phase::Lit(LIST, 0, After::List);
-                } else if !("true".starts_with(b.as_str()) || "false".starts_with(b.as_str())) {
+                if !self.bools().any(|w| w.starts_with(b.as_str())) {
                     return None;
+                }
+                if b == "true" || b == "false" {
+                    s.stop = b == "true";
+                    s.phase = Phase::Lit(LIST, 0, After::List);
                 }
             }
             Phase::ListOpen | Phase::AfterItem => {
                 let first = s.phase == Phase::ListOpen;
                 match c {
-                    ']' => s.phase = Phase::Close,
+                    ']' if !first || s.stop => s.phase = Phase::Close,
                     '{' if first && self.room(s) => s.phase = Phase::Lit(ITEM, 1, After::Layer),
                     ',' if !first && self.room(s) => s.phase = Phase::Lit(ITEM, 0, After::Layer),
                     _ => return None,
@@ -181,6 +207,60 @@ impl PlanGrammar {
             Phase::Close | Phase::Done => return None,
         }
         Some(())
+    }
+
+    /// The text every accepted document continues with from `state`, as far as it is
+    /// determined, and the state after it: the rest of a literal, the part of a layer
+    /// name all still-possible layers share, the closing quote of a name no other layer
+    /// extends, `}` after four decimals, `]` when the list is full. Empty where the
+    /// model has a choice. A decoder can append this text without asking the model
+    /// (one batched forward pass instead of a step per token).
+    pub fn forced(&self, state: &GrammarState) -> (String, GrammarState) {
+        let mut s = state.clone();
+        let mut out = String::new();
+        while let Some(c) = self.only_next(&s) {
+            let mut next = s.clone();
+            if self.step(&mut next, c).is_none() {
+                break;
+            }
+            s = next;
+            out.push(c);
+        }
+        (out, s)
+    }
+
+    /// The one character that may come next, if there is exactly one.
+    fn only_next(&self, s: &GrammarState) -> Option<char> {
+        match &s.phase {
+            Phase::Lit(lit, pos, _) => lit[*pos..].chars().next(),
+            Phase::Bool(b) => {
+                let mut words = self.bools().filter(|w| w.starts_with(b.as_str()));
+                match (words.next(), words.next()) {
+                    (Some(w), None) => w[b.len()..].chars().next(),
+                    _ => None,
+                }
+            }
+            Phase::ListOpen if !s.stop => Some('{'),
+            Phase::ListOpen | Phase::AfterItem if !self.room(s) => Some(']'),
+            Phase::Layer(name) => {
+                let mut only = None;
+                for (i, l) in self.layers.iter().enumerate() {
+                    if s.used.contains(&i) || !l.starts_with(name.as_str()) {
+                        continue;
+                    }
+                    let c = l[name.len()..].chars().next().unwrap_or('"');
+                    match only {
+                        None => only = Some(c),
+                        Some(o) if o != c => return None,
+                        Some(_) => {}
+                    }
+                }
+                only
+            }
+            Phase::Delta(d) if d.len() == DELTA_DIGITS => Some('}'),
+            Phase::Close => Some('}'),
+            _ => None,
+        }
     }
 
     /// First unused layer matching `f`.
@@ -219,66 +299,6 @@ fn delta_reachable(d: &str) -> bool {
 fn delta_complete(d: &str) -> bool {
     let (lo, hi) = bounds();
     !d.is_empty() && (lo..=hi).contains(&delta_units(d))
-}
-
-/// Each token's text, `None` for tokens never allowed (special tokens, pieces that are
-/// not valid UTF-8 on their own, the empty string).
-#[derive(Debug, Clone)]
-pub struct Vocab {
-    pieces: Vec<Option<String>>,
-}
-
-impl Vocab {
-    pub fn new(pieces: Vec<Option<String>>) -> Self {
-        let pieces = pieces
-            .into_iter()
-            .map(|p| p.filter(|t| !t.is_empty() && !t.contains('\u{FFFD}')))
-            .collect();
-        Self { pieces }
-    }
-
-    pub fn len(&self) -> usize {
-        self.pieces.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
-    }
-
-    /// The next token: a sample from softmax(`logits` / `temperature`) restricted to
-    /// the tokens `grammar` allows after `state` (the most likely allowed token at
-    /// temperature 0). `None` when no token is allowed, which for a vocabulary that has
-    /// the single ASCII characters cannot happen before the document is complete.
-    pub fn pick(
-        &self,
-        grammar: &PlanGrammar,
-        state: &GrammarState,
-        logits: &[f32],
-        temperature: f64,
-        rng: &mut u64,
-    ) -> Option<(u32, GrammarState)> {
-        let n = logits.len().min(self.pieces.len());
-        // Gumbel-max: argmax of logit/T + Gumbel noise is a sample from the softmax, and
-        // the first allowed index in that order is a sample from the masked softmax.
-        let mut order: Vec<(f64, usize)> = (0..n)
-            .filter(|&i| self.pieces[i].is_some() && logits[i].is_finite())
-            .map(|i| {
-                let l = f64::from(logits[i]);
-                let score = if temperature > 0.0 {
-                    let u = unit(rng).max(f64::MIN_POSITIVE);
-                    l / temperature - (-u.ln()).ln()
-                } else {
-                    l
-                };
-                (score, i)
-            })
-            .collect();
-        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        order.into_iter().find_map(|(_, i)| {
-            let text = self.pieces[i].as_deref()?;
-            grammar.feed(state, text).map(|s| (i as u32, s))
-        })
-    }
 }
 
 #[cfg(test)]

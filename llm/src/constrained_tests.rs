@@ -1,5 +1,4 @@
 use super::*;
-use proptest::prelude::*;
 use protocol::{LayerDecision, Plan};
 
 fn grammar() -> PlanGrammar {
@@ -91,81 +90,74 @@ fn reasoning_is_capped_so_decoding_terminates() {
     assert!(!is_prefix("{\"reasoning\":\"line\nbreak"));
 }
 
-fn ascii_vocab() -> Vocab {
-    let mut pieces: Vec<Option<String>> =
-        (32u8..127).map(|b| Some((b as char).to_string())).collect();
-    for p in [
-        "{\"reasoning\":\"",
-        "model",
-        ".layers.",
-        "mlp",
-        "_proj",
-        "\":",
-        ",\"",
-        "0.",
-        "05",
-        "true",
-        " the",
-        "\u{FFFD}",
-    ] {
-        pieces.push(Some(p.to_string()));
-    }
-    pieces.push(None);
-    Vocab::new(pieces)
-}
-
-/// Decode with arbitrary logits until the grammar says done.
-fn decode(logits_seed: u64, temperature: f64) -> String {
-    let (g, v) = (grammar(), ascii_vocab());
-    let mut state = g.start();
-    let mut rng = logits_seed;
-    let mut noise = logits_seed ^ 0xABCD;
-    let mut out = String::new();
-    for _ in 0..2000 {
-        if state.is_done() {
-            return out;
-        }
-        let logits: Vec<f32> = (0..v.len())
-            .map(|_| (unit(&mut noise) * 20.0) as f32)
-            .collect();
-        let (id, next) = v
-            .pick(&g, &state, &logits, temperature, &mut rng)
-            .expect("a token is always allowed");
-        out.push_str(v.pieces[id as usize].as_deref().unwrap());
-        state = next;
-    }
-    panic!("did not terminate: {out}");
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
-    #[test]
-    fn any_logits_decode_to_a_valid_plan(seed in any::<u64>(), hot in any::<bool>()) {
-        let text = decode(seed, if hot { 1.0 } else { 0.0 });
-        let plan = Plan::from_json(&text).unwrap();
-        let layers = ["model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj"];
-        prop_assert!(plan.validate(&layers).is_empty(), "{}", text);
-    }
+#[test]
+fn forced_text_is_what_every_accepted_document_continues_with() {
+    let g = grammar();
+    let forced = |prefix: &str| {
+        let s = g.feed(&g.start(), prefix).unwrap();
+        let (text, after) = g.forced(&s);
+        assert_eq!(Some(&after), g.feed(&s, &text).as_ref(), "{prefix}");
+        text
+    };
+    assert_eq!(forced(""), "{\"reasoning\":\"");
+    assert_eq!(forced("{\"reasoning\":\"x"), "");
+    assert_eq!(forced("{\"reasoning\":\"x\""), ",\"stop_pruning\":");
+    assert_eq!(
+        forced("{\"reasoning\":\"x\",\"stop_pruning\":f"),
+        "alse,\"layer_decisions\":[{\"layer\":\"model.layers."
+    );
+    let list = "{\"reasoning\":\"\",\"stop_pruning\":false,\"layer_decisions\":[";
+    assert_eq!(
+        forced(list),
+        "{\"layer\":\"model.layers.",
+        "`]` needs a decision first"
+    );
+    // All three layers share `model.layers.`; after `1` only one layer is left.
+    assert_eq!(forced(&format!("{list}{{")), "\"layer\":\"model.layers.");
+    assert_eq!(
+        forced(&format!("{list}{{\"layer\":\"model.layers.1")),
+        ".mlp.down_proj\",\"delta\":0."
+    );
+    assert_eq!(
+        forced(&format!("{list}{{\"layer\":\"model.layers.0.mlp.")),
+        ""
+    );
+    let one = format!("{list}{{\"layer\":\"model.layers.1.mlp.down_proj\",\"delta\":0.");
+    assert_eq!(forced(&format!("{one}1")), "");
+    assert_eq!(forced(&format!("{one}1234")), "}");
+    // max_decisions = 2: after the second item only `]` and the closing `}` remain.
+    let two = format!("{one}05}},{{\"layer\":\"model.layers.0.mlp.up_proj\",\"delta\":0.05}}");
+    assert_eq!(forced(&two), "]}");
+    let done = g.feed(&g.start(), &format!("{two}]}}")).unwrap();
+    assert!(done.is_done());
+    assert_eq!(g.forced(&done).0, "");
 }
 
 #[test]
-fn pick_takes_the_best_allowed_token() {
-    let (g, v) = (grammar(), ascii_vocab());
-    let mut logits = vec![0.0f32; v.len()];
-    let open = v.len() - 13; // the `{"reasoning":"` piece
-    let x = (b'x' - 32) as usize;
-    logits[x] = 9.0; // most likely but not allowed first
-    logits[open] = 5.0;
-    logits[(b'{' - 32) as usize] = 4.0;
-    let mut rng = 1;
-    let (id, s) = v.pick(&g, &g.start(), &logits, 0.0, &mut rng).unwrap();
-    assert_eq!(id as usize, open);
-    assert_eq!(s.phase, Phase::Reasoning(0));
-    // Inside the reasoning `x` is allowed and wins.
+fn a_plan_that_does_not_stop_decides_something_and_stop_can_be_ruled_out() {
+    let g = grammar();
+    let empty_go = r#"{"reasoning":"","stop_pruning":false,"layer_decisions":[]}"#;
+    assert!(!accepts(empty_go), "an empty plan that does not stop");
+    let open = r#"{"reasoning":"","stop_pruning":false,"layer_decisions":["#;
+    let s = g.feed(&g.start(), open).unwrap();
+    assert_eq!(g.forced(&s).0, "{\"layer\":\"model.layers.");
+
+    let no_stop = grammar().without_stop();
+    let s = no_stop
+        .feed(&no_stop.start(), "{\"reasoning\":\"x\"")
+        .unwrap();
     assert_eq!(
-        v.pick(&g, &s, &logits, 0.0, &mut rng).unwrap().0 as usize,
-        x
+        no_stop.forced(&s).0,
+        ",\"stop_pruning\":false,\"layer_decisions\":[{\"layer\":\"model.layers."
     );
-    // Special tokens and broken UTF-8 pieces are never chosen.
-    assert!(v.pieces[v.len() - 1].is_none() && v.pieces[v.len() - 2].is_none());
+    assert!(no_stop
+        .feed(&no_stop.start(), r#"{"reasoning":"","stop_pruning":t"#)
+        .is_none());
+
+    // With no layer to decide on, stopping is the only document, even without_stop.
+    let none = PlanGrammar::new(Vec::new(), 10, 4).without_stop();
+    let s = none.feed(&none.start(), "{\"reasoning\":\"\"").unwrap();
+    let (text, end) = none.forced(&s);
+    assert_eq!(text, ",\"stop_pruning\":true,\"layer_decisions\":[]}");
+    assert!(end.is_done());
 }

@@ -17,6 +17,7 @@ pub mod prompt;
 pub mod remote;
 pub mod rng;
 pub mod sim;
+pub mod vocab;
 
 pub use error::LlmError;
 pub use factory::{build_backend, build_planner, WithFallback};

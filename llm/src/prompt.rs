@@ -84,6 +84,35 @@ pub fn build_prompt(
     candidate: usize,
     k: usize,
 ) -> Prompt {
+    build_prompt_listing(request, options, candidate, k, &request.profiles)
+}
+
+/// The `n` layers a small model is shown instead of the whole profile: among the layers
+/// the constraints allow, those with the lowest z_sens, in model order. A 30-block
+/// model's full table is ~5k tokens (numbers are tokenized digit by digit), which a
+/// CPU-bound local model would re-read at every plan and a 135M one cannot use anyway.
+pub fn shortlist(request: &PlanRequest, n: usize) -> Vec<LayerProfile> {
+    let mut allowed: Vec<(usize, &LayerProfile)> = request
+        .profiles
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| request.constraints.allows(p))
+        .collect();
+    allowed.sort_by(|a, b| a.1.z_sens.total_cmp(&b.1.z_sens).then(a.0.cmp(&b.0)));
+    allowed.truncate(n);
+    allowed.sort_by_key(|(i, _)| *i);
+    allowed.into_iter().map(|(_, p)| p.clone()).collect()
+}
+
+/// [`build_prompt`] with the layer table limited to `listed` (e.g. a [`shortlist`]);
+/// when that is not every layer, the prompt says so.
+pub fn build_prompt_listing(
+    request: &PlanRequest,
+    options: &PromptConfig,
+    candidate: usize,
+    k: usize,
+    listed: &[LayerProfile],
+) -> Prompt {
     let mut u = String::new();
     let r = request;
     let gap = (r.target_sparsity - r.current_sparsity).max(0.0);
@@ -136,6 +165,19 @@ raises perplexity by more than {:.1}% is rolled back.",
         }
     }
 
+    u.push('\n');
+    if listed.len() < r.profiles.len() {
+        let _ = writeln!(
+            u,
+            "Only the {} layers with the lowest z_sens that the constraints allow are listed \
+(of {} prunable layers); choose among them.",
+            listed.len(),
+            r.profiles.len()
+        );
+    }
+    u.push_str(&layer_table(listed, options.compact_above));
+    // After the (long) layer table, so the K candidates' prompts share everything before
+    // this line and a local model computes that prefix once per iteration.
     if k > 1 {
         let _ = writeln!(
             u,
@@ -145,9 +187,6 @@ and the best one within the rollback threshold is kept. Make this one {}.",
             candidate_style(candidate)
         );
     }
-
-    u.push('\n');
-    u.push_str(&layer_table(&r.profiles, options.compact_above));
     u.push_str(
         "\nAnalyse your previous decisions against their outcomes, then answer with the JSON \
 object only.\n",
