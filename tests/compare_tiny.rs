@@ -77,7 +77,7 @@ fn compare_lists_every_method_at_the_target() {
         .collect();
     std::fs::write(&qa, qa_lines).unwrap();
     let out_dir = dir.path().join("cmp");
-    let args = |cmd: &mut Command, agent: &Path| {
+    let args = |cmd: &mut Command, agent: Option<&Path>| {
         cmd.arg("compare")
             .arg(&fx.model_dir)
             .args([
@@ -108,12 +108,13 @@ fn compare_lists_every_method_at_the_target() {
             .arg("--qa")
             .arg(&qa)
             .arg("--out")
-            .arg(&out_dir)
-            .arg("--agent-run")
-            .arg(agent);
+            .arg(&out_dir);
+        if let Some(agent) = agent {
+            cmd.arg("--agent-run").arg(agent);
+        }
     };
     let mut cmd = secateur();
-    args(&mut cmd, &runs.join(&run_id));
+    args(&mut cmd, Some(&runs.join(&run_id)));
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -152,7 +153,7 @@ fn compare_lists_every_method_at_the_target() {
 
     // Second call: dense row from the cache; no agent run → a "not run" row with the reason.
     let mut cmd = secateur();
-    args(&mut cmd, &dir.path().join("missing"));
+    args(&mut cmd, Some(&dir.path().join("missing")));
     let out = cmd.args(["--methods", "wanda"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -165,6 +166,48 @@ fn compare_lists_every_method_at_the_target() {
         "{}",
         rows[2]
     );
+
+    // Third call: no --agent-run → compare runs the loop itself (the fixture's prune
+    // config, with compare's model, target and calibration) and scores its masks.
+    let mut cmd = secateur();
+    args(&mut cmd, None);
+    let out = cmd
+        .args(["--methods", "wanda", "--agent-config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = &table["rows"][2];
+    assert_eq!(agent["method"], "agent");
+    assert_eq!(agent["status"], "ok", "{agent}");
+    let s = agent["sparsity"].as_f64().unwrap();
+    assert!(
+        (s - 0.5).abs() <= 0.01,
+        "agent loop run by compare reached {s}"
+    );
+    assert!(agent["prune_seconds"].as_f64().unwrap() > 0.0, "{agent}");
+    let agent_runs: Vec<_> = std::fs::read_dir(out_dir.join("agent-runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(agent_runs.len(), 1, "{agent_runs:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent_runs[0].join("report.json")).unwrap()).unwrap();
+    let final_sparsity = report["table4"]["final_sparsity"].as_f64().unwrap();
+    assert!((final_sparsity - s).abs() < 1e-9, "{final_sparsity} vs {s}");
+
+    // --no-agent leaves the row out, saying so.
+    let mut cmd = secateur();
+    args(&mut cmd, None);
+    let out = cmd
+        .args(["--methods", "wanda", "--no-agent"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(table["rows"][2]["status"], "not run: --no-agent");
 }
 
 #[test]

@@ -4,24 +4,24 @@
 //! panel per metric) into `--out`.
 //!
 //! Baselines come from the `baselines` crate and are evaluated as weight overlays on
-//! one shared dense model. The agent row reads the committed masks of a finished
-//! `secateur prune` run (`--agent-run RUN_DIR`); without one the row says "not run"
-//! and why, rather than inventing numbers. Dense results are cached in
-//! `--out/dense.json` and reused when every evaluation setting matches.
+//! one shared dense model. The agent row (`compare_agent`) runs the pruning loop with
+//! the default offline planner (or `--agent-config`) on the same model, target and
+//! calibration source, or reads the committed masks of a finished `secateur prune` run
+//! (`--agent-run RUN_DIR`). Dense results are cached in `--out/dense.json` and reused
+//! when every evaluation setting matches.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ::eval::verdict::Verdict;
 use ::eval::Target;
 use anyhow::{bail, Context, Result};
-use baselines::{Method, Pruned};
-use kernels::{Mask, MaskDelta};
+use baselines::Method;
 use model::{Model, WeightOverlay};
 use serde::{Deserialize, Serialize};
 
 use super::common;
+use super::compare_agent::{agent_result, AgentSource};
 use super::eval::{describe_suite, perplexity, run_suite, Sets, SuiteArgs, SuiteResult};
 
 #[derive(clap::Args)]
@@ -55,9 +55,18 @@ pub struct CompareArgs {
     window: usize,
     #[command(flatten)]
     suite: SuiteArgs,
-    /// A finished `secateur prune` run directory whose committed masks form the agent row.
-    #[arg(long)]
+    /// A finished `secateur prune` run directory whose committed masks form the agent row
+    /// (its recorded wall time is the row's prune time). Without it compare runs the loop.
+    #[arg(long, conflicts_with_all = ["agent_config", "no_agent"])]
     agent_run: Option<PathBuf>,
+    /// Prune config (TOML) of the loop compare runs for the agent row (default: the
+    /// `default` preset: heuristic planner). Its model, target sparsity and calibration
+    /// text are replaced by this command's; the run folder goes to `--out/agent-runs/`.
+    #[arg(long, conflicts_with = "no_agent")]
+    agent_config: Option<PathBuf>,
+    /// Leave the agent row out (it is listed as not run).
+    #[arg(long)]
+    no_agent: bool,
     /// Output folder.
     #[arg(long, default_value = "runs/compare")]
     out: PathBuf,
@@ -202,34 +211,6 @@ impl Bench<'_> {
     }
 }
 
-/// Final masks of a `secateur prune` run: every committed delta applied in order.
-fn agent_masks(run_dir: &Path, model: &Model) -> Result<Pruned> {
-    let id = run_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: not a run directory", run_dir.display()))?;
-    let store = actors::store::Store::open(&actors::run::db_dir(run_dir))
-        .with_context(|| format!("{}: cannot open the run's checkpoint", run_dir.display()))?;
-    let loaded = store.load_run(id).with_context(|| format!("run `{id}`"))?;
-    let mut masks: BTreeMap<String, Mask> = model
-        .prunable_layers()
-        .into_iter()
-        .map(|l| (l.name, Mask::ones(l.out_features, l.in_features)))
-        .collect();
-    for (_, deltas) in &loaded.deltas {
-        for d in deltas {
-            let mask = masks.get_mut(&d.layer).with_context(|| {
-                format!("run `{id}` prunes `{}`, which this model lacks", d.layer)
-            })?;
-            MaskDelta::from_bytes(&d.bytes)?.apply_to(mask)?;
-        }
-    }
-    Ok(Pruned {
-        masks,
-        weights: BTreeMap::new(),
-    })
-}
-
 fn rel(x: Option<f64>, reference: Option<f64>) -> Option<f64> {
     match (x, reference) {
         (Some(x), Some(r)) if r != 0.0 => Some((x - r) / r),
@@ -345,16 +326,24 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let overlay = pruned.overlay(&model)?;
         rows.push(bench.evaluate(&name, Some(&overlay), pruned.sparsity(), prune_seconds)?);
     }
-    rows.push(match &args.agent_run {
-        None => Row::not_run(
-            "agent",
-            "no --agent-run RUN_DIR given (run `secateur prune` first and pass its run directory)"
-                .into(),
-        ),
-        Some(dir) => match agent_masks(dir, &model) {
-            Ok(p) => {
+    let source = match &args.agent_run {
+        Some(dir) => Some(AgentSource::Run(dir)),
+        None if args.no_agent => None,
+        None => Some(AgentSource::Loop {
+            config: args.agent_config.as_deref(),
+            model: &path,
+            sparsity: args.sparsity,
+            calib: &args.calib,
+            runs_dir: args.out.join("agent-runs"),
+            quiet: args.json,
+        }),
+    };
+    rows.push(match source {
+        None => Row::not_run("agent", "--no-agent".into()),
+        Some(source) => match agent_result(source, &model) {
+            Ok((p, prune_seconds)) => {
                 let overlay = p.overlay(&model)?;
-                bench.evaluate("agent", Some(&overlay), p.sparsity(), 0.0)?
+                bench.evaluate("agent", Some(&overlay), p.sparsity(), prune_seconds)?
             }
             Err(e) => Row::not_run("agent", format!("{e:#}")),
         },

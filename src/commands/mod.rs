@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod common;
 pub mod compare;
+pub mod compare_agent;
 pub mod daemon;
 pub mod eval;
 pub mod export;

@@ -1,0 +1,160 @@
+//! The agent row of `secateur compare`: the committed masks of a finished `secateur
+//! prune` run (`--agent-run`), or of a run that compare starts itself with the default
+//! offline planner, so that one command really compares the agent loop with the
+//! baselines on the same model, target and calibration source.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use baselines::Pruned;
+use kernels::{Mask, MaskDelta};
+use model::Model;
+
+/// Where the agent row's masks come from.
+pub enum AgentSource<'a> {
+    /// A finished run folder.
+    Run(&'a Path),
+    /// Run the loop now with this prune config (`None`: the `default` preset).
+    Loop {
+        config: Option<&'a Path>,
+        model: &'a Path,
+        sparsity: f64,
+        calib: &'a str,
+        runs_dir: PathBuf,
+        quiet: bool,
+    },
+}
+
+/// The agent's masks and the seconds its pruning took (the run's own wall time when it
+/// is read from a folder whose report records it, else 0).
+pub fn agent_result(source: AgentSource<'_>, model: &Model) -> Result<(Pruned, f64)> {
+    match source {
+        AgentSource::Run(dir) => Ok((masks_of_run(dir, model)?, recorded_wall_seconds(dir))),
+        AgentSource::Loop {
+            config,
+            model: model_path,
+            sparsity,
+            calib,
+            runs_dir,
+            quiet,
+        } => {
+            let cfg = loop_config(config, model_path, sparsity, calib, runs_dir)?;
+            if !quiet {
+                eprintln!(
+                    "agent: running the pruning loop ({} planner) to {sparsity} in {}",
+                    cfg.planner.backend.name(),
+                    cfg.run.runs_dir.display()
+                );
+            }
+            let start = Instant::now();
+            let out = actors::run_pruning_blocking(
+                cfg,
+                actors::RunOptions {
+                    final_eval: false,
+                    ..Default::default()
+                },
+            )?;
+            let seconds = start.elapsed().as_secs_f64();
+            if let Some(f) = &out.summary.failure {
+                bail!("agent run {} failed: {f}", out.summary.run_id);
+            }
+            // The run folder gets its own report (iterations.png etc.) like `prune` writes.
+            let extras = report::Extras {
+                model: out.config.model.path.display().to_string(),
+                model_f32_bytes: out.model_f32_bytes,
+                wall_seconds: seconds,
+                peak_rss_bytes: super::common::peak_rss_bytes(),
+                final_ppl: None,
+            };
+            report::write_all(&out.run_dir, &out.summary, &extras)?;
+            let mut masks = all_kept(model);
+            for d in &out.masks {
+                apply(&mut masks, &d.layer, &d.bytes, &out.summary.run_id)?;
+            }
+            Ok((
+                Pruned {
+                    masks,
+                    weights: BTreeMap::new(),
+                },
+                seconds,
+            ))
+        }
+    }
+}
+
+/// The prune config of the loop compare runs: the given file or the default preset, with
+/// this comparison's model, target and calibration source.
+pub fn loop_config(
+    config: Option<&Path>,
+    model: &Path,
+    sparsity: f64,
+    calib: &str,
+    runs_dir: PathBuf,
+) -> Result<config::Config> {
+    let mut cfg = match config {
+        Some(p) => config::Config::load(p)?,
+        None => config::Config::default(),
+    };
+    cfg.model.path = model.to_path_buf();
+    cfg.pruning.target_sparsity = sparsity;
+    let (path, field) = ::eval::data::split_spec(calib);
+    let json = {
+        let name = path.to_string_lossy().to_ascii_lowercase();
+        let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
+        name.ends_with(".jsonl") || name.ends_with(".json")
+    };
+    // compare reads JSON lines' `text` field when none is named; so does the loop here.
+    cfg.calibration.field = field.or_else(|| json.then(|| "text".to_string()));
+    cfg.calibration.path = path;
+    cfg.run.runs_dir = runs_dir;
+    cfg.validate().context("agent loop configuration")?;
+    Ok(cfg)
+}
+
+fn all_kept(model: &Model) -> BTreeMap<String, Mask> {
+    model
+        .prunable_layers()
+        .into_iter()
+        .map(|l| (l.name, Mask::ones(l.out_features, l.in_features)))
+        .collect()
+}
+
+fn apply(masks: &mut BTreeMap<String, Mask>, layer: &str, bytes: &[u8], run: &str) -> Result<()> {
+    let mask = masks
+        .get_mut(layer)
+        .with_context(|| format!("run `{run}` prunes `{layer}`, which this model lacks"))?;
+    MaskDelta::from_bytes(bytes)?.apply_to(mask)?;
+    Ok(())
+}
+
+/// Final masks of a `secateur prune` run folder: every committed delta applied in order.
+pub fn masks_of_run(run_dir: &Path, model: &Model) -> Result<Pruned> {
+    let id = run_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: not a run directory", run_dir.display()))?;
+    let store = actors::store::Store::open(&actors::run::db_dir(run_dir))
+        .with_context(|| format!("{}: cannot open the run's checkpoint", run_dir.display()))?;
+    let loaded = store.load_run(id).with_context(|| format!("run `{id}`"))?;
+    let mut masks = all_kept(model);
+    for (_, deltas) in &loaded.deltas {
+        for d in deltas {
+            apply(&mut masks, &d.layer, &d.bytes, id)?;
+        }
+    }
+    Ok(Pruned {
+        masks,
+        weights: BTreeMap::new(),
+    })
+}
+
+/// `wall_seconds` of the run's `report.json`, 0 when the report is missing or lacks it.
+fn recorded_wall_seconds(run_dir: &Path) -> f64 {
+    std::fs::read(run_dir.join("report.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("wall_seconds")?.as_f64())
+        .unwrap_or(0.0)
+}
