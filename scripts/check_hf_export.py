@@ -14,6 +14,10 @@
    row-major order; metadata format/version) with numpy only, and asserts that every
    tensor equals the HF export's (both exports must use the same --dtype, f32 or f16:
    numpy has no bfloat16).
+3. With `--ppl-text FILE`, computes the perplexity of FILE with transformers by
+   secateur's protocol (whole file tokenised once without special tokens, non-overlapping
+   windows of `--window` tokens, the first token of each window context only), to be
+   compared with `secateur eval DIR --ppl FILE --window N` on the same export.
 
 Exits non-zero on any mismatch.
 """
@@ -60,6 +64,8 @@ def main():
     ap.add_argument("--sparse", help="a sparse export of the same run to compare")
     ap.add_argument("--prompt", default="The capital of France is")
     ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--ppl-text", help="a plain text file to score (secateur's protocol)")
+    ap.add_argument("--window", type=int, default=512)
     ap.add_argument(
         "--sparse-only",
         action="store_true",
@@ -76,7 +82,7 @@ def check_transformers(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(args.hf_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(args.hf_dir)
     total = zeros = 0
     for name, p in model.named_parameters():
@@ -89,6 +95,29 @@ def check_transformers(args):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=args.new_tokens, do_sample=False)
     print("greedy:", repr(tok.decode(out[0][ids.shape[1]:], skip_special_tokens=True)))
+    if args.ppl_text:
+        perplexity(model, tok, args.ppl_text, args.window)
+
+
+def perplexity(model, tok, path, window):
+    """exp(mean NLL) over non-overlapping windows, as `model/src/perplexity.rs` scores."""
+    import math
+
+    import torch
+
+    with open(path, encoding="utf-8") as f:
+        ids = tok(f.read(), add_special_tokens=False).input_ids
+    nll, scored = 0.0, 0
+    for start in range(0, len(ids), window):
+        chunk = ids[start : start + window]
+        if len(chunk) < 2:
+            continue
+        x = torch.tensor([chunk])
+        with torch.no_grad():
+            logits = model(x).logits[0, :-1].double()
+        nll += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
+        scored += len(chunk) - 1
+    print(f"perplexity {math.exp(nll / scored):.4f} over {scored} scored tokens (window {window})")
 
 
 def check_sparse(args):
