@@ -90,8 +90,12 @@ fn main() -> Result<()> {
             let (text, s) = backend.generate(&prompt.system, &prompt.user, &layers, allow_stop)?;
             let plan = Plan::from_json(&text).ok();
             let valid = plan.as_ref().is_some_and(|p| p.validate(&names).is_empty());
+            let gain = plan.as_ref().map_or(0.0, |p| {
+                protocol::projected_sparsity(&req.profiles, &p.layer_decisions)
+                    - req.current_sparsity
+            });
             println!(
-                "{:>4} {:>3} {:>7} {:>7} {:>9.1} {:>5} {:>6} {:>6} {:>9.2} {:>8.2} {:>8.2} {:>5}  {}",
+                "{:>4} {:>3} {:>7} {:>7} {:>9.1} {:>5} {:>6} {:>6} {:>9.2} {:>8.2} {:>8.2} {:>5} {:>7.4}  {}",
                 req.iteration,
                 c + 1,
                 s.prompt_tokens,
@@ -104,6 +108,7 @@ fn main() -> Result<()> {
                 1000.0 * s.pick_seconds / s.generated_tokens.max(1) as f64,
                 s.seconds,
                 valid,
+                gain,
                 short(&text, 160)
             );
             rows.push((req.iteration, s));

@@ -12,7 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use config::PromptConfig;
-use protocol::{plan_json_schema, LayerDecision, LayerProfile, PlanRequest, DELTA_MAX, DELTA_MIN};
+use protocol::{
+    plan_json_schema, projected_sparsity, LayerDecision, LayerProfile, PlanRequest, DELTA_MAX,
+    DELTA_MIN,
+};
+
+/// The δ of the worked scale figure in shortlisted prompts.
+const SCALE_DELTA: f64 = 0.05;
 
 /// A system + user message pair, as sent to chat backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +179,21 @@ raises perplexity by more than {:.1}% is rolled back.",
 (of {} prunable layers); choose among them.",
             listed.len(),
             r.profiles.len()
+        );
+        // Small models cannot do the parameter-weighted arithmetic; one worked figure
+        // relates delta to the global gain (they otherwise copy the range's lower end).
+        let all: Vec<LayerDecision> = listed
+            .iter()
+            .map(|p| LayerDecision {
+                layer: p.name.clone(),
+                delta: SCALE_DELTA,
+            })
+            .collect();
+        let gain = projected_sparsity(&r.profiles, &all) - r.current_sparsity;
+        let _ = writeln!(
+            u,
+            "Scale: delta {SCALE_DELTA} on every listed layer would raise global sparsity by \
+{gain:.4}."
         );
     }
     u.push_str(&layer_table(listed, options.compact_above));
