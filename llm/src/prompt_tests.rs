@@ -223,3 +223,77 @@ fn decisions_text_truncates() {
     assert_eq!(decisions_text(&d, 2), "l0 +0.010, l1 +0.020, and 3 more");
     assert_eq!(decisions_text(&[], 2), "no layers");
 }
+
+#[test]
+fn shortlist_takes_the_safest_allowed_layers_in_model_order() {
+    let mut r = big_request();
+    let safest = r
+        .profiles
+        .iter()
+        .min_by(|a, b| a.z_sens.total_cmp(&b.z_sens))
+        .unwrap()
+        .name
+        .clone();
+    r.constraints.forbidden_layers.insert(safest.clone());
+    let list = shortlist(&r, 24);
+    assert_eq!(list.len(), 24);
+    assert!(
+        list.iter().all(|p| p.name != safest),
+        "forbidden layers are left out"
+    );
+    let worst_listed = list.iter().map(|p| p.z_sens).fold(f64::MIN, f64::max);
+    let unlisted_allowed = r
+        .profiles
+        .iter()
+        .filter(|p| r.constraints.allows(p) && !list.iter().any(|l| l.name == p.name));
+    assert!(unlisted_allowed
+        .into_iter()
+        .all(|p| p.z_sens >= worst_listed));
+    let pos = |n: &str| r.profiles.iter().position(|p| p.name == n).unwrap();
+    assert!(list.windows(2).all(|w| pos(&w[0].name) < pos(&w[1].name)));
+    // Fewer allowed layers than asked for: all of them.
+    r.constraints.max_layer_sparsity = 0.2; // every third layer sits at 0.25
+    let allowed = r
+        .profiles
+        .iter()
+        .filter(|p| r.constraints.allows(p))
+        .count();
+    assert_eq!(shortlist(&r, 1000).len(), allowed);
+}
+
+#[test]
+fn a_listing_prompt_says_it_is_partial_and_gives_the_scale() {
+    let r = big_request();
+    let list = shortlist(&r, 5);
+    let p = build_prompt_listing(&r, &options(), 0, 1, &list);
+    assert!(p.user.contains("Only the 5 layers with the lowest z_sens"));
+    assert!(p.user.contains("(of 210 prunable layers)"));
+    let gain = projected_sparsity(
+        &r.profiles,
+        &list
+            .iter()
+            .map(|l| LayerDecision {
+                layer: l.name.clone(),
+                delta: 0.05,
+            })
+            .collect::<Vec<_>>(),
+    ) - r.current_sparsity;
+    assert!(gain > 0.0);
+    assert!(
+        p.user
+            .contains(&format!("would raise global sparsity by {gain:.4}")),
+        "{}",
+        p.user
+    );
+    for l in &list {
+        assert!(p.user.contains(&l.name), "{} listed", l.name);
+    }
+    let table = &p.user[p.user.find("Layer profiles (5 layers)").unwrap()..];
+    assert_eq!(table.matches("model.layers.").count(), 5, "only those");
+    // The full listing is the ordinary prompt.
+    assert_eq!(
+        build_prompt_listing(&r, &options(), 0, 1, &r.profiles),
+        build_prompt(&r, &options(), 0, 1)
+    );
+    assert!(!build_prompt(&r, &options(), 0, 1).user.contains("Only the"));
+}
