@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use actors::{ProgressEvent, RunOptions};
 use anyhow::{Context, Result};
-use config::Config;
+use config::{BackendKind, Config};
 use indicatif::ProgressBar;
 
 use super::common;
@@ -39,9 +39,45 @@ pub struct PruneArgs {
     /// Overrides `pruning.target_sparsity`.
     #[arg(long)]
     target: Option<f64>,
+    /// Overrides `planner.backend`: heuristic | local | openai | gemini | anthropic.
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    planner: Option<BackendKind>,
+    /// Overrides `planner.model`: the GGUF for `local` (default: the
+    /// Qwen2.5-Coder-0.5B-Instruct asset), the model name for hosted backends.
+    #[arg(long, value_name = "PATH_OR_NAME")]
+    planner_model: Option<String>,
     /// Print the report as JSON on stdout instead of a text summary.
     #[arg(long)]
     json: bool,
+}
+
+/// A local planner's GGUF is only opened once the target model is loaded and profiled
+/// (minutes in): a wrong path fails here instead, naming the file.
+fn check_local_planners(cfg: &Config) -> Result<()> {
+    let backends = [Some(&cfg.planner), cfg.planner.fallback.as_deref()];
+    for bc in backends.into_iter().flatten() {
+        if let (BackendKind::Local, Some(m)) = (bc.backend, &bc.model) {
+            if !std::path::Path::new(m).is_file() {
+                anyhow::bail!(
+                    "{m}: local planner model not found (planner.model / --planner-model)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    [
+        BackendKind::Heuristic,
+        BackendKind::Local,
+        BackendKind::Openai,
+        BackendKind::Gemini,
+        BackendKind::Anthropic,
+    ]
+    .into_iter()
+    .find(|k| k.name() == s)
+    .ok_or_else(|| format!("`{s}`: expected heuristic, local, openai, gemini or anthropic"))
 }
 
 fn load_config(args: &PruneArgs) -> Result<Config> {
@@ -61,6 +97,14 @@ fn load_config(args: &PruneArgs) -> Result<Config> {
     }
     if let Some(t) = args.target {
         cfg.pruning.target_sparsity = t;
+    }
+    if let Some(b) = args.planner {
+        cfg.planner.backend = b;
+    }
+    if let Some(m) = &args.planner_model {
+        cfg.planner.model = Some(m.clone());
+    } else if args.planner == Some(BackendKind::Local) && cfg.planner.model.is_none() {
+        cfg.planner.model = Some(llm::local::DEFAULT_MODEL.to_string());
     }
     cfg.validate().context("invalid configuration")?;
     Ok(cfg)
@@ -104,6 +148,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 e
             }
         })?;
+        check_local_planners(&cfg)?;
     }
     let run_id = args
         .resume
@@ -222,7 +267,10 @@ fn on_progress(bar: &ProgressBar, e: &ProgressEvent, target: f64) {
             bar.set_message(format!("iteration {iteration}: {state:?}"))
         }
         ProgressEvent::Iteration {
-            record, timings, ..
+            record,
+            timings,
+            candidates,
+            ..
         } => {
             let o = &record.outcome;
             let what = if o.rolled_back { "rolled back" } else { "committed" };
@@ -239,6 +287,7 @@ fn on_progress(bar: &ProgressBar, e: &ProgressEvent, target: f64) {
                     record.feedback.assessment
                 )
             });
+            bar.suspend(|| eprintln!("  {}", planner_line(candidates)));
             let now = if o.rolled_back { o.sparsity_before } else { o.sparsity_after };
             bar.set_position(((now / target).min(1.0) * 1000.0) as u64);
         }
@@ -246,4 +295,39 @@ fn on_progress(bar: &ProgressBar, e: &ProgressEvent, target: f64) {
             bar.suspend(|| eprintln!("finished: {state:?} ({reason:?})"))
         }
     }
+}
+
+/// What the critic made of this iteration's candidates (every planning round), and the
+/// planner's time: `planner local: 3 candidates, 1 approved unchanged, 0 amended, 2
+/// vetoed; 41.2 s (13.7 s per plan) [vetoed: reason; …]`. The share of plans approved
+/// unchanged is one of the figures a planner backend is judged by.
+fn planner_line(candidates: &[protocol::ReviewedCandidate]) -> String {
+    use protocol::Verdict;
+    let count = |f: fn(&Verdict) -> bool| candidates.iter().filter(|c| f(&c.verdict)).count();
+    let approved = count(|v| matches!(v, Verdict::Approve));
+    let amended = count(|v| matches!(v, Verdict::Amend { .. }));
+    let vetoed = count(|v| matches!(v, Verdict::Veto { .. }));
+    let ms: u64 = candidates.iter().map(|c| c.response.latency_ms).sum();
+    let backend = candidates
+        .first()
+        .map_or("?", |c| c.response.backend.as_str());
+    let mut line = format!(
+        "planner {backend}: {} candidate(s), {approved} approved unchanged, {amended} amended, \
+{vetoed} vetoed; {:.1} s ({:.1} s per plan)",
+        candidates.len(),
+        ms as f64 / 1000.0,
+        ms as f64 / 1000.0 / candidates.len().max(1) as f64
+    );
+    let reasons: Vec<&str> = candidates
+        .iter()
+        .filter_map(|c| match &c.verdict {
+            Verdict::Veto { reasons } | Verdict::Amend { reasons, .. } => reasons.first(),
+            Verdict::Approve => None,
+        })
+        .map(String::as_str)
+        .collect();
+    if !reasons.is_empty() {
+        line.push_str(&format!(" [{}]", reasons.join("; ")));
+    }
+    line
 }
