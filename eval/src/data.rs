@@ -60,7 +60,8 @@ pub fn read_text_file(path: &Path) -> Result<String> {
     })
 }
 
-fn is_json_lines(path: &Path) -> bool {
+/// Whether `path` is read as JSON lines (`.jsonl`, `.json`, either gzipped).
+pub fn is_json_lines(path: &Path) -> bool {
     let name = path.to_string_lossy().to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
     name.ends_with(".jsonl") || name.ends_with(".json")

@@ -340,7 +340,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     };
     rows.push(match source {
         None => Row::not_run("agent", "--no-agent".into()),
-        Some(source) => match agent_result(source, &model) {
+        Some(source) => match agent_result(source) {
             Ok((p, prune_seconds)) => {
                 let overlay = p.overlay(&model)?;
                 bench.evaluate("agent", Some(&overlay), p.sparsity(), prune_seconds)?

@@ -10,7 +10,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use baselines::Pruned;
 use kernels::{Mask, MaskDelta};
-use model::Model;
 
 /// Where the agent row's masks come from.
 pub enum AgentSource<'a> {
@@ -29,9 +28,17 @@ pub enum AgentSource<'a> {
 
 /// The agent's masks and the seconds its pruning took (the run's own wall time when it
 /// is read from a folder whose report records it, else 0).
-pub fn agent_result(source: AgentSource<'_>, model: &Model) -> Result<(Pruned, f64)> {
+pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
     match source {
-        AgentSource::Run(dir) => Ok((masks_of_run(dir, model)?, recorded_wall_seconds(dir))),
+        AgentSource::Run(dir) => {
+            // The export command's reader: only committed iterations' deltas count.
+            let run = super::export::read_run(dir)?;
+            let pruned = Pruned {
+                masks: run.masks.into_iter().collect(),
+                weights: BTreeMap::new(),
+            };
+            Ok((pruned, recorded_wall_seconds(dir)))
+        }
         AgentSource::Loop {
             config,
             model: model_path,
@@ -69,9 +76,13 @@ pub fn agent_result(source: AgentSource<'_>, model: &Model) -> Result<(Pruned, f
                 final_ppl: None,
             };
             report::write_all(&out.run_dir, &out.summary, &extras)?;
-            let mut masks = all_kept(model);
+            // The run's final masks are deltas from all-kept, one per layer.
+            let mut masks = BTreeMap::new();
             for d in &out.masks {
-                apply(&mut masks, &d.layer, &d.bytes, &out.summary.run_id)?;
+                let delta = MaskDelta::from_bytes(&d.bytes)?;
+                let mut mask = Mask::ones(delta.rows(), delta.cols());
+                delta.apply_to(&mut mask)?;
+                masks.insert(d.layer.clone(), mask);
             }
             Ok((
                 Pruned {
@@ -100,54 +111,13 @@ pub fn loop_config(
     cfg.model.path = model.to_path_buf();
     cfg.pruning.target_sparsity = sparsity;
     let (path, field) = ::eval::data::split_spec(calib);
-    let json = {
-        let name = path.to_string_lossy().to_ascii_lowercase();
-        let name = name.strip_suffix(".gz").unwrap_or(&name).to_string();
-        name.ends_with(".jsonl") || name.ends_with(".json")
-    };
+    let json = ::eval::data::is_json_lines(&path);
     // compare reads JSON lines' `text` field when none is named; so does the loop here.
     cfg.calibration.field = field.or_else(|| json.then(|| "text".to_string()));
     cfg.calibration.path = path;
     cfg.run.runs_dir = runs_dir;
     cfg.validate().context("agent loop configuration")?;
     Ok(cfg)
-}
-
-fn all_kept(model: &Model) -> BTreeMap<String, Mask> {
-    model
-        .prunable_layers()
-        .into_iter()
-        .map(|l| (l.name, Mask::ones(l.out_features, l.in_features)))
-        .collect()
-}
-
-fn apply(masks: &mut BTreeMap<String, Mask>, layer: &str, bytes: &[u8], run: &str) -> Result<()> {
-    let mask = masks
-        .get_mut(layer)
-        .with_context(|| format!("run `{run}` prunes `{layer}`, which this model lacks"))?;
-    MaskDelta::from_bytes(bytes)?.apply_to(mask)?;
-    Ok(())
-}
-
-/// Final masks of a `secateur prune` run folder: every committed delta applied in order.
-pub fn masks_of_run(run_dir: &Path, model: &Model) -> Result<Pruned> {
-    let id = run_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: not a run directory", run_dir.display()))?;
-    let store = actors::store::Store::open(&actors::run::db_dir(run_dir))
-        .with_context(|| format!("{}: cannot open the run's checkpoint", run_dir.display()))?;
-    let loaded = store.load_run(id).with_context(|| format!("run `{id}`"))?;
-    let mut masks = all_kept(model);
-    for (_, deltas) in &loaded.deltas {
-        for d in deltas {
-            apply(&mut masks, &d.layer, &d.bytes, id)?;
-        }
-    }
-    Ok(Pruned {
-        masks,
-        weights: BTreeMap::new(),
-    })
 }
 
 /// `wall_seconds` of the run's `report.json`, 0 when the report is missing or lacks it.
