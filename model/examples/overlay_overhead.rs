@@ -14,17 +14,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use kernels::Mask;
+use model::bench::median;
 use model::{Model, WeightOverlay};
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len().is_multiple_of(2) {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
-    }
-}
 
 /// Every `period`-th weight (offset `salt`) pruned, the rest kept.
 fn every_nth(rows: usize, cols: usize, period: usize, salt: usize) -> Mask {

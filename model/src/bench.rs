@@ -59,3 +59,15 @@ pub fn bench(model: &Model, seq_len: usize, reps: usize, gradient: bool) -> Resu
         gradient_secs,
     })
 }
+
+/// Median of `v` (sorted in place; the mean of the two middle values for an even
+/// length), the statistic our benchmarks quote on these shared, noisy machines.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}

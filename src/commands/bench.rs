@@ -3,6 +3,7 @@
 //! model size. Modes are interleaved within each repetition and medians are quoted,
 //! because this machine is shared and noisy.
 
+use model::bench::median;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -149,14 +150,4 @@ fn sample_tokens(ckpt: &model::Checkpoint, len: usize) -> Result<Vec<u32>> {
     Ok((0..len as u64)
         .map(|i| ((i * 7919 + 13) % vocab) as u32)
         .collect())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len().is_multiple_of(2) {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
-    }
 }
