@@ -27,5 +27,5 @@ pub use grad::GradImportance;
 pub use linear::{ActivationGram, ActivationStats, LayerInfo};
 pub use load::{gguf_header, load_checkpoint, Checkpoint, GgufHeader, SourceFormat, TensorSummary};
 pub use overlay::WeightOverlay;
-pub use perplexity::{Perplexity, DEFAULT_PPL_WINDOW};
+pub use perplexity::{Perplexity, DEFAULT_PPL_WINDOW, FORWARD_BATCH};
 pub use transformer::Model;

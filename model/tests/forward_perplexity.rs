@@ -153,3 +153,57 @@ fn bad_arguments_are_errors() {
     assert!(err.to_string().contains("context"), "{err}");
     assert_eq!(m.perplexity(&stream(129), 128).unwrap().tokens_scored, 127);
 }
+
+/// Batched windows give each window's own perplexity: equal-length runs share a
+/// forward (here batches of 3 and 2 of the 16-token windows, then the 7-token tail
+/// alone), masked through an overlay as well, and every value matches the window
+/// scored alone.
+#[test]
+fn batched_windows_equal_one_at_a_time() {
+    let cfg = tiny_config(Architecture::Llama);
+    let w = random_weights(&cfg, 6, &Device::Cpu).unwrap();
+    let m = Model::new(&cfg, &w, &Device::Cpu).unwrap();
+    let name = "model.layers.0.self_attn.v_proj";
+    let mask = w[&format!("{name}.weight")].ge(0.0).unwrap();
+    let overlay = m.overlay_from_masks([(name, &mask)]).unwrap();
+    let tokens = stream(87);
+    let windows: Vec<&[u32]> = tokens.chunks(16).collect();
+    assert_eq!(windows.last().unwrap().len(), 7);
+    for ov in [None, Some(&overlay)] {
+        for batch in [1, 3, 8] {
+            let each = m.perplexity_each(&windows, batch, ov).unwrap();
+            assert_eq!(each.len(), windows.len());
+            for (p, win) in each.iter().zip(&windows) {
+                let alone = m.perplexity_with(win, win.len(), ov).unwrap();
+                assert_eq!((p.tokens_scored, p.windows), (win.len() - 1, 1));
+                assert!(
+                    (p.mean_nll - alone.mean_nll).abs() <= 1e-6 * alone.mean_nll,
+                    "batch {batch}: {p:?} vs {alone:?}"
+                );
+            }
+        }
+    }
+    // Same windows, same pooled value as the streamed protocol.
+    let pooled = Perplexity::combine(&m.perplexity_each(&windows, 4, None).unwrap()).unwrap();
+    let streamed = m.perplexity(&tokens, 16).unwrap();
+    assert_eq!(pooled.tokens_scored, streamed.tokens_scored);
+    assert!((pooled.mean_nll - streamed.mean_nll).abs() <= 1e-6 * streamed.mean_nll);
+}
+
+#[test]
+fn batched_bad_arguments_are_errors() {
+    let m = uniform_model();
+    let ok = stream(8);
+    for (windows, batch, needle) in [
+        (vec![&ok[..], &[3][..]], 2, "at least 2"),
+        (vec![&ok[..]], 0, "batch"),
+        (vec![&[3, 64][..]], 1, "64"),
+    ] {
+        let err = m.perplexity_each(&windows, batch, None).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let long = stream(129);
+    let err = m.perplexity_each(&[&long[..]], 1, None).unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+    assert!(m.perplexity_each(&[], 4, None).unwrap().is_empty());
+}
