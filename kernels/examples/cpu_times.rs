@@ -48,8 +48,17 @@ fn main() {
     time("wanda_scores", n, || {
         kernels::wanda_scores(&w, &sq).unwrap()
     });
+    time("wanda_prune_rows_50", n, || {
+        kernels::wanda_prune_rows(&w, &sq, &ones, 0.5).unwrap()
+    });
+    time("wanda_prune_rows_50_to_55", n, || {
+        kernels::wanda_prune_rows(&w, &sq, &half, 0.55).unwrap()
+    });
     time("select_50", n, || {
         kernels::prune_rows_incremental(&scores, &ones, 0.5).unwrap()
+    });
+    time("select_50_select_nth", n, || {
+        reference::prune_rows_select_nth(&scores, &ones, 0.5).unwrap()
     });
     time("select_50_full_sort", 5, || {
         reference::prune_rows_full_sort(&scores, &ones, 0.5).unwrap()

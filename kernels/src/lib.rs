@@ -1,6 +1,7 @@
 //! Numeric pruning kernels on candle tensors (DESIGN.md §2, paper §3.2).
 //!
 //! - [`wanda_scores`] `S = |W| ⊙ sqrt(Σx²)`, [`magnitude_scores`] `|W|`;
+//! - [`wanda_prune_rows`]: Wanda scores and per-row pruning fused, without the score matrix;
 //! - incremental pruning to a target sparsity, per row ([`prune_rows_incremental`],
 //!   [`magnitude_mask_per_row`]) or per layer ([`prune_layer_incremental`],
 //!   [`magnitude_mask_per_layer`]); N:M masks ([`nm_mask`]);
@@ -11,10 +12,11 @@
 //! Weights are `[d_out, d_in]` like a torch `Linear`; scores are f32. The pruning order and
 //! tie rule (lowest score first, then lowest column index) are in [`prune`]'s docs.
 //!
-//! Devices: every function takes CPU tensors. [`wanda_scores`], [`prune_rows_incremental`]
-//! and [`nm_mask`] run on CUDA tensors with the `cuda` feature; without it they (like every
-//! other function given a CUDA tensor) return [`KernelError::CudaNotCompiled`]. With the
-//! feature, the other functions copy CUDA inputs to the host. The API is the same either way.
+//! Devices: every function takes CPU tensors. [`wanda_scores`], [`prune_rows_incremental`],
+//! [`wanda_prune_rows`] and [`nm_mask`] run on CUDA tensors with the `cuda` feature; without
+//! it they (like every other function given a CUDA tensor) return
+//! [`KernelError::CudaNotCompiled`]. With the feature, the other functions copy CUDA inputs to
+//! the host. The API is the same either way.
 //!
 //! Building with CUDA: `cargo check -p kernels --features cuda` needs nvcc on `PATH` (candle's
 //! own kernels are compiled at build time); the PyPI wheels `nvidia-cuda-nvcc`,
@@ -32,6 +34,7 @@ mod error;
 mod mask;
 pub mod prune;
 pub mod reference;
+mod select;
 mod stats;
 
 #[cfg(feature = "cuda")]
@@ -45,7 +48,7 @@ pub use error::{KernelError, Result};
 pub use mask::Mask;
 pub use prune::{
     magnitude_mask_per_layer, magnitude_mask_per_row, magnitude_scores, nm_mask,
-    prune_layer_incremental, prune_rows_incremental, wanda_scores,
+    prune_layer_incremental, prune_rows_incremental, wanda_prune_rows, wanda_scores,
 };
 pub use stats::{
     gradient_importance, layer_sensitivity, percentile, z_scores, SENSITIVITY_PERCENTILE, Z_EPSILON,

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::device::{backend, matrix_dims, with_host_f32, Backend};
+use crate::select::{self, KeySource};
 use crate::{cuda, KernelError, Mask, Result};
 
 /// Wanda score `S = |W| ⊙ sqrt(Σx²)`: `w` is `[d_out, d_in]` (torch `Linear` layout) and
@@ -22,23 +23,11 @@ use crate::{cuda, KernelError, Mask, Result};
 /// `[d_out, d_in]` on the device of `w`. Negative or NaN `sq_norms` are an error.
 pub fn wanda_scores(w: &Tensor, sq_norms: &Tensor) -> Result<Tensor> {
     let (rows, cols) = matrix_dims(w, "weight")?;
-    if sq_norms.dims() != [cols] {
-        return Err(KernelError::Shape(format!(
-            "sq_norms is {:?}, weight has {cols} input columns",
-            sq_norms.dims()
-        )));
-    }
+    check_sq_norms(sq_norms, cols)?;
     match backend(w, &[sq_norms])? {
         Backend::Cuda => cuda::wanda_scores(w, sq_norms),
         Backend::Cpu => {
-            let norms = with_host_f32(sq_norms, |sq| {
-                if sq.iter().any(|v| v.is_nan() || *v < 0.0) {
-                    return Err(KernelError::Argument(
-                        "sq_norms has a negative or NaN entry".into(),
-                    ));
-                }
-                Ok(sq.iter().map(|v| v.sqrt()).collect::<Vec<f32>>())
-            })?;
+            let norms = sqrt_norms(sq_norms)?;
             let mut out = vec![0f32; rows * cols];
             with_host_f32(w, |w| {
                 out.par_chunks_mut(cols)
@@ -55,6 +44,116 @@ pub fn wanda_scores(w: &Tensor, sq_norms: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Wanda pruning in one call: the mask that [`prune_rows_incremental`] gives for
+/// [`wanda_scores`]`(w, sq_norms)`, with the same order, tie rule, counts and errors.
+///
+/// Why a second entry point: on the CPU the score matrix is never materialised. Each row's
+/// scores go straight into a per-thread buffer of order keys and are selected there, so the
+/// weight is read from memory once and nothing of its size is written (the composition reads
+/// it, writes the scores, then reads them again). On CUDA it composes the two CUDA kernels.
+pub fn wanda_prune_rows(
+    w: &Tensor,
+    sq_norms: &Tensor,
+    mask: &Mask,
+    target_sparsity: f64,
+) -> Result<Mask> {
+    let (rows, cols) = matrix_dims(w, "weight")?;
+    check_sq_norms(sq_norms, cols)?;
+    mask.check_shape((rows, cols), "weight")?;
+    let per_row = target_count(target_sparsity, cols)?;
+    if per_row * rows < mask.count_pruned() {
+        return Err(below_current(target_sparsity, mask));
+    }
+    match backend(w, &[sq_norms])? {
+        Backend::Cuda => {
+            prune_rows_incremental(&cuda::wanda_scores(w, sq_norms)?, mask, target_sparsity)
+        }
+        Backend::Cpu => {
+            // -0.0 → +0.0: the order of wanda_scores' -0.0 scores, and non-negative bits.
+            let norms: Vec<f32> = sqrt_norms(sq_norms)?.iter().map(|n| n + 0.0).collect();
+            with_host_f32(w, |w| {
+                select::prune_rows(
+                    mask,
+                    per_row,
+                    &WandaKeys {
+                        w,
+                        norms: &norms,
+                        cols,
+                    },
+                )
+            })
+        }
+    }
+}
+
+fn check_sq_norms(sq_norms: &Tensor, cols: usize) -> Result<()> {
+    if sq_norms.dims() != [cols] {
+        return Err(KernelError::Shape(format!(
+            "sq_norms is {:?}, weight has {cols} input columns",
+            sq_norms.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// `sqrt(Σx²)` per column on the host; negative or NaN sums are an error.
+fn sqrt_norms(sq_norms: &Tensor) -> Result<Vec<f32>> {
+    with_host_f32(sq_norms, |sq| {
+        if sq.iter().any(|v| v.is_nan() || *v < 0.0) {
+            return Err(KernelError::Argument(
+                "sq_norms has a negative or NaN entry".into(),
+            ));
+        }
+        Ok(sq.iter().map(|v| v.sqrt()).collect())
+    })
+}
+
+/// Keys of the Wanda scores `|w| · norm`, computed exactly as [`wanda_scores`] does (up to the
+/// sign of zero, which the order ignores).
+struct WandaKeys<'a> {
+    w: &'a [f32],
+    norms: &'a [f32],
+    cols: usize,
+}
+
+impl KeySource for WandaKeys<'_> {
+    #[inline(always)]
+    fn keys(&self, r: usize, c0: usize, out: &mut [u32]) -> bool {
+        select::prefetch(self.w, r * self.cols + c0);
+        let w = &self.w[r * self.cols + c0..][..out.len()];
+        let norms = &self.norms[c0..][..out.len()];
+        let mut nan = false;
+        for ((o, w), n) in out.iter_mut().zip(w).zip(norms) {
+            let s = w.abs() * n;
+            nan |= s.is_nan();
+            // `s` is +0.0 or positive (the norms have no -0.0), so its bits are in numeric
+            // order: this is `order_key(s)` in one instruction.
+            *o = s.to_bits() | 0x8000_0000;
+        }
+        nan
+    }
+}
+
+/// Keys of a score matrix.
+struct ScoreKeys<'a> {
+    s: &'a [f32],
+    cols: usize,
+}
+
+impl KeySource for ScoreKeys<'_> {
+    #[inline(always)]
+    fn keys(&self, r: usize, c0: usize, out: &mut [u32]) -> bool {
+        select::prefetch(self.s, r * self.cols + c0);
+        let s = &self.s[r * self.cols + c0..][..out.len()];
+        let mut nan = false;
+        for (o, &s) in out.iter_mut().zip(s) {
+            nan |= s.is_nan();
+            *o = order_key(s);
+        }
+        nan
+    }
+}
+
 /// Magnitude score `|W|` as f32, on the device of `w`.
 pub fn magnitude_scores(w: &Tensor) -> Result<Tensor> {
     matrix_dims(w, "weight")?;
@@ -67,7 +166,8 @@ pub fn magnitude_scores(w: &Tensor) -> Result<Tensor> {
 ///
 /// Errors: shape mismatch, `target_sparsity` outside [0, 1] or below the mask's current
 /// sparsity (in counts: `rows · round(ρ'·cols) < mask.count_pruned()`), NaN scores.
-/// Runs in O(cols) per row (select the k-th key, no sort), rows in parallel.
+/// Runs in O(cols) per row (radix selection of a threshold key, then one sweep; no sort: see
+/// the `select` module), rows in parallel.
 pub fn prune_rows_incremental(scores: &Tensor, mask: &Mask, target_sparsity: f64) -> Result<Mask> {
     let (rows, cols) = matrix_dims(scores, "scores")?;
     mask.check_shape((rows, cols), "scores")?;
@@ -77,7 +177,9 @@ pub fn prune_rows_incremental(scores: &Tensor, mask: &Mask, target_sparsity: f64
     }
     match backend(scores, &[])? {
         Backend::Cuda => cuda::prune_rows(scores, mask, per_row),
-        Backend::Cpu => with_host_f32(scores, |s| prune_rows_cpu(s, mask, per_row, select_nth)),
+        Backend::Cpu => with_host_f32(scores, |s| {
+            select::prune_rows(mask, per_row, &ScoreKeys { s, cols })
+        }),
     }
 }
 
@@ -191,7 +293,7 @@ fn nm_row(keys: &[u32], n: usize, m: usize, words: &mut [u64]) {
 pub(crate) type Select = fn(&mut [u64], usize);
 
 /// Linear-time selection: `select_nth_unstable` on the packed keys.
-fn select_nth(keys: &mut [u64], k: usize) {
+pub(crate) fn select_nth(keys: &mut [u64], k: usize) {
     if k < keys.len() {
         keys.select_nth_unstable(k);
     }
@@ -203,8 +305,9 @@ fn smallest(keys: &mut [u64], k: usize, select: Select) -> &[u64] {
     &keys[..k]
 }
 
-/// CPU per-row selection, generic over the selection step so that the benchmark can compare
-/// `select_nth` with a full sort on otherwise identical code.
+/// Per-row selection on packed `(score, column)` u64 keys, generic over the selection step:
+/// the baselines of the benchmark ([`crate::reference::prune_rows_full_sort`] and
+/// [`crate::reference::prune_rows_select_nth`]; the fast kernel is in the `select` module).
 pub(crate) fn prune_rows_cpu(
     s: &[f32],
     mask: &Mask,

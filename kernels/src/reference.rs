@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::device::with_host_f32;
-use crate::prune::{prune_rows_cpu, target_count};
+use crate::prune::{prune_rows_cpu, select_nth, target_count};
 use crate::{Mask, Result};
 
 /// `|W[r][c]| * sqrt(sq_norms[c])`.
@@ -106,6 +106,14 @@ pub fn prune_rows_full_sort(scores: &Tensor, mask: &Mask, target_sparsity: f64) 
     with_host_f32(scores, |s| {
         prune_rows_cpu(s, mask, per_row, |keys, _| keys.sort_unstable())
     })
+}
+
+/// The per-row kernel before radix selection: `select_nth_unstable` on packed
+/// `(score, column)` u64 keys of each row. A second baseline for the benchmark, and a second
+/// independent implementation for the tests.
+pub fn prune_rows_select_nth(scores: &Tensor, mask: &Mask, target_sparsity: f64) -> Result<Mask> {
+    let per_row = target_count(target_sparsity, mask.cols())?;
+    with_host_f32(scores, |s| prune_rows_cpu(s, mask, per_row, select_nth))
 }
 
 /// Numeric order with `-0.0 == +0.0` (NaN never reaches the reference).

@@ -52,3 +52,43 @@ proptest! {
         prop_assert_eq!(new, reference::prune_rows_incremental(&scores, &old, rho).unwrap());
     }
 }
+
+/// (rows, cols, weights and Σx² from small sets so that scores tie often, zero norms
+/// included, kept bits, target).
+fn wanda_case() -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<f32>, Vec<bool>, f64)> {
+    (1usize..6, 1usize..200).prop_flat_map(|(rows, cols)| {
+        let n = rows * cols;
+        (
+            Just(rows),
+            Just(cols),
+            prop::collection::vec(prop_oneof![(-3i8..4).prop_map(f32::from), -1f32..1f32], n),
+            prop::collection::vec(prop_oneof![(0u8..3).prop_map(f32::from), 0f32..4f32], cols),
+            prop::collection::vec(prop::bool::weighted(0.8), n),
+            0.0f64..=1.0,
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The fused kernel is the composition of the reference score and selection.
+    #[test]
+    fn wanda_prune_rows_is_score_then_select((rows, cols, w, sq, kept, rho) in wanda_case()) {
+        let w = tensor(rows, cols, w);
+        let sq = candle_core::Tensor::new(sq, &candle_core::Device::Cpu).unwrap();
+        let old = Mask::from_bools(rows, cols, &kept).unwrap();
+        let target = (rho * cols as f64).round() as usize;
+        let result = kernels::wanda_prune_rows(&w, &sq, &old, rho);
+        if target * rows < old.count_pruned() {
+            prop_assert!(result.is_err());
+            return Ok(());
+        }
+        let new = result.unwrap();
+        let s = reference::wanda_scores(&w, &sq).unwrap();
+        prop_assert_eq!(&new, &reference::prune_rows_incremental(&s, &old, rho).unwrap());
+        for (before, after) in old.pruned_per_row().into_iter().zip(new.pruned_per_row()) {
+            prop_assert_eq!(after, before.max(target));
+        }
+    }
+}

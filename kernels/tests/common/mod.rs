@@ -27,6 +27,11 @@ pub enum Scores {
     AllZero,
     /// Zero rows between random rows.
     SomeZeroRows,
+    /// A few hundred adjacent floats just above 1.0: keys that share their top 19 bits, so
+    /// radix selection has to go through every digit, with many ties.
+    Narrow,
+    /// ±∞, ±f32::MAX, ±1, ±MIN_POSITIVE, ±subnormal, ±0.0: the ends of the key order.
+    Extremes,
 }
 
 pub const ALL_SCORES: [Scores; 5] = [
@@ -35,6 +40,34 @@ pub const ALL_SCORES: [Scores; 5] = [
     Scores::AllEqual,
     Scores::AllZero,
     Scores::SomeZeroRows,
+];
+
+/// [`ALL_SCORES`] and the kinds aimed at the radix selection's digits and key order.
+pub const SELECT_SCORES: [Scores; 7] = [
+    Scores::Random,
+    Scores::Ties,
+    Scores::AllEqual,
+    Scores::AllZero,
+    Scores::SomeZeroRows,
+    Scores::Narrow,
+    Scores::Extremes,
+];
+
+const EXTREMES: [f32; 14] = [
+    f32::NEG_INFINITY,
+    f32::MIN,
+    -1.0,
+    -f32::MIN_POSITIVE,
+    -1e-45,
+    -0.0,
+    0.0,
+    1e-45,
+    f32::MIN_POSITIVE,
+    1.0,
+    1.0,
+    f32::MAX,
+    f32::INFINITY,
+    f32::INFINITY,
 ];
 
 pub fn scores(kind: Scores, rows: usize, cols: usize, rng: &mut StdRng) -> Tensor {
@@ -47,6 +80,8 @@ pub fn scores(kind: Scores, rows: usize, cols: usize, rng: &mut StdRng) -> Tenso
             Scores::AllZero => 0.0,
             Scores::SomeZeroRows if (i / cols) % 2 == 1 => 0.0,
             Scores::SomeZeroRows => rng.random_range(0.0..1.0),
+            Scores::Narrow => f32::from_bits(1f32.to_bits() + rng.random_range(0..300)),
+            Scores::Extremes => EXTREMES[rng.random_range(0..EXTREMES.len())],
         })
         .collect();
     tensor(rows, cols, v)

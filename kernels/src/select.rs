@@ -1,0 +1,447 @@
+//! Per-row selection on `u32` order keys: the CPU core of [`crate::prune_rows_incremental`]
+//! and [`crate::wanda_prune_rows`].
+//!
+//! Under the tie rule (lowest score first, equal scores in increasing column order) the
+//! weights a row loses are fixed by one threshold key `T`, the `need`-th smallest active key:
+//! every active weight with a key `< T`, then the first `need − count(< T)` active weights with
+//! key `== T`, in column order. So no `(score, column)` pair ever has to be ordered: `T` is
+//! found by radix selection (histogram of the top key bits, keep the one bin holding the
+//! `need`-th key, repeat on that bin's members with the next bits) and one sweep then clears
+//! the mask bits. A row costs a few passes over its `cols` keys in a per-thread buffer
+//! (43 KiB for 11008 columns, so in L1/L2) and no sort; the scores are read from memory once.
+
+use rayon::prelude::*;
+
+use crate::mask::count_ones;
+use crate::{KernelError, Mask, Result};
+
+mod lanes;
+use lanes::{compare, members};
+
+/// Key of an inactive (already pruned) weight. No score has it (the largest non-NaN order key
+/// is +∞'s, `0xFF80_0000`, and NaN scores are refused), so inactive weights come after every
+/// active one and are never gathered or selected.
+const INACTIVE: u32 = u32::MAX;
+
+/// Bits of the first radix digit: 2048 bins, 8 KiB, which stay in L1 beside the keys.
+const TOP_BITS: u32 = 11;
+/// Bits of each later digit, applied only to the members of the chosen bin (a few hundred
+/// keys on real weights), so a small histogram is enough.
+const LOW_BITS: u32 = 8;
+/// At or below this many candidates `select_nth_unstable` is cheaper than another histogram.
+const SMALL: usize = 64;
+
+/// Bits per mask word, and columns per block of the key pass.
+const BLOCK: usize = 64;
+
+/// For each byte of a mask word, the 8 lanes to OR into its keys: [`INACTIVE`] where the bit
+/// is 0 (pruned), 0 where it is 1. A branch per key would be mispredicted half the time on a
+/// 50 % mask; the table makes the masking a vector OR.
+static INACTIVE_LANES: [[u32; 8]; 256] = {
+    let mut t = [[0; 8]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut lane = 0;
+        while lane < 8 {
+            if byte >> lane & 1 == 0 {
+                t[byte][lane] = INACTIVE;
+            }
+            lane += 1;
+        }
+        byte += 1;
+    }
+    t
+};
+
+/// Writes the order keys ([`crate::prune::order_key`]) of columns `c0 .. c0 + out.len()` of
+/// row `r` to `out` (at most [`BLOCK`] long) and returns whether any of those scores is NaN.
+/// Inactive columns may get any key: the caller overwrites them.
+pub(crate) trait KeySource: Sync {
+    fn keys(&self, r: usize, c0: usize, out: &mut [u32]) -> bool;
+}
+
+/// How far ahead of the key pass [`prefetch`] asks for the matrix, in f32: 16 KiB, about the
+/// data of the next 64 blocks.
+const AHEAD: usize = 4096;
+
+/// Asks the CPU to start loading the block of `data` [`AHEAD`] elements after `i` (one
+/// [`BLOCK`], four cache lines). The key pass interleaves its loads with histogram work, and
+/// without this it stalled on memory for about a third of its time.
+#[inline(always)]
+pub(crate) fn prefetch(data: &[f32], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i + AHEAD + BLOCK <= data.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = data[i + AHEAD..].as_ptr().cast::<i8>();
+        for line in 0..BLOCK / 16 {
+            // SAFETY: a prefetch never faults, and the address is inside `data` anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(line * 64)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, i);
+}
+
+/// Prunes, in every row of a copy of `mask`, the `per_row.saturating_sub(pruned)` active
+/// weights that come first in (key, column) order, rows in parallel. Errors when any key
+/// source block reports a NaN, in any row (checked even in rows that need nothing).
+pub(crate) fn prune_rows(mask: &Mask, per_row: usize, src: &impl KeySource) -> Result<Mask> {
+    prune_rows_on(avx2(), mask, per_row, src)
+}
+
+/// [`prune_rows`] with the vector width chosen by the caller (`avx2` only where the CPU has
+/// it), so that the tests run both forms.
+fn prune_rows_on(avx2: bool, mask: &Mask, per_row: usize, src: &impl KeySource) -> Result<Mask> {
+    let cols = mask.cols();
+    let mut out = mask.clone();
+    let wpr = out.words_per_row();
+    out.words_mut()
+        .par_chunks_mut(wpr)
+        .enumerate()
+        .try_for_each_init(
+            || Scratch::new(cols),
+            |scratch, (r, words)| scratch.prune_row(avx2, r, words, per_row, src),
+        )?;
+    Ok(out)
+}
+
+/// Whether this CPU has AVX2 (x86_64 only; the result is cached by std).
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// Per-thread buffers, allocated once per rayon job and reused for its rows.
+struct Scratch {
+    /// The row's keys, [`INACTIVE`] for pruned columns.
+    keys: Vec<u32>,
+    /// Members of the chosen bin while the threshold is narrowed down.
+    cand: Vec<u32>,
+    /// Histogram of the top [`TOP_BITS`] of the keys (a fixed-size array: no bounds checks).
+    hist: Box<[u32; 1 << TOP_BITS]>,
+}
+
+impl Scratch {
+    fn new(cols: usize) -> Self {
+        Self {
+            keys: vec![0; cols],
+            cand: vec![0; cols],
+            hist: Box::new([0; 1 << TOP_BITS]),
+        }
+    }
+
+    /// One row, compiled twice: for the x86_64 baseline (SSE2) and for AVX2, which doubles the
+    /// width of the key computation (vectorised by the compiler) and of the comparisons; the
+    /// CPU decides at run time. Both give the same bits.
+    fn prune_row(
+        &mut self,
+        avx2: bool,
+        r: usize,
+        words: &mut [u64],
+        per_row: usize,
+        src: &impl KeySource,
+    ) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` comes from `is_x86_feature_detected!("avx2")`.
+            return unsafe { self.prune_row_avx2(r, words, per_row, src) };
+        }
+        let _ = avx2;
+        self.prune_row_with::<false>(r, words, per_row, src)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn prune_row_avx2(
+        &mut self,
+        r: usize,
+        words: &mut [u64],
+        per_row: usize,
+        src: &impl KeySource,
+    ) -> Result<()> {
+        self.prune_row_with::<true>(r, words, per_row, src)
+    }
+
+    #[inline(always)]
+    fn prune_row_with<const AVX2: bool>(
+        &mut self,
+        r: usize,
+        words: &mut [u64],
+        per_row: usize,
+        src: &impl KeySource,
+    ) -> Result<()> {
+        let cols = self.keys.len();
+        let active = count_ones(words);
+        let need = per_row.saturating_sub(cols - active);
+        // Only rows that keep some and lose some active weights need a threshold.
+        let select = need > 0 && need < active;
+        if select {
+            self.hist.fill(0);
+        }
+        // Block by block: the keys, then their masking and histogram while they are in L1.
+        let mut nan = false;
+        for (b, (&word, keys)) in words.iter().zip(self.keys.chunks_mut(BLOCK)).enumerate() {
+            nan |= src.keys(r, b * BLOCK, keys);
+            if word == u64::MAX >> (BLOCK - keys.len()) {
+                if select {
+                    for &k in keys.iter() {
+                        self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
+                    }
+                }
+            } else {
+                // Only active keys are counted: INACTIVE ones would all hit one bin, a chain
+                // of dependent increments as long as the row's pruned count.
+                if select {
+                    let mut m = word;
+                    while m != 0 {
+                        let k = keys[m.trailing_zeros() as usize];
+                        self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
+                        m &= m - 1;
+                    }
+                }
+                for (keys, byte) in keys.chunks_mut(8).zip(word.to_le_bytes()) {
+                    for (k, m) in keys.iter_mut().zip(&INACTIVE_LANES[byte as usize]) {
+                        *k |= m;
+                    }
+                }
+            }
+        }
+        if nan {
+            return Err(KernelError::NaN("scores"));
+        }
+        if need == active {
+            // Everything still active goes (ρ' = 1, or a row with only `need` left).
+            words.fill(0);
+        } else if select {
+            let t = self.threshold::<AVX2>(need);
+            sweep::<AVX2>(words, &self.keys, t);
+        }
+        Ok(())
+    }
+
+    /// The threshold of a row whose level-1 histogram is in `hist`, for `0 < need < active`.
+    #[inline(always)]
+    fn threshold<const AVX2: bool>(&mut self, need: usize) -> Threshold {
+        let mut shift = 32 - TOP_BITS;
+        let (bin, mut below) = find_bin(&self.hist[..], need);
+        // Members of the chosen bin (a few per cent of the row): a membership bit mask per
+        // block of 64 keys, then its set bits.
+        let mut n = 0;
+        for keys in self.keys.chunks(BLOCK) {
+            let mut m = members::<AVX2>(keys, shift, bin);
+            while m != 0 {
+                self.cand[n] = keys[m.trailing_zeros() as usize];
+                n += 1;
+                m &= m - 1;
+            }
+        }
+        // Rank (1-based) of the wanted key among the candidates.
+        let mut rank = need - below;
+        let mut small = [0u32; 1 << LOW_BITS];
+        while n > SMALL && shift > 0 {
+            let bits = LOW_BITS.min(shift);
+            shift -= bits;
+            let digit = |k: u32| ((k >> shift) & ((1 << bits) - 1)) as usize;
+            let hist = &mut small[..1 << bits];
+            hist.fill(0);
+            for &k in &self.cand[..n] {
+                hist[digit(k)] += 1;
+            }
+            let (bin, less) = find_bin(hist, rank);
+            below += less;
+            rank -= less;
+            let mut m = 0;
+            for i in 0..n {
+                let k = self.cand[i];
+                self.cand[m] = k;
+                m += usize::from(digit(k) == bin as usize);
+            }
+            n = m;
+        }
+        let cand = &mut self.cand[..n];
+        let (_, &mut t, _) = cand.select_nth_unstable(rank - 1);
+        let less = cand.iter().filter(|&&k| k < t).count();
+        let equal = cand.iter().filter(|&&k| k == t).count();
+        below += less;
+        Threshold {
+            key: t,
+            ties: need - below,
+            all_ties: need - below == equal,
+        }
+    }
+}
+
+/// What one row prunes: every active key `< key`, then the first `ties` (≥ 1) active keys
+/// equal to `key` in column order; `all_ties` when that is every key equal to `key`.
+struct Threshold {
+    key: u32,
+    ties: usize,
+    all_ties: bool,
+}
+
+/// The bin holding the `rank`-th (1-based, `rank ≤ Σ hist`) counted key, and how many keys
+/// lie in the bins before it.
+fn find_bin(hist: &[u32], rank: usize) -> (u32, usize) {
+    // Whole groups of 16 bins first (summed with vector adds), then bin by bin in the group.
+    const GROUP: usize = 16;
+    let mut below = 0;
+    let mut first = 0;
+    for group in hist.chunks(GROUP) {
+        let n = group.iter().sum::<u32>() as usize;
+        if below + n >= rank {
+            break;
+        }
+        below += n;
+        first += group.len();
+    }
+    for (b, &h) in hist.iter().enumerate().skip(first) {
+        if below + h as usize >= rank {
+            return (b as u32, below);
+        }
+        below += h as usize;
+    }
+    // Unreachable while rank ≤ Σ hist; the last bin is a harmless answer otherwise.
+    (
+        hist.len() as u32 - 1,
+        below - *hist.last().unwrap_or(&0) as usize,
+    )
+}
+
+/// Clears the mask bits of the weights `t` prunes (`keys` are [`INACTIVE`] where `words` is
+/// already 0, so they compare above `t.key`).
+#[inline(always)]
+fn sweep<const AVX2: bool>(words: &mut [u64], keys: &[u32], t: Threshold) {
+    let mut ties = t.ties;
+    for (word, keys) in words.iter_mut().zip(keys.chunks(BLOCK)) {
+        let (above, mut equal) = compare::<AVX2>(keys, t.key);
+        if t.all_ties {
+            // Every key equal to the threshold goes: keep only those above it.
+            equal = 0;
+        } else if ties > 0 && equal != 0 {
+            // Of the keys equal to the threshold, the first `ties` in column order go.
+            let n = equal.count_ones() as usize;
+            let gone = if n > ties {
+                lowest_bits(equal, ties)
+            } else {
+                equal
+            };
+            ties -= n.min(ties);
+            equal &= !gone;
+        }
+        *word &= above | equal;
+    }
+}
+
+/// The `n` lowest set bits of `x` (`n` < popcount).
+fn lowest_bits(mut x: u64, n: usize) -> u64 {
+    let mut out = 0;
+    for _ in 0..n {
+        let low = x & x.wrapping_neg();
+        out |= low;
+        x ^= low;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys given directly, row-major.
+    struct Keys(Vec<u32>, usize);
+
+    impl KeySource for Keys {
+        fn keys(&self, r: usize, c0: usize, out: &mut [u32]) -> bool {
+            out.copy_from_slice(&self.0[r * self.1 + c0..][..out.len()]);
+            false
+        }
+    }
+
+    /// The full-sort answer: per row, active columns by (key, column), the first ones pruned.
+    fn by_sort(keys: &Keys, mask: &Mask, per_row: usize) -> Mask {
+        let cols = keys.1;
+        let mut kept = mask.to_bools();
+        for (r, row) in kept.chunks_mut(cols).enumerate() {
+            let mut active: Vec<usize> = (0..cols).filter(|&c| row[c]).collect();
+            active.sort_by_key(|&c| (keys.0[r * cols + c], c));
+            let need = per_row.saturating_sub(cols - active.len());
+            for &c in &active[..need] {
+                row[c] = false;
+            }
+        }
+        Mask::from_bools(mask.rows(), cols, &kept).unwrap()
+    }
+
+    #[test]
+    fn both_vector_widths_give_the_full_sort_answer() {
+        // Key sets: few distinct values (ties through every radix level), wide random keys,
+        // and keys sharing their top 24 bits.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (rows, cols) in [(1, 1), (3, 7), (4, 64), (5, 130), (3, 1000), (2, 11008)] {
+            for kind in 0..3 {
+                let keys: Vec<u32> = (0..rows * cols)
+                    .map(|_| match kind {
+                        0 => 0x8000_0000 + (next() % 5) as u32,
+                        1 => (next() >> 32) as u32 & !1, // never INACTIVE
+                        _ => 0xbf80_0000 + (next() % 300) as u32,
+                    })
+                    .collect();
+                let keys = Keys(keys, cols);
+                let kept: Vec<bool> = (0..rows * cols).map(|_| next() % 4 != 0).collect();
+                for mask in [
+                    Mask::ones(rows, cols),
+                    Mask::from_bools(rows, cols, &kept).unwrap(),
+                ] {
+                    for per_row in [0, 1, cols / 3, cols / 2 + 1, cols - 1, cols] {
+                        let want = by_sort(&keys, &mask, per_row);
+                        for wide in [false, avx2()] {
+                            let got = prune_rows_on(wide, &mask, per_row, &keys).unwrap();
+                            assert_eq!(got, want, "{rows}x{cols} kind {kind} {per_row} {wide}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_bin_counts_keys_before_the_bin() {
+        let hist = [0, 3, 0, 2, 5];
+        assert_eq!(find_bin(&hist, 1), (1, 0));
+        assert_eq!(find_bin(&hist, 3), (1, 0));
+        assert_eq!(find_bin(&hist, 4), (3, 3));
+        assert_eq!(find_bin(&hist, 6), (4, 5));
+        assert_eq!(find_bin(&hist, 10), (4, 5));
+        // Across groups of 16 bins.
+        let mut hist = [0u32; 50];
+        (hist[3], hist[17], hist[40]) = (2, 5, 1);
+        assert_eq!(find_bin(&hist, 2), (3, 0));
+        assert_eq!(find_bin(&hist, 3), (17, 2));
+        assert_eq!(find_bin(&hist, 7), (17, 2));
+        assert_eq!(find_bin(&hist, 8), (40, 7));
+    }
+
+    #[test]
+    fn lowest_bits_keeps_the_first_set_bits() {
+        assert_eq!(lowest_bits(0b1011_0100, 2), 0b0001_0100);
+        assert_eq!(lowest_bits(u64::MAX, 63), u64::MAX >> 1);
+        assert_eq!(lowest_bits(1 << 63 | 1, 1), 1);
+    }
+
+    #[test]
+    fn inactive_lanes_expand_the_mask_word_bytes() {
+        assert_eq!(INACTIVE_LANES[0], [INACTIVE; 8]);
+        assert_eq!(INACTIVE_LANES[255], [0; 8]);
+        let mut want = [INACTIVE; 8];
+        (want[0], want[2], want[7]) = (0, 0, 0);
+        assert_eq!(INACTIVE_LANES[0b1000_0101], want);
+    }
+}
