@@ -169,13 +169,13 @@ pub fn overlay(engine: &Engine, c: &CandidateMasks) -> Result<WeightOverlay, Str
     Ok(overlay)
 }
 
-/// Token-weighted PPL over the held-out sequences.
+/// Token-weighted PPL over the held-out sequences (each one window), batched
+/// [`model::FORWARD_BATCH`] sequences per forward.
 pub fn held_out_ppl(engine: &Engine, overlay: Option<&WeightOverlay>) -> Result<f64, String> {
+    let windows: Vec<&[u32]> = engine.eval.iter().map(Vec::as_slice).collect();
     let parts = engine
-        .eval
-        .iter()
-        .map(|s| engine.model.perplexity_with(s, s.len().max(2), overlay))
-        .collect::<Result<Vec<Perplexity>, _>>()
+        .model
+        .perplexity_each(&windows, model::FORWARD_BATCH, overlay)
         .map_err(|e| format!("evaluator: {e}"))?;
     Perplexity::combine(&parts)
         .map(|p| p.ppl)

@@ -218,14 +218,14 @@ fn apply_all(
             .ok_or_else(|| format!("executor: no activations for `{name}`"))?;
         let sq = Tensor::from_slice(sum_sq, sum_sq.len(), &Device::Cpu).map_err(|e| err(&e))?;
         let w = engine.model.layer_weight(name).map_err(|e| err(&e))?;
-        let scores = kernels::wanda_scores(&w, &sq).map_err(|e| err(&e))?;
         let mask = &masks[i];
         for &(c, delta) in uses {
             // Per-row counts are round(ρ·cols): aim at the mask's own level + δ so
             // rounding never asks for less than what is already pruned.
             let target = (mask.sparsity() + delta.max(0.0)).min(1.0);
-            let new =
-                kernels::prune_rows_incremental(&scores, mask, target).map_err(|e| err(&e))?;
+            // Scores computed row by row inside the selection: no [out, in] score
+            // matrix per layer (it would be 180 MB for a 7B down_proj).
+            let new = kernels::wanda_prune_rows(&w, &sq, mask, target).map_err(|e| err(&e))?;
             let d = MaskDelta::between(mask, &new).map_err(|e| err(&e))?;
             newly[c] += d.len() as u64;
             deltas[c].push((

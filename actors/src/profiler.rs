@@ -136,9 +136,16 @@ impl Job {
         model.reset_stats();
         model.set_stats_enabled(true);
         let forward = || -> Result<(), String> {
-            for s in engine.calib.iter().take(self.activation_samples) {
-                let t = Tensor::new(s.as_slice(), &Device::Cpu)
-                    .and_then(|t| t.unsqueeze(0))
+            let samples = &engine.calib[..self.activation_samples.min(engine.calib.len())];
+            // Up to FORWARD_BATCH sequences of equal length (the pool's are all
+            // `calibration.seq_len`) go through the model as one `[batch, seq]`
+            // forward: bigger matmuls, the same Σx².
+            let groups = samples
+                .chunk_by(|a, b| a.len() == b.len())
+                .flat_map(|run| run.chunks(model::FORWARD_BATCH));
+            for group in groups {
+                let ids: Vec<u32> = group.iter().flatten().copied().collect();
+                let t = Tensor::from_vec(ids, (group.len(), group[0].len()), &Device::Cpu)
                     .map_err(|e| err(&e))?;
                 // Statistics only: the logits would be dropped unused.
                 model.forward_hidden(&t).map_err(|e| err(&e))?;

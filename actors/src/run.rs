@@ -439,11 +439,10 @@ fn final_text_ppl(cfg: &Config, engine: &Engine) -> Result<TextPpl, String> {
         .read((f.max_texts > 0).then_some(f.max_texts))
         .map_err(|e| format!("final text: {e}"))?;
     let tokens = (engine.encode)(&texts.join("\n\n"))?;
-    let parts = tokens
-        .chunks(f.window)
-        .filter(|c| c.len() >= 2)
-        .map(|c| engine.model.perplexity_with(c, f.window, None))
-        .collect::<Result<Vec<_>, _>>()
+    let windows: Vec<&[u32]> = tokens.chunks(f.window).filter(|c| c.len() >= 2).collect();
+    let parts = engine
+        .model
+        .perplexity_each(&windows, model::FORWARD_BATCH, None)
         .map_err(|e| format!("final PPL: {e}"))?;
     let p = Perplexity::combine(&parts).map_err(|e| format!("final PPL: {e}"))?;
     Ok(TextPpl {
