@@ -17,9 +17,17 @@ use super::common;
 pub struct BenchArgs {
     /// GGUF file or HF directory (default: the fetched SmolLM2-135M-Instruct).
     model: Option<PathBuf>,
-    /// Tokens per forward (one sequence).
+    /// Tokens per sequence.
     #[arg(long, default_value_t = 256)]
     seq_len: usize,
+    /// Sequences per forward (`[batch, seq_len]` tokens): larger matmuls use more
+    /// cores; the profiler batches its calibration samples the same way.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Run the `--batch` sequences as concurrent single-sequence forwards on the rayon
+    /// pool instead of one batched forward (the evaluator's strategy).
+    #[arg(long)]
+    concurrent: bool,
     /// Timed repetitions per mode (after one warm-up).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -35,6 +43,8 @@ pub struct BenchArgs {
 struct Report {
     model: PathBuf,
     seq_len: usize,
+    batch: usize,
+    concurrent: bool,
     reps: usize,
     forward_tokens_per_s: f64,
     forward_stats_tokens_per_s: f64,
@@ -46,35 +56,48 @@ struct Report {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.seq_len < 2 || args.reps == 0 {
-        anyhow::bail!("--seq-len must be ≥ 2 and --reps ≥ 1");
+    if args.seq_len < 2 || args.reps == 0 || args.batch == 0 {
+        anyhow::bail!("--seq-len must be ≥ 2, --batch and --reps ≥ 1");
     }
     let path = common::model_path(args.model)?;
     let ckpt = common::load(&path)?;
     let model = common::build(&ckpt)?;
     let f32_model_bytes = 4 * ckpt.parameter_count() as u64;
-    let ids = sample_tokens(&ckpt, args.seq_len)?;
-    let tokens = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
+    let ids = sample_tokens(&ckpt, args.seq_len * args.batch)?;
+    let tokens =
+        Tensor::new(ids.as_slice(), model.device())?.reshape((args.batch, args.seq_len))?;
+    let samples: Vec<Vec<u32>> = ids.chunks(args.seq_len).map(<[u32]>::to_vec).collect();
 
     let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
         let start = Instant::now();
         f()?;
         Ok(start.elapsed().as_secs_f64())
     };
+    let forward = || -> Result<()> {
+        if args.concurrent {
+            use rayon::prelude::*;
+            (0..args.batch).into_par_iter().try_for_each(|b| {
+                model.forward(&tokens.narrow(0, b, 1)?)?;
+                Ok::<_, anyhow::Error>(())
+            })
+        } else {
+            model.forward(&tokens)?;
+            Ok(())
+        }
+    };
     let plain = || -> Result<()> {
         model.set_stats_enabled(false);
-        model.forward(&tokens)?;
-        Ok(())
+        forward()
     };
     let with_stats = || -> Result<()> {
         model.set_stats_enabled(true);
-        model.forward(&tokens)?;
+        forward()?;
         model.set_stats_enabled(false);
         model.reset_stats();
         Ok(())
     };
     let backward = || -> Result<()> {
-        model.gradient_importance(std::slice::from_ref(&ids))?;
+        model.gradient_importance(&samples)?;
         Ok(())
     };
     // Warm-up, then interleave the modes so drift on a shared machine hits all alike.
@@ -91,12 +114,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let n = args.seq_len as f64;
+    let n = (args.seq_len * args.batch) as f64;
     let (m_plain, m_stats) = (median(&mut t_plain), median(&mut t_stats));
     let peak = common::peak_rss_bytes();
     let report = Report {
         model: path,
         seq_len: args.seq_len,
+        batch: args.batch,
+        concurrent: args.concurrent,
         reps: args.reps,
         forward_tokens_per_s: n / m_plain,
         forward_stats_tokens_per_s: n / m_stats,
@@ -111,8 +136,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} tokens per sequence, median of {} repetitions",
-        report.seq_len, report.reps
+        "{} sequence(s) of {} tokens per forward{}, median of {} repetitions",
+        report.batch,
+        report.seq_len,
+        if report.concurrent {
+            " (concurrent)"
+        } else {
+            ""
+        },
+        report.reps
     );
     println!(
         "forward, stats off   {:>9.1} tokens/s",

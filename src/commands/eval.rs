@@ -254,9 +254,10 @@ pub fn perplexity(
     let chunks: Vec<&[u32]> = tokens.chunks(window).filter(|c| c.len() >= 2).collect();
     let bar = common::progress(chunks.len() as u64, &format!("{label} perplexity"), quiet);
     let mut parts = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        parts.push(model.perplexity_with(chunk, window, overlay)?);
-        bar.inc(1);
+    // A batch of windows per forward (what `perplexity_with` does without the bar).
+    for batch in chunks.chunks(model::FORWARD_BATCH) {
+        parts.extend(model.perplexity_each(batch, model::FORWARD_BATCH, overlay)?);
+        bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
     Ok(Perplexity::combine(&parts)?)
