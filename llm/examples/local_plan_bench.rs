@@ -11,7 +11,9 @@
 //!
 //! Prints one row per plan and the steady-state medians: prompt tokens, prefill
 //! tokens/s, answer tokens (and how many the grammar forced), decode tokens/s,
-//! milliseconds per token spent choosing tokens, seconds per plan.
+//! milliseconds per token spent choosing tokens, seconds per plan, and each plan's
+//! projected global gain and answer (`SHOW_PROMPT=1`: also plan 1's prompt; `FULL=1`:
+//! whole answers instead of their first 160 characters).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -79,6 +81,7 @@ fn main() -> Result<()> {
         "seconds",
         "valid"
     );
+    let full = std::env::var("FULL").is_ok();
     let mut rows: Vec<(u32, LocalStats)> = Vec::new();
     for _ in 0..plans {
         let req = run.request();
@@ -86,8 +89,8 @@ fn main() -> Result<()> {
         let mut first: Option<Plan> = None;
         for c in 0..k {
             let (prompt, layers) = backend.plan_prompt(&req, c, k);
-            let allow_stop = llm::local::may_stop(&req);
-            let (text, s) = backend.generate(&prompt.system, &prompt.user, &layers, allow_stop)?;
+            let grammar = llm::local::plan_grammar(&req, &layers);
+            let (text, s) = backend.generate(&prompt.system, &prompt.user, &grammar)?;
             let plan = Plan::from_json(&text).ok();
             let valid = plan.as_ref().is_some_and(|p| p.validate(&names).is_empty());
             let gain = plan.as_ref().map_or(0.0, |p| {
@@ -109,7 +112,7 @@ fn main() -> Result<()> {
                 s.seconds,
                 valid,
                 gain,
-                short(&text, 160)
+                short(&text, if full { usize::MAX } else { 160 })
             );
             rows.push((req.iteration, s));
             if first.is_none() {

@@ -12,6 +12,9 @@
 //! no accepted document extends it, so a decoder that only takes tokens the automaton
 //! accepts cannot produce an unparsable or invalid plan. The reasoning and the number of
 //! decisions are capped, so every path reaches the end in a bounded number of characters.
+//! [`PlanGrammar::with_min_gain`] also keeps the decision list open until the plan
+//! gains the critic's minimum of global sparsity: a small model closed it after one
+//! layer at δ 0.0125, three such plans in a row were vetoed, and the run ended.
 //!
 //! [`crate::vocab::Vocab::pick`] applies it at token level: it samples from the model's
 //! distribution restricted to tokens whose text keeps the output a valid prefix.
@@ -56,6 +59,9 @@ pub struct GrammarState {
     used: Vec<usize>,
     /// The plan says `stop_pruning: true`.
     stop: bool,
+    /// Σ params·δ of the completed decisions, δ in units of 10⁻⁴ (capped at the
+    /// layer's room), when the grammar has a gain floor.
+    gained: u64,
 }
 
 impl GrammarState {
@@ -72,6 +78,10 @@ pub struct PlanGrammar {
     max_reasoning: usize,
     max_decisions: usize,
     allow_stop: bool,
+    /// Per layer: parameters and the most of δ that counts, in δ units (empty: no floor).
+    weights: Vec<(u64, u64)>,
+    /// The gain floor, in the units of [`GrammarState::gained`].
+    need: u64,
 }
 
 const OPEN: &str = "{\"reasoning\":\"";
@@ -88,7 +98,30 @@ impl PlanGrammar {
             max_reasoning,
             max_decisions,
             allow_stop: true,
+            weights: Vec::new(),
+            need: 0,
         }
+    }
+
+    /// The same grammar, closing the decision list only once the plan raises global
+    /// sparsity by at least `min_gain` (parameter-weighted, as the critic's
+    /// minimum-progress rule computes it), or when no decision can be added. `layers`
+    /// gives each layer's (parameters, room) in the order of the names, room being the
+    /// largest δ that counts (what is left below the layer sparsity cap, where the
+    /// critic lowers larger ones); `total` is the parameter count of the whole model.
+    pub fn with_min_gain(mut self, layers: &[(u64, f64)], total: u64, min_gain: f64) -> Self {
+        let unit = 10f64.powi(DELTA_DIGITS as i32);
+        self.weights = layers
+            .iter()
+            .map(|&(p, room)| (p, (room.max(0.0) * unit + 1e-6).floor() as u64))
+            .collect();
+        self.need = (min_gain.max(0.0) * total as f64 * unit - 1e-6).ceil() as u64;
+        self
+    }
+
+    /// Whether the decision list may end here.
+    fn may_close(&self, s: &GrammarState) -> bool {
+        s.stop || s.gained >= self.need || !self.room(s)
     }
 
     /// The same grammar with `stop_pruning` fixed to `false`.
@@ -102,6 +135,7 @@ impl PlanGrammar {
             phase: Phase::Lit(OPEN, 0, After::Reasoning),
             used: Vec::new(),
             stop: false,
+            gained: 0,
         }
     }
 
@@ -171,7 +205,7 @@ impl PlanGrammar {
             Phase::ListOpen | Phase::AfterItem => {
                 let first = s.phase == Phase::ListOpen;
                 match c {
-                    ']' if !first || s.stop => s.phase = Phase::Close,
+                    ']' if (!first || s.stop) && self.may_close(s) => s.phase = Phase::Close,
                     '{' if first && self.room(s) => s.phase = Phase::Lit(ITEM, 1, After::Layer),
                     ',' if !first && self.room(s) => s.phase = Phase::Lit(ITEM, 0, After::Layer),
                     _ => return None,
@@ -192,6 +226,11 @@ impl PlanGrammar {
                 if c == '}' {
                     if !delta_complete(d) {
                         return None;
+                    }
+                    let units = u64::from(delta_units(d));
+                    if let Some(&(params, room)) = s.used.last().and_then(|&i| self.weights.get(i))
+                    {
+                        s.gained += params * units.min(room);
                     }
                     s.phase = Phase::AfterItem;
                 } else if c.is_ascii_digit() && d.len() < DELTA_DIGITS {
@@ -242,6 +281,7 @@ impl PlanGrammar {
             }
             Phase::ListOpen if !s.stop => Some('{'),
             Phase::ListOpen | Phase::AfterItem if !self.room(s) => Some(']'),
+            Phase::AfterItem if !self.may_close(s) => Some(','),
             Phase::Layer(name) => {
                 let mut only = None;
                 for (i, l) in self.layers.iter().enumerate() {

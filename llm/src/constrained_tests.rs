@@ -161,3 +161,46 @@ fn a_plan_that_does_not_stop_decides_something_and_stop_can_be_ruled_out() {
     assert_eq!(text, ",\"stop_pruning\":true,\"layer_decisions\":[]}");
     assert!(end.is_done());
 }
+
+#[test]
+fn a_gain_floor_keeps_the_list_open_until_the_plan_reaches_it() {
+    // Layer 0: 100 params with room 0.05 below the cap; layers 1, 2: 100 params, room 1.
+    // Total 1000 params; floor 0.02 of global sparsity = 20 params pruned.
+    let g = PlanGrammar::new(vec!["a".into(), "b".into(), "c".into()], 10, 3)
+        .with_min_gain(&[(100, 0.05), (100, 1.0), (100, 1.0)], 1000, 0.02)
+        .without_stop();
+    let head = r#"{"reasoning":"","stop_pruning":false,"layer_decisions":["#;
+    let ok = |body: &str| {
+        g.feed(&g.start(), &format!("{head}{body}"))
+            .is_some_and(|s| s.is_done())
+    };
+    // 0.15 on `b` is 15 params: below the floor, the list cannot close yet …
+    assert!(!ok(r#"{"layer":"b","delta":0.15}]}"#));
+    let s = g
+        .feed(
+            &g.start(),
+            &format!("{head}{{\"layer\":\"b\",\"delta\":0.15}}"),
+        )
+        .unwrap();
+    assert_eq!(
+        g.forced(&s).0,
+        ",{\"layer\":\"",
+        "the only way on is another item"
+    );
+    // … and `a` adds its room (5 params), not 0.15 of it: 20 reaches the floor.
+    assert!(ok(
+        r#"{"layer":"b","delta":0.15},{"layer":"a","delta":0.15}]}"#
+    ));
+    assert!(!ok(
+        r#"{"layer":"b","delta":0.14},{"layer":"a","delta":0.15}]}"#
+    ));
+    assert!(ok(
+        r#"{"layer":"b","delta":0.1},{"layer":"c","delta":0.1}]}"#
+    ));
+    // A floor no plan can reach still ends: when every layer is used.
+    let hard = PlanGrammar::new(vec!["a".into(), "b".into()], 10, 2)
+        .with_min_gain(&[(1, 1.0), (1, 1.0)], 1000, 0.5)
+        .without_stop();
+    let all = format!(r#"{head}{{"layer":"a","delta":0.01}},{{"layer":"b","delta":0.01}}]}}"#);
+    assert!(hard.feed(&hard.start(), &all).is_some_and(|s| s.is_done()));
+}

@@ -261,6 +261,18 @@ fn shortlist_takes_the_safest_allowed_layers_in_model_order() {
     assert_eq!(shortlist(&r, 1000).len(), allowed);
 }
 
+/// The gain of `delta` on every layer of `list`, as the prompt computes it.
+fn gain_of(r: &PlanRequest, list: &[LayerProfile], delta: f64) -> f64 {
+    let all: Vec<LayerDecision> = list
+        .iter()
+        .map(|l| LayerDecision {
+            layer: l.name.clone(),
+            delta,
+        })
+        .collect();
+    projected_sparsity(&r.profiles, &all) - r.current_sparsity
+}
+
 #[test]
 fn a_listing_prompt_says_it_is_partial_and_gives_the_scale() {
     let r = big_request();
@@ -268,20 +280,17 @@ fn a_listing_prompt_says_it_is_partial_and_gives_the_scale() {
     let p = build_prompt_listing(&r, &options(), 0, 1, &list);
     assert!(p.user.contains("Only the 5 layers with the lowest z_sens"));
     assert!(p.user.contains("(of 210 prunable layers)"));
-    let gain = projected_sparsity(
-        &r.profiles,
-        &list
-            .iter()
-            .map(|l| LayerDecision {
-                layer: l.name.clone(),
-                delta: 0.05,
-            })
-            .collect::<Vec<_>>(),
-    ) - r.current_sparsity;
-    assert!(gain > 0.0);
+    // One table entry per δ of the range, each the projected gain of that δ everywhere.
+    let entries: Vec<String> = [0.03, 0.06, 0.09, 0.12, 0.15]
+        .iter()
+        .map(|&d| format!("{d:.2} -> +{:.2} %", gain_of(&r, &list, d) * 100.0))
+        .collect();
+    assert!(gain_of(&r, &list, 0.03) > 0.0);
     assert!(
-        p.user
-            .contains(&format!("would raise global sparsity by {gain:.4}")),
+        p.user.contains(&format!(
+            "Scale: the same delta on every listed layer raises global sparsity by: {}.",
+            entries.join(", ")
+        )),
         "{}",
         p.user
     );
@@ -296,4 +305,89 @@ fn a_listing_prompt_says_it_is_partial_and_gives_the_scale() {
         build_prompt(&r, &options(), 0, 1)
     );
     assert!(!build_prompt(&r, &options(), 0, 1).user.contains("Only the"));
+    assert!(!build_prompt(&r, &options(), 0, 1).user.contains("Scale:"));
+}
+
+#[test]
+fn pace_divides_the_gap_by_the_iterations_left_and_by_the_planned_horizon() {
+    let mut r = big_request(); // iteration 9 of 40
+    let gap = r.target_sparsity - r.current_sparsity;
+    let p = pace(&r);
+    assert_eq!(p.iterations_left, 32);
+    assert!((p.least - gap / 32.0).abs() < 1e-12);
+    // Half of 40 iterations: finish by iteration 20, 12 iterations from 9 on.
+    assert_eq!(p.planned_within, 12);
+    assert!((p.planned - gap / 12.0).abs() < 1e-12);
+    let u = build_prompt(&r, &options(), 0, 1).user;
+    assert!(
+        u.contains(&format!(
+            "Pace: 32 iteration(s) left, this one included: a gain of at least {:.2} % of global \
+sparsity per iteration reaches the target in time. Plan to finish within 12 (+{:.2} % per \
+iteration)",
+            gap / 32.0 * 100.0,
+            gap / 12.0 * 100.0
+        )),
+        "{u}"
+    );
+    // Past the horizon the plan is the budget itself, and the prompt says it once.
+    r.iteration = 25;
+    let p = pace(&r);
+    assert_eq!((p.iterations_left, p.planned_within), (16, 16));
+    assert_eq!(p.planned, p.least);
+    assert!(!build_prompt(&r, &options(), 0, 1)
+        .user
+        .contains("Plan to finish"));
+    // The last iteration (and beyond, on a resumed run) must close the whole gap.
+    for it in [40, 41] {
+        r.iteration = it;
+        let p = pace(&r);
+        assert_eq!((p.iterations_left, p.planned_within), (1, 1));
+        assert!((p.planned - gap).abs() < 1e-12);
+    }
+    // Target reached: nothing to gain.
+    r.iteration = 9;
+    r.current_sparsity = r.target_sparsity;
+    assert_eq!(pace(&r).planned, 0.0);
+}
+
+#[test]
+fn the_scale_names_the_delta_that_keeps_the_planned_pace() {
+    let mut r = big_request();
+    // The synthetic model's safest layers are its small k/q projections: a pace they
+    // can keep needs a longer run (finish within 92 iterations from iteration 9).
+    r.max_iterations = 200;
+    let list = shortlist(&r, 40);
+    let planned = pace(&r).planned;
+    let d = uniform_delta_for(&r, &list, planned).expect("40 layers can keep the pace");
+    assert!(d > 0.02 && d < 0.15, "{d}");
+    // Rounded up to 3 decimals: enough, and 0.001 less is not.
+    assert!(gain_of(&r, &list, d) >= planned - 1e-12);
+    assert!(gain_of(&r, &list, d - 0.001) < planned);
+    assert!((d * 1e3 - (d * 1e3).round()).abs() < 1e-9);
+    let u = build_prompt_listing(&r, &options(), 0, 1, &list).user;
+    assert!(
+        u.contains(&format!(
+            "The planned pace (+{:.2} %) is delta {d:.3} on every listed layer.",
+            planned * 100.0
+        )),
+        "{u}"
+    );
+    // Too few (small) layers for the pace: the prompt says even the maximum falls short.
+    let one = shortlist(&r, 1);
+    assert_eq!(uniform_delta_for(&r, &one, planned), None);
+    let u = build_prompt_listing(&r, &options(), 0, 1, &one).user;
+    assert!(
+        u.contains(&format!(
+            "Even delta 0.15 on every listed layer gains less than the planned pace (+{:.2} %).",
+            planned * 100.0
+        )),
+        "{u}"
+    );
+    // A tiny remaining gap: the smallest δ already covers it.
+    let mut near = r.clone();
+    near.target_sparsity = near.current_sparsity + 1e-4;
+    assert_eq!(
+        uniform_delta_for(&near, &list, pace(&near).planned),
+        Some(0.01)
+    );
 }
