@@ -2,6 +2,9 @@
 //! from /proc/self/stat) per call of each benchmarked kernel on the 4096 x 11008 `down_proj`
 //! shape. Unlike criterion's wall-clock medians it is not inflated when other processes share
 //! the cores; "cpu/2" is the wall time to expect with both cores to ourselves.
+//!
+//! Arguments (optional): names to time, matched as substrings (`-- wanda_prune memory_pass_sum`);
+//! all kernels when none are given.
 
 use candle_core::{Device, Tensor};
 use kernels::{reference, Mask};
@@ -16,6 +19,10 @@ fn cpu_secs() -> f64 {
 }
 
 fn time<R>(name: &str, n: usize, mut f: impl FnMut() -> R) {
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    if !wanted.is_empty() && !wanted.iter().any(|w| name.contains(w.as_str())) {
+        return;
+    }
     let (c0, t0) = (cpu_secs(), Instant::now());
     for _ in 0..n {
         std::hint::black_box(f());

@@ -5,10 +5,16 @@
 //! weights a row loses are fixed by one threshold key `T`, the `need`-th smallest active key:
 //! every active weight with a key `< T`, then the first `need − count(< T)` active weights with
 //! key `== T`, in column order. So no `(score, column)` pair ever has to be ordered: `T` is
-//! found by radix selection (histogram of the top key bits, keep the one bin holding the
-//! `need`-th key, repeat on that bin's members with the next bits) and one sweep then clears
-//! the mask bits. A row costs a few passes over its `cols` keys in a per-thread buffer
-//! (43 KiB for 11008 columns, so in L1/L2) and no sort; the scores are read from memory once.
+//! found by selection on the keys and one sweep then clears the mask bits.
+//!
+//! Finding `T`: a histogram of the top key bits of every 4th key (made in the key pass) guesses
+//! a key range that holds it; one vector pass counts the keys below the range exactly and
+//! gathers those inside ([`range`]). If the counts show `T` inside, radix selection goes on in
+//! the gathered keys (histogram of the next bits, keep the bin holding `T`, repeat, then
+//! `select_nth_unstable` on the last few dozen). If not (a rare unlucky sample) the row falls
+//! back to the histogram of every key's top bits and the members of its bin: the same answer,
+//! later. A row costs a few passes over its `cols` keys in a per-thread buffer (43 KiB for
+//! 11008 columns, so in L1/L2) and no sort; the scores are read from memory once.
 
 use rayon::prelude::*;
 
@@ -16,17 +22,18 @@ use crate::mask::count_ones;
 use crate::{KernelError, Mask, Result};
 
 mod lanes;
-use lanes::{compare, members};
+mod range;
+use lanes::compare;
 
 /// Key of an inactive (already pruned) weight. No score has it (the largest non-NaN order key
 /// is +∞'s, `0xFF80_0000`, and NaN scores are refused), so inactive weights come after every
-/// active one and are never gathered or selected.
+/// active one and are never selected.
 const INACTIVE: u32 = u32::MAX;
 
 /// Bits of the first radix digit: 2048 bins, 8 KiB, which stay in L1 beside the keys.
 const TOP_BITS: u32 = 11;
-/// Bits of each later digit, applied only to the members of the chosen bin (a few hundred
-/// keys on real weights), so a small histogram is enough.
+/// Bits of each later digit, applied only to the gathered candidates (a few per cent of the
+/// row), so a small histogram is enough.
 const LOW_BITS: u32 = 8;
 /// At or below this many candidates `select_nth_unstable` is cheaper than another histogram.
 const SMALL: usize = 64;
@@ -86,12 +93,33 @@ pub(crate) fn prefetch(data: &[f32], i: usize) {
 /// weights that come first in (key, column) order, rows in parallel. Errors when any key
 /// source block reports a NaN, in any row (checked even in rows that need nothing).
 pub(crate) fn prune_rows(mask: &Mask, per_row: usize, src: &impl KeySource) -> Result<Mask> {
-    prune_rows_on(avx2(), mask, per_row, src)
+    prune_rows_on(avx2(), Level1::Sampled, mask, per_row, src)
 }
 
-/// [`prune_rows`] with the vector width chosen by the caller (`avx2` only where the CPU has
-/// it), so that the tests run both forms.
-fn prune_rows_on(avx2: bool, mask: &Mask, per_row: usize, src: &impl KeySource) -> Result<Mask> {
+/// How a row's threshold is first located (the later digits are the same for all).
+#[derive(Clone, Copy, Debug)]
+enum Level1 {
+    /// A range guessed from a sample of the keys, checked by exact counts (the kernel).
+    Sampled,
+    /// The histogram of the top [`TOP_BITS`] of every active key at once (the fallback, on
+    /// every row: for the tests).
+    #[cfg(test)]
+    Full,
+    /// A given range `lo ..= hi` in place of the sampled one: the tests' way of making the
+    /// guess miss, or be narrow, at will.
+    #[cfg(test)]
+    Fixed(u32, u32),
+}
+
+/// [`prune_rows`] with the vector width (`avx2` only where the CPU has it) and the first step
+/// chosen by the caller, so that the tests run every form.
+fn prune_rows_on(
+    avx2: bool,
+    level1: Level1,
+    mask: &Mask,
+    per_row: usize,
+    src: &impl KeySource,
+) -> Result<Mask> {
     let cols = mask.cols();
     let mut out = mask.clone();
     let wpr = out.words_per_row();
@@ -100,7 +128,7 @@ fn prune_rows_on(avx2: bool, mask: &Mask, per_row: usize, src: &impl KeySource) 
         .enumerate()
         .try_for_each_init(
             || Scratch::new(cols),
-            |scratch, (r, words)| scratch.prune_row(avx2, r, words, per_row, src),
+            |scratch, (r, words)| scratch.prune_row(avx2, level1, r, words, per_row, src),
         )?;
     Ok(out)
 }
@@ -117,7 +145,7 @@ fn avx2() -> bool {
 struct Scratch {
     /// The row's keys, [`INACTIVE`] for pruned columns.
     keys: Vec<u32>,
-    /// Members of the chosen bin while the threshold is narrowed down.
+    /// Keys that may be the threshold while it is narrowed down.
     cand: Vec<u32>,
     /// Histogram of the top [`TOP_BITS`] of the keys (a fixed-size array: no bounds checks).
     hist: Box<[u32; 1 << TOP_BITS]>,
@@ -138,6 +166,7 @@ impl Scratch {
     fn prune_row(
         &mut self,
         avx2: bool,
+        level1: Level1,
         r: usize,
         words: &mut [u64],
         per_row: usize,
@@ -146,27 +175,29 @@ impl Scratch {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: `avx2` comes from `is_x86_feature_detected!("avx2")`.
-            return unsafe { self.prune_row_avx2(r, words, per_row, src) };
+            return unsafe { self.prune_row_avx2(level1, r, words, per_row, src) };
         }
         let _ = avx2;
-        self.prune_row_with::<false>(r, words, per_row, src)
+        self.prune_row_with::<false>(level1, r, words, per_row, src)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn prune_row_avx2(
         &mut self,
+        level1: Level1,
         r: usize,
         words: &mut [u64],
         per_row: usize,
         src: &impl KeySource,
     ) -> Result<()> {
-        self.prune_row_with::<true>(r, words, per_row, src)
+        self.prune_row_with::<true>(level1, r, words, per_row, src)
     }
 
     #[inline(always)]
     fn prune_row_with<const AVX2: bool>(
         &mut self,
+        level1: Level1,
         r: usize,
         words: &mut [u64],
         per_row: usize,
@@ -177,24 +208,29 @@ impl Scratch {
         let need = per_row.saturating_sub(cols - active);
         // Only rows that keep some and lose some active weights need a threshold.
         let select = need > 0 && need < active;
-        if select {
+        let sampled = select && matches!(level1, Level1::Sampled);
+        if sampled {
             self.hist.fill(0);
         }
-        // Block by block: the keys, then their masking and histogram while they are in L1.
+        // Block by block: the keys, then their masking and the sample's histogram while they
+        // are in L1.
         let mut nan = false;
+        let mut samples = 0;
         for (b, (&word, keys)) in words.iter().zip(self.keys.chunks_mut(BLOCK)).enumerate() {
             nan |= src.keys(r, b * BLOCK, keys);
             if word == u64::MAX >> (BLOCK - keys.len()) {
-                if select {
-                    for &k in keys.iter() {
+                if sampled {
+                    for &k in keys.iter().step_by(range::STRIDE) {
                         self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
                     }
+                    samples += keys.len().div_ceil(range::STRIDE);
                 }
             } else {
-                // Only active keys are counted: INACTIVE ones would all hit one bin, a chain
-                // of dependent increments as long as the row's pruned count.
-                if select {
-                    let mut m = word;
+                // Only active keys are sampled: INACTIVE ones would all hit one bin, a chain
+                // of dependent increments.
+                if sampled {
+                    let mut m = word & range::SAMPLED;
+                    samples += m.count_ones() as usize;
                     while m != 0 {
                         let k = keys[m.trailing_zeros() as usize];
                         self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
@@ -215,61 +251,117 @@ impl Scratch {
             // Everything still active goes (ρ' = 1, or a row with only `need` left).
             words.fill(0);
         } else if select {
-            let t = self.threshold::<AVX2>(need);
+            let guess = match level1 {
+                Level1::Sampled => Some(range::guess(&self.hist[..], samples, need, active)),
+                #[cfg(test)]
+                Level1::Full => None,
+                #[cfg(test)]
+                Level1::Fixed(lo, hi) => Some((lo, hi)),
+            };
+            let t = self.threshold::<AVX2>(words, need, guess);
             sweep::<AVX2>(words, &self.keys, t);
         }
         Ok(())
     }
 
-    /// The threshold of a row whose level-1 histogram is in `hist`, for `0 < need < active`.
+    /// The threshold of a row (`words` its mask, `0 < need < active`): from the keys inside
+    /// the range `guess` when it holds the threshold, else (the range missed it, or there is
+    /// none) from the histogram of every active key's top bits.
     #[inline(always)]
-    fn threshold<const AVX2: bool>(&mut self, need: usize) -> Threshold {
-        let mut shift = 32 - TOP_BITS;
-        let (bin, mut below) = find_bin(&self.hist[..], need);
-        // Members of the chosen bin (a few per cent of the row): a membership bit mask per
-        // block of 64 keys, then its set bits.
-        let mut n = 0;
-        for keys in self.keys.chunks(BLOCK) {
-            let mut m = members::<AVX2>(keys, shift, bin);
-            while m != 0 {
-                self.cand[n] = keys[m.trailing_zeros() as usize];
-                n += 1;
-                m &= m - 1;
+    fn threshold<const AVX2: bool>(
+        &mut self,
+        words: &[u64],
+        need: usize,
+        guess: Option<(u32, u32)>,
+    ) -> Threshold {
+        if let Some((lo, hi)) = guess {
+            let (n, below) = range::gather::<AVX2>(&self.keys, lo, hi, &mut self.cand);
+            if below < need && need <= below + n {
+                let bits = 32 - (hi - lo).leading_zeros();
+                return refine(&mut self.cand[..n], need - below, below, lo, bits);
             }
         }
-        // Rank (1-based) of the wanted key among the candidates.
-        let mut rank = need - below;
-        let mut small = [0u32; 1 << LOW_BITS];
-        while n > SMALL && shift > 0 {
-            let bits = LOW_BITS.min(shift);
-            shift -= bits;
-            let digit = |k: u32| ((k >> shift) & ((1 << bits) - 1)) as usize;
-            let hist = &mut small[..1 << bits];
-            hist.fill(0);
-            for &k in &self.cand[..n] {
-                hist[digit(k)] += 1;
-            }
-            let (bin, less) = find_bin(hist, rank);
-            below += less;
-            rank -= less;
-            let mut m = 0;
-            for i in 0..n {
-                let k = self.cand[i];
-                self.cand[m] = k;
-                m += usize::from(digit(k) == bin as usize);
-            }
-            n = m;
+        #[cfg(test)]
+        if guess.is_some() {
+            tests::FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let cand = &mut self.cand[..n];
-        let (_, &mut t, _) = cand.select_nth_unstable(rank - 1);
-        let less = cand.iter().filter(|&&k| k < t).count();
-        let equal = cand.iter().filter(|&&k| k == t).count();
+        self.hist.fill(0);
+        for (&word, keys) in words.iter().zip(self.keys.chunks(BLOCK)) {
+            if word == u64::MAX >> (BLOCK - keys.len()) {
+                for &k in keys {
+                    self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
+                }
+            } else {
+                let mut m = word;
+                while m != 0 {
+                    let k = keys[m.trailing_zeros() as usize];
+                    self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
+                    m &= m - 1;
+                }
+            }
+        }
+        let shift = 32 - TOP_BITS;
+        let (bin, below) = find_bin(&self.hist[..], need);
+        // Members of the chosen bin (a few per cent of the row).
+        let lo = bin << shift;
+        let (n, _) = range::gather::<AVX2>(&self.keys, lo, lo + ((1 << shift) - 1), &mut self.cand);
+        refine(
+            &mut self.cand[..n],
+            need - below,
+            below,
+            bin << shift,
+            shift,
+        )
+    }
+}
+
+/// The threshold among candidate keys `cand`, all in `base ..= base + (2^bits − 1)`, that
+/// hold every key of the row whose rank could be the wanted one: it is the `rank`-th (1-based)
+/// candidate, and `below` keys of the row are smaller than every candidate. Histograms of the
+/// next [`LOW_BITS`] of `k − base` keep the one bin holding it until few candidates are left,
+/// then `select_nth_unstable` picks it.
+fn refine(
+    cand: &mut [u32],
+    mut rank: usize,
+    mut below: usize,
+    mut base: u32,
+    mut bits: u32,
+) -> Threshold {
+    let need = below + rank;
+    let mut n = cand.len();
+    let mut small = [0u32; 1 << LOW_BITS];
+    while n > SMALL && bits > 0 {
+        let step = LOW_BITS.min(bits);
+        bits -= step;
+        let shift = bits;
+        let start = base;
+        let digit = |k: u32| ((k - start) >> shift) as usize;
+        let hist = &mut small[..1 << step];
+        hist.fill(0);
+        for &k in &cand[..n] {
+            hist[digit(k)] += 1;
+        }
+        let (bin, less) = find_bin(hist, rank);
         below += less;
-        Threshold {
-            key: t,
-            ties: need - below,
-            all_ties: need - below == equal,
+        rank -= less;
+        let mut m = 0;
+        for i in 0..n {
+            let k = cand[i];
+            cand[m] = k;
+            m += usize::from(digit(k) == bin as usize);
         }
+        n = m;
+        base += bin << shift;
+    }
+    let cand = &mut cand[..n];
+    let (_, &mut t, _) = cand.select_nth_unstable(rank - 1);
+    let less = cand.iter().filter(|&&k| k < t).count();
+    let equal = cand.iter().filter(|&&k| k == t).count();
+    below += less;
+    Threshold {
+        key: t,
+        ties: need - below,
+        all_ties: need - below == equal,
     }
 }
 
@@ -347,6 +439,8 @@ fn lowest_bits(mut x: u64, n: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     /// Keys given directly, row-major.
@@ -374,10 +468,24 @@ mod tests {
         Mask::from_bools(mask.rows(), cols, &kept).unwrap()
     }
 
+    /// Every first step: the kernel's sampled guess, the full histogram, and fixed ranges that
+    /// hold every key, a single key value (a narrow range: hit on the ties of kind 0, missed
+    /// elsewhere), only low keys or only high keys (missed thresholds: the fallback).
+    const LEVEL1: [Level1; 6] = [
+        Level1::Sampled,
+        Level1::Full,
+        Level1::Fixed(0, INACTIVE - 1),
+        Level1::Fixed(0x8000_0002, 0x8000_0002),
+        Level1::Fixed(0, 0x8000_0000),
+        Level1::Fixed(0xc000_0000, INACTIVE - 1),
+    ];
+
     #[test]
     fn both_vector_widths_give_the_full_sort_answer() {
         // Key sets: few distinct values (ties through every radix level), wide random keys,
-        // and keys sharing their top 24 bits.
+        // keys sharing their top 24 bits, one value for the whole row, and keys that mislead
+        // the sample (the sampled columns, c % 4 == 0, hold the row's largest keys, so the
+        // guessed range misses the threshold and the row falls back).
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             x ^= x << 13;
@@ -386,12 +494,15 @@ mod tests {
             x
         };
         for (rows, cols) in [(1, 1), (3, 7), (4, 64), (5, 130), (3, 1000), (2, 11008)] {
-            for kind in 0..3 {
+            for kind in 0..5 {
                 let keys: Vec<u32> = (0..rows * cols)
-                    .map(|_| match kind {
+                    .map(|i| match kind {
                         0 => 0x8000_0000 + (next() % 5) as u32,
                         1 => (next() >> 32) as u32 & !1, // never INACTIVE
-                        _ => 0xbf80_0000 + (next() % 300) as u32,
+                        2 => 0xbf80_0000 + (next() % 300) as u32,
+                        3 => 0x9000_0000,
+                        _ if i % cols % range::STRIDE == 0 => 0xf000_0000 + (next() % 9) as u32,
+                        _ => 0x9000_0000 + (next() >> 40) as u32,
                     })
                     .collect();
                 let keys = Keys(keys, cols);
@@ -403,12 +514,43 @@ mod tests {
                     for per_row in [0, 1, cols / 3, cols / 2 + 1, cols - 1, cols] {
                         let want = by_sort(&keys, &mask, per_row);
                         for wide in [false, avx2()] {
-                            let got = prune_rows_on(wide, &mask, per_row, &keys).unwrap();
-                            assert_eq!(got, want, "{rows}x{cols} kind {kind} {per_row} {wide}");
+                            for level1 in LEVEL1 {
+                                let got = prune_rows_on(wide, level1, &mask, per_row, &keys);
+                                assert_eq!(
+                                    got.unwrap(),
+                                    want,
+                                    "{rows}x{cols} kind {kind} {per_row} {wide} {level1:?}"
+                                );
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Rows whose guessed range missed the threshold.
+    pub(super) static FALLBACKS: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn a_misleading_sample_falls_back_to_the_same_answer() {
+        // The sampled columns hold the largest keys, so the range around the sample's median
+        // holds none of the row's smallest half: each row has to fall back.
+        let (rows, cols) = (3, 11008);
+        let keys = (0..rows * cols)
+            .map(|i| match i % cols {
+                c if c % range::STRIDE == 0 => 0xf000_0000 + (c % 7) as u32,
+                c => 0x9000_0000 + (c as u32).wrapping_mul(0x9e37_79b9) % 5000,
+            })
+            .collect();
+        let keys = Keys(keys, cols);
+        let mask = Mask::ones(rows, cols);
+        for wide in [false, avx2()] {
+            let before = FALLBACKS.load(Ordering::Relaxed);
+            let got = prune_rows_on(wide, Level1::Sampled, &mask, cols / 2, &keys).unwrap();
+            // Other tests may add fallbacks meanwhile, never take them away.
+            assert!(FALLBACKS.load(Ordering::Relaxed) >= before + rows);
+            assert_eq!(got, by_sort(&keys, &mask, cols / 2));
         }
     }
 
