@@ -1,7 +1,9 @@
-//! `cargo run --release -p kernels --example cpu_times`: CPU time (user + system, all threads,
-//! from /proc/self/stat) per call of each benchmarked kernel on the 4096 x 11008 `down_proj`
-//! shape. Unlike criterion's wall-clock medians it is not inflated when other processes share
-//! the cores; "cpu/2" is the wall time to expect with both cores to ourselves.
+//! `cargo run --release -p kernels --example cpu_times`: CPU time (all threads, from the
+//! scheduler's per-thread run time in /proc/self/task/*/schedstat, in ns) per call of each
+//! benchmarked kernel on the 4096 x 11008 `down_proj` shape. Unlike criterion's wall-clock
+//! medians it is not inflated when other processes share the cores; "cpu/2" is the wall time
+//! to expect with both cores to ourselves. Each call is timed on its own: "cpu" is the mean,
+//! "median" the median call, which a burst of load on the shared cores moves less.
 //!
 //! Arguments (optional): names to time, matched as substrings (`-- wanda_prune memory_pass_sum`);
 //! all kernels when none are given.
@@ -12,10 +14,15 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use std::time::Instant;
 
+/// CPU seconds run so far by the threads alive now (rayon's workers live as long as the
+/// process, so none of a call's time is lost with an exited thread).
 fn cpu_secs() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    let ns: u64 = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .map(|s| s.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    ns as f64 * 1e-9
 }
 
 fn time<R>(name: &str, n: usize, mut f: impl FnMut() -> R) {
@@ -23,17 +30,21 @@ fn time<R>(name: &str, n: usize, mut f: impl FnMut() -> R) {
     if !wanted.is_empty() && !wanted.iter().any(|w| name.contains(w.as_str())) {
         return;
     }
-    let (c0, t0) = (cpu_secs(), Instant::now());
-    for _ in 0..n {
-        std::hint::black_box(f());
-    }
-    let (c, t) = (
-        (cpu_secs() - c0) / n as f64,
-        t0.elapsed().as_secs_f64() / n as f64,
-    );
+    let t0 = Instant::now();
+    let mut calls: Vec<f64> = (0..n)
+        .map(|_| {
+            let c0 = cpu_secs();
+            std::hint::black_box(f());
+            cpu_secs() - c0
+        })
+        .collect();
+    let t = t0.elapsed().as_secs_f64() / n as f64;
+    let c = calls.iter().sum::<f64>() / n as f64;
+    calls.sort_by(f64::total_cmp);
     println!(
-        "{name:32} cpu {:8.1} ms/iter  (cpu/2 {:7.1} ms)  wall {:8.1} ms",
+        "{name:28} cpu {:6.1} ms/iter  median {:6.1}  (cpu/2 {:5.1} ms)  wall {:6.1} ms",
         c * 1e3,
+        calls[n / 2] * 1e3,
         c * 500.0,
         t * 1e3
     );
