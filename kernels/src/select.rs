@@ -7,7 +7,7 @@
 //! key `== T`, in column order. So no `(score, column)` pair ever has to be ordered: `T` is
 //! found by selection on the keys and one sweep then clears the mask bits.
 //!
-//! Finding `T`: a histogram of the top key bits of every 4th key (made in the key pass) guesses
+//! Finding `T`: a histogram of the top key bits of every 8th key (made in the key pass) guesses
 //! a key range that holds it; one vector pass counts the keys below the range exactly and
 //! gathers those inside ([`range`]). If the counts show `T` inside, radix selection goes on in
 //! the gathered keys (histogram of the next bits, keep the bin holding `T`, repeat, then
@@ -149,6 +149,8 @@ struct Scratch {
     keys: Vec<u32>,
     /// Keys that may be the threshold while it is narrowed down.
     cand: Vec<u32>,
+    /// The other half of `cand`'s double buffer in [`range::refine`].
+    spare: Vec<u32>,
     /// Histogram of the top [`TOP_BITS`] of the keys (a fixed-size array: no bounds checks).
     hist: Box<[u32; 1 << TOP_BITS]>,
 }
@@ -158,6 +160,7 @@ impl Scratch {
         Self {
             keys: vec![0; cols],
             cand: vec![0; cols],
+            spare: vec![0; cols],
             hist: Box::new([0; 1 << TOP_BITS]),
         }
     }
@@ -280,7 +283,8 @@ impl Scratch {
             let (n, below) = range::gather::<AVX2>(&self.keys, lo, hi, &mut self.cand);
             if below < need && need <= below + n {
                 let bits = 32 - (hi - lo).leading_zeros();
-                return refine(&mut self.cand[..n], need - below, below, lo, bits);
+                let (cand, spare) = (&mut self.cand[..n], &mut self.spare[..n]);
+                return range::refine::<AVX2>(cand, spare, need - below, below, lo, bits);
             }
         }
         #[cfg(test)]
@@ -307,63 +311,8 @@ impl Scratch {
         // Members of the chosen bin (a few per cent of the row).
         let lo = bin << shift;
         let (n, _) = range::gather::<AVX2>(&self.keys, lo, lo + ((1 << shift) - 1), &mut self.cand);
-        refine(
-            &mut self.cand[..n],
-            need - below,
-            below,
-            bin << shift,
-            shift,
-        )
-    }
-}
-
-/// The threshold among candidate keys `cand`, all in `base ..= base + (2^bits − 1)`, that
-/// hold every key of the row whose rank could be the wanted one: it is the `rank`-th (1-based)
-/// candidate, and `below` keys of the row are smaller than every candidate. Histograms of the
-/// next [`LOW_BITS`] of `k − base` keep the one bin holding it until few candidates are left,
-/// then `select_nth_unstable` picks it.
-fn refine(
-    cand: &mut [u32],
-    mut rank: usize,
-    mut below: usize,
-    mut base: u32,
-    mut bits: u32,
-) -> Threshold {
-    let need = below + rank;
-    let mut n = cand.len();
-    let mut small = [0u32; 1 << LOW_BITS];
-    while n > SMALL && bits > 0 {
-        let step = LOW_BITS.min(bits);
-        bits -= step;
-        let shift = bits;
-        let start = base;
-        let digit = |k: u32| ((k - start) >> shift) as usize;
-        let hist = &mut small[..1 << step];
-        hist.fill(0);
-        for &k in &cand[..n] {
-            hist[digit(k)] += 1;
-        }
-        let (bin, less) = find_bin(hist, rank);
-        below += less;
-        rank -= less;
-        let mut m = 0;
-        for i in 0..n {
-            let k = cand[i];
-            cand[m] = k;
-            m += usize::from(digit(k) == bin as usize);
-        }
-        n = m;
-        base += bin << shift;
-    }
-    let cand = &mut cand[..n];
-    let (_, &mut t, _) = cand.select_nth_unstable(rank - 1);
-    let less = cand.iter().filter(|&&k| k < t).count();
-    let equal = cand.iter().filter(|&&k| k == t).count();
-    below += less;
-    Threshold {
-        key: t,
-        ties: need - below,
-        all_ties: need - below == equal,
+        let (cand, spare) = (&mut self.cand[..n], &mut self.spare[..n]);
+        range::refine::<AVX2>(cand, spare, need - below, below, lo, shift)
     }
 }
 
@@ -492,7 +441,7 @@ mod tests {
     fn both_vector_widths_give_the_full_sort_answer() {
         // Key sets: few distinct values (ties through every radix level), wide random keys,
         // keys sharing their top 24 bits, one value for the whole row, and keys that mislead
-        // the sample (the sampled columns, c % 4 == 0, hold the row's largest keys, so the
+        // the sample (the sampled columns, c % STRIDE == 0, hold the row's largest keys, so the
         // guessed range misses the threshold and the row falls back).
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
