@@ -34,15 +34,65 @@ impl RunConfig {
     }
 }
 
-/// Where tensors live. `auto` takes CUDA when the binary was built with it and a device
-/// answers, else the CPU.
+/// Where tensors live: `auto`, `cpu`, `cuda` (device 0) or `cuda:N`. `auto` takes CUDA
+/// device 0 when the binary was built with CUDA and a device answers, else the CPU.
+/// Written as a string in TOML (`model.device = "cuda:1"`) and on the command line
+/// (`--device cuda:1`); [`FromStr`](std::str::FromStr) is the one parser of both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum Device {
     #[default]
     Auto,
     Cpu,
-    Cuda,
+    /// A CUDA device by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a device: expected auto, cpu, cuda or cuda:N");
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => {
+                let n = s.strip_prefix("cuda:").ok_or_else(bad)?;
+                // Digits only: `usize::from_str` would also take a leading `+`.
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                n.parse().map(Self::Cuda).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// TOML reads `model.device` through this; the message names the field, because the
+/// parser's own position points at the value only.
+impl TryFrom<String> for Device {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map_err(|e| format!("model.device: {e}"))
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
 }
 
 /// `[model]`: the model being pruned.

@@ -376,3 +376,46 @@ fn an_unknown_probe_style_is_a_parse_error_with_its_position() {
         "{text}"
     );
 }
+
+#[test]
+fn device_strings_parse_and_print_back() {
+    for (text, device) in [
+        ("auto", Device::Auto),
+        ("cpu", Device::Cpu),
+        ("cuda", Device::Cuda(0)),
+        ("cuda:0", Device::Cuda(0)),
+        ("cuda:3", Device::Cuda(3)),
+    ] {
+        assert_eq!(text.parse::<Device>(), Ok(device), "{text}");
+    }
+    assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    for bad in [
+        "gpu", "CUDA", "cuda:", "cuda:x", "cuda:+1", "cuda:-1", "cuda1", "",
+    ] {
+        let err = bad.parse::<Device>().unwrap_err();
+        assert!(
+            err.contains("expected auto, cpu, cuda or cuda:N"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn model_device_in_toml_round_trips_and_a_bad_one_names_the_field() {
+    let cfg = Config::from_toml_str("[model]\ndevice = \"cuda:1\"\n").unwrap();
+    assert_eq!(cfg.model.device, Device::Cuda(1));
+    let again = Config::from_toml_str(&cfg.to_toml_string()).unwrap();
+    assert_eq!(again.model.device, Device::Cuda(1));
+    assert_eq!(
+        Config::from_toml_str("[model]\ndevice = \"cuda\"\n")
+            .unwrap()
+            .model
+            .device,
+        Device::Cuda(0)
+    );
+    let err = Config::from_toml_str("[model]\ndevice = \"gpu\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("<string>:2:"), "{err}");
+    assert!(err.contains("model.device: `gpu` is not a device"), "{err}");
+}
