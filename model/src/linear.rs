@@ -280,18 +280,29 @@ pruned in place; pruned weights stay pruned (their values are gone)",
     fn record(&self, x: &Tensor) -> Result<()> {
         let x = x.detach();
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
-        // A plain loop over the host copy, accumulating in f64. candle's `sum(0)`
-        // (and a ones-vector matmul) over [256, 576] took ~7 ms per call here, ~40 %
-        // of a SmolLM2 forward for the 7 linears of a block; this loop takes 0.25 ms.
         let cols = x.dim(D::Minus1)?;
-        let values: Vec<f64> = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-        let mut sums = vec![0f64; cols];
-        for row in values.chunks_exact(cols.max(1)) {
-            for (acc, v) in sums.iter_mut().zip(row) {
-                *acc += v * v;
+        let partial = if x.device().is_cpu() {
+            // A plain loop over the host copy, accumulating in f64. candle's `sum(0)`
+            // (and a ones-vector matmul) over [256, 576] took ~7 ms per call here, ~40 %
+            // of a SmolLM2 forward for the 7 linears of a block; this loop takes 0.25 ms.
+            let values: Vec<f64> = x.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let mut sums = vec![0f64; cols];
+            for row in values.chunks_exact(cols.max(1)) {
+                for (acc, v) in sums.iter_mut().zip(row) {
+                    *acc += v * v;
+                }
             }
-        }
-        let partial = Tensor::from_vec(sums, cols, x.device())?;
+            Tensor::from_vec(sums, cols, x.device())?
+        } else {
+            // On a GPU the reduction stays on the device (squares summed in f32, the
+            // running total in f64 as on the CPU): a host copy per linear per forward
+            // would stall the stream every call.
+            x.reshape((rows, cols))?
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum(0)?
+                .to_dtype(DType::F64)?
+        };
         let mut acc = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         *acc = Some(match acc.take() {
             None => StatsAcc {

@@ -173,7 +173,14 @@ pub(crate) const LOGIT_ROWS: usize = 64;
 /// gradient path uses the same loss perplexity reports.
 pub(crate) fn next_token_nll(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let n = targets.len();
-    let log_probs = log_softmax_last_dim(&logits.narrow(0, 0, n)?)?;
+    let logits = logits.narrow(0, 0, n)?;
+    // A bf16 (GPU) model's logits are scored in f32: bf16 keeps 8 significant bits, so
+    // log-probabilities near -10 would come out in steps of 1/16 nat.
+    let logits = match logits.dtype() {
+        DType::F32 | DType::F64 => logits,
+        _ => logits.to_dtype(DType::F32)?,
+    };
+    let log_probs = log_softmax_last_dim(&logits)?;
     let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
     Ok(log_probs.gather(&idx, 1)?.squeeze(1)?.neg()?)
 }

@@ -55,8 +55,9 @@ impl Model {
         Self::new_with_dtype(cfg, tensors, device, DType::F32)
     }
 
-    /// As [`Model::new`] in another float dtype. F32 is the supported one; F64 exists
-    /// so gradient checks against finite differences are free of rounding noise.
+    /// As [`Model::new`] in another float dtype. F32 is the CPU's; BF16 the GPU's (see
+    /// [`Model::new_owned_with_dtype`]); F64 exists so gradient checks against finite
+    /// differences are free of rounding noise.
     pub fn new_with_dtype(
         cfg: &ModelConfig,
         tensors: &HashMap<String, Tensor>,
@@ -73,10 +74,22 @@ impl Model {
     /// values, which a caller-held map would keep alive.
     pub fn new_owned(
         cfg: &ModelConfig,
-        mut tensors: HashMap<String, Tensor>,
+        tensors: HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        Self::build(cfg, device, DType::F32, &mut |name| tensors.remove(name))
+        Self::new_owned_with_dtype(cfg, tensors, device, DType::F32)
+    }
+
+    /// As [`Model::new_owned`] in another float dtype: the pruning loop on a GPU keeps
+    /// its weights in bf16 (half the memory and bandwidth of f32; candle's CUDA matmuls
+    /// and kernels take it), while the CPU keeps f32.
+    pub fn new_owned_with_dtype(
+        cfg: &ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        Self::build(cfg, device, dtype, &mut |name| tensors.remove(name))
     }
 
     fn build(
@@ -106,7 +119,9 @@ impl Model {
                     });
                 }
             }
-            Ok(t.to_device(device)?.to_dtype(dtype)?)
+            // Convert on the host first: a bf16 GPU model never holds an f32 copy of a
+            // tensor on the device, and the transfer is half as large.
+            Ok(t.to_dtype(dtype)?.to_device(device)?)
         };
         let embed = take("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
