@@ -90,3 +90,42 @@ fn fetch_rejects_unknown_assets_and_reports_unreachable_registry() {
         .join("a/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         .exists());
 }
+
+#[test]
+fn bad_or_unavailable_devices_are_named_before_any_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.gguf"), b"unused").unwrap();
+    let out = secateur(&["eval", "m.gguf", "--device", "gpu"], dir.path());
+    assert_clean_failure(&out, &["--device", "expected auto, cpu, cuda or cuda:N"]);
+    let out = secateur(&["eval", "m.gguf", "--device", "cuda:x"], dir.path());
+    assert_clean_failure(&out, &["`cuda:x` is not a device"]);
+    std::fs::write(
+        dir.path().join("gpu.toml"),
+        "[model]\npath = \"m.gguf\"\ndevice = \"gpu\"\n",
+    )
+    .unwrap();
+    let out = secateur(&["prune", "--config", "gpu.toml"], dir.path());
+    assert_clean_failure(
+        &out,
+        &["gpu.toml:3:", "model.device: `gpu` is not a device"],
+    );
+    if cfg!(feature = "cuda") {
+        // A CUDA build: what `cuda` does depends on the machine's driver.
+        return;
+    }
+    let built_without = "built without CUDA: rebuild with --features cuda (see README)";
+    let out = secateur(&["eval", "m.gguf", "--device", "cuda"], dir.path());
+    assert_clean_failure(&out, &["--device", built_without]);
+    std::fs::write(
+        dir.path().join("cuda.toml"),
+        "[model]\npath = \"m.gguf\"\ndevice = \"cuda:1\"\n",
+    )
+    .unwrap();
+    let out = secateur(&["prune", "--config", "cuda.toml"], dir.path());
+    assert_clean_failure(&out, &["model.device = \"cuda:1\"", built_without]);
+    let out = secateur(
+        &["prune", "--config", "cuda.toml", "--device", "cuda"],
+        dir.path(),
+    );
+    assert_clean_failure(&out, &["model.device = \"cuda:0\"", built_without]);
+}

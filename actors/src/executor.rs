@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use kernels::{Mask, MaskDelta};
 use protocol::{CandidateId, CandidateMasks, LayerDelta, Plan};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -87,7 +87,7 @@ impl Actor for Executor {
                     prune_in_place(&engine, &info.name, mask)?;
                 }
             }
-            Ok(())
+            crate::device::settle(engine.model.device())
         })
         .await?;
         let index = layers
@@ -134,6 +134,8 @@ impl Actor for Executor {
                             .map_err(|e| format!("commit `{}`: {e}", d.layer))?;
                         prune_in_place(&engine, &d.layer, &masks[i])?;
                     }
+                    // The pruned weights are read next by other threads (streams).
+                    crate::device::settle(engine.model.device())?;
                     Ok(masks)
                 })
                 .await;
@@ -216,7 +218,9 @@ fn apply_all(
         let sum_sq = act
             .get(i)
             .ok_or_else(|| format!("executor: no activations for `{name}`"))?;
-        let sq = Tensor::from_slice(sum_sq, sum_sq.len(), &Device::Cpu).map_err(|e| err(&e))?;
+        // On the weights' device: the scores and the per-row selection run there.
+        let sq =
+            Tensor::from_slice(sum_sq, sum_sq.len(), engine.model.device()).map_err(|e| err(&e))?;
         let w = engine.model.layer_weight(name).map_err(|e| err(&e))?;
         let mask = &masks[i];
         for &(c, delta) in uses {

@@ -17,6 +17,7 @@
 pub mod checkpointer;
 pub mod critic;
 pub mod critic_rules;
+pub mod device;
 pub mod engine;
 pub mod evaluator;
 pub mod executor;

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use kernels::Mask;
 use protocol::{LayerProfile, ProfileReport};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -145,7 +145,7 @@ impl Job {
                 .flat_map(|run| run.chunks(model::FORWARD_BATCH));
             for group in groups {
                 let ids: Vec<u32> = group.iter().flatten().copied().collect();
-                let t = Tensor::from_vec(ids, (group.len(), group[0].len()), &Device::Cpu)
+                let t = Tensor::from_vec(ids, (group.len(), group[0].len()), model.device())
                     .map_err(|e| err(&e))?;
                 // Statistics only: the logits would be dropped unused.
                 model.forward_hidden(&t).map_err(|e| err(&e))?;
@@ -181,7 +181,7 @@ impl Job {
             let name = info.name.as_str();
             let sum_sq = match stats.get(name) {
                 Some(s) => s.sum_sq.to_dtype(candle_core::DType::F32),
-                None => Tensor::zeros(info.in_features, candle_core::DType::F32, &Device::Cpu),
+                None => Tensor::zeros(info.in_features, candle_core::DType::F32, model.device()),
             }
             .map_err(|e| err(&e))?;
             // The committed state is the model's in-place pruning (the Executor's).

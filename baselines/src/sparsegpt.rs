@@ -295,7 +295,8 @@ pub fn prune_model(
             let kept = prune_layer(&mut w, rows, cols, &factors[&src], sparsity, nm, opts.block)?;
             out.masks
                 .insert(l.name.clone(), Mask::from_bools(rows, cols, &kept)?);
-            let t = Tensor::from_vec(w, (rows, cols), model.device())?.to_dtype(DType::F32)?;
+            // In the model's dtype: an overlay weight must match it (bf16 on a GPU).
+            let t = Tensor::from_vec(w, (rows, cols), model.device())?.to_dtype(model.dtype())?;
             out.weights.insert(l.name.clone(), t);
         }
     }

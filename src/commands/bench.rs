@@ -34,6 +34,8 @@ pub struct BenchArgs {
     /// Skip the forward+backward measurement.
     #[arg(long)]
     no_backward: bool,
+    #[command(flatten)]
+    device: common::DeviceArg,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -59,9 +61,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.seq_len < 2 || args.reps == 0 || args.batch == 0 {
         anyhow::bail!("--seq-len must be ≥ 2, --batch and --reps ≥ 1");
     }
+    let device = args.device.resolve()?;
     let path = common::model_path(args.model)?;
     let ckpt = common::load(&path)?;
-    let model = common::build(&ckpt)?;
+    let model = common::build(&ckpt, &device)?;
     let f32_model_bytes = 4 * ckpt.parameter_count() as u64;
     let ids = sample_tokens(&ckpt, args.seq_len * args.batch)?;
     let tokens =
@@ -71,6 +74,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
         let start = Instant::now();
         f()?;
+        // A GPU runs the forward asynchronously: time the work, not its launch.
+        actors::device::settle(&device).map_err(anyhow::Error::msg)?;
         Ok(start.elapsed().as_secs_f64())
     };
     let forward = || -> Result<()> {

@@ -1,5 +1,5 @@
 //! Steps several subcommands share: loading a checkpoint with a clear error,
-//! building the CPU model, tokenising texts, and progress bars.
+//! building the model on the chosen device, tokenising texts, and progress bars.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -39,10 +39,31 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     Ok(ckpt)
 }
 
-/// The f32 CPU model of a checkpoint.
-pub fn build(ckpt: &Checkpoint) -> Result<Model> {
-    Model::new(&ckpt.config, &ckpt.tensors, &Device::Cpu)
-        .with_context(|| format!("{}: building the model", ckpt.path.display()))
+/// `--device`: where the model runs (`auto`, `cpu`, `cuda`, `cuda:N`), as
+/// `model.device` in a prune config.
+#[derive(clap::Args, Clone, Copy)]
+pub struct DeviceArg {
+    /// auto | cpu | cuda | cuda:N (auto: CUDA device 0 in a CUDA build with a GPU,
+    /// else the CPU). Weights are f32 on the CPU, bf16 on a GPU.
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: config::Device,
+}
+
+impl DeviceArg {
+    /// The candle device, resolved once (errors: bad ordinal, no driver, or a build
+    /// without CUDA).
+    pub fn resolve(self) -> Result<Device> {
+        actors::device::resolve(self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))
+    }
+}
+
+/// The model of a checkpoint on `device`: f32 on the CPU, bf16 on a GPU.
+pub fn build(ckpt: &Checkpoint, device: &Device) -> Result<Model> {
+    let dtype = actors::device::weight_dtype(device);
+    let model = Model::new_with_dtype(&ckpt.config, &ckpt.tensors, device, dtype)
+        .with_context(|| format!("{}: building the model", ckpt.path.display()))?;
+    actors::device::settle(device).map_err(anyhow::Error::msg)?;
+    Ok(model)
 }
 
 /// Tokenise `text` without adding special tokens (texts are scored as they are).

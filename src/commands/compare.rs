@@ -55,6 +55,9 @@ pub struct CompareArgs {
     window: usize,
     #[command(flatten)]
     suite: SuiteArgs,
+    /// Every row runs on this device, the agent loop compare starts included.
+    #[command(flatten)]
+    device: common::DeviceArg,
     /// A finished `secateur prune` run directory whose committed masks form the agent row
     /// (its recorded wall time is the row's prune time). Without it compare runs the loop.
     #[arg(long, conflicts_with_all = ["agent_config", "no_agent"])]
@@ -87,6 +90,8 @@ struct CacheKey {
     ppl_tokens: usize,
     window: usize,
     suite: SuiteArgs,
+    /// `cpu` or `cuda:N`: the GPU's bf16 weights give other numbers than the CPU's f32.
+    device: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -248,8 +253,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let sets = args.suite.load()?;
     let calib_texts = ::eval::data::read_texts(&args.calib, Some(args.calib_samples.max(1) * 4))?;
     let ppl_texts = ::eval::data::read_texts(&args.ppl, None)?;
+    let device = args.device.resolve()?;
     let ckpt = common::load(&path)?;
-    let model = common::build(&ckpt)?;
+    let model = common::build(&ckpt, &device)?;
     let template = model::ChatTemplate::for_checkpoint(&ckpt)?;
     let stops = super::generate::stop_tokens(&ckpt);
     let calib_tokens = common::encode(&ckpt, &calib_texts.join("\n\n"))?;
@@ -287,6 +293,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl_tokens: args.ppl_tokens,
         window: args.window,
         suite: args.suite.clone(),
+        device: actors::device::name(&device),
     };
     let cache_path = args.out.join("dense.json");
     let cached = (!args.no_cache)
@@ -335,6 +342,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             sparsity: args.sparsity,
             calib: &args.calib,
             runs_dir: args.out.join("agent-runs"),
+            device: args.device.device,
             quiet: args.json,
         }),
     };

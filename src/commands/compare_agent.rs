@@ -22,6 +22,8 @@ pub enum AgentSource<'a> {
         sparsity: f64,
         calib: &'a str,
         runs_dir: PathBuf,
+        /// The baselines' device, so that every row of the table ran on the same one.
+        device: config::Device,
         quiet: bool,
     },
 }
@@ -45,9 +47,11 @@ pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
             sparsity,
             calib,
             runs_dir,
+            device,
             quiet,
         } => {
-            let cfg = loop_config(config, model_path, sparsity, calib, runs_dir)?;
+            let mut cfg = loop_config(config, model_path, sparsity, calib, runs_dir)?;
+            cfg.model.device = device;
             if !quiet {
                 eprintln!(
                     "agent: running the pruning loop ({} planner) to {sparsity} in {}",

@@ -40,6 +40,8 @@ pub struct EvalArgs {
     no_ppl: bool,
     #[command(flatten)]
     suite: SuiteArgs,
+    #[command(flatten)]
+    device: common::DeviceArg,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -329,6 +331,7 @@ struct PplReport {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    let device = args.device.resolve()?;
     let path = common::model_path(args.model)?;
     let sets = args.suite.load()?;
     let texts = if args.no_ppl {
@@ -340,7 +343,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         )?)
     };
     let ckpt = common::load(&path)?;
-    let model = common::build(&ckpt)?;
+    let model = common::build(&ckpt, &device)?;
     let template = model::ChatTemplate::for_checkpoint(&ckpt)?;
     let stops = super::generate::stop_tokens(&ckpt);
     let target = Target {

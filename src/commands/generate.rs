@@ -20,12 +20,15 @@ pub struct GenerateArgs {
     /// Send the prompt as raw text, without the chat template.
     #[arg(long)]
     raw: bool,
+    #[command(flatten)]
+    device: common::DeviceArg,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    let device = args.device.resolve()?;
     let path = common::model_path(args.model)?;
     let ckpt = common::load(&path)?;
-    let model = common::build(&ckpt)?;
+    let model = common::build(&ckpt, &device)?;
     let template = if args.raw {
         None
     } else {

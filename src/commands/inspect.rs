@@ -32,7 +32,7 @@ struct Report {
 pub fn run(args: InspectArgs) -> Result<()> {
     let path = common::model_path(args.model)?;
     let ckpt = common::load(&path)?;
-    let model = common::build(&ckpt)?;
+    let model = common::build(&ckpt, &candle_core::Device::Cpu)?;
     let layers = model.prunable_layers();
     let mut source_dtypes = BTreeMap::new();
     for dtype in ckpt.source_dtypes.values() {

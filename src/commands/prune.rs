@@ -46,6 +46,10 @@ pub struct PruneArgs {
     /// Qwen2.5-Coder-0.5B-Instruct asset), the model name for hosted backends.
     #[arg(long, value_name = "PATH_OR_NAME")]
     planner_model: Option<String>,
+    /// Overrides `model.device`: auto | cpu | cuda | cuda:N. A resumed run keeps its
+    /// stored device (bf16 on a GPU and f32 on the CPU give different numbers).
+    #[arg(long, value_name = "DEVICE", conflicts_with = "resume")]
+    device: Option<config::Device>,
     /// Print the report as JSON on stdout instead of a text summary.
     #[arg(long)]
     json: bool,
@@ -101,6 +105,9 @@ fn load_config(args: &PruneArgs) -> Result<Config> {
     if let Some(b) = args.planner {
         cfg.planner.backend = b;
     }
+    if let Some(d) = args.device {
+        cfg.model.device = d;
+    }
     if let Some(m) = &args.planner_model {
         cfg.planner.model = Some(m.clone());
     } else if args.planner == Some(BackendKind::Local) && cfg.planner.model.is_none() {
@@ -149,6 +156,10 @@ pub fn run(args: PruneArgs) -> Result<()> {
             }
         })?;
         check_local_planners(&cfg)?;
+        // A CUDA request in a build without CUDA (or a missing GPU) fails here, before
+        // the checkpoint is read, naming the field.
+        actors::device::resolve(cfg.model.device)
+            .map_err(|e| anyhow::anyhow!("model.device = \"{}\": {e}", cfg.model.device))?;
     }
     let run_id = args
         .resume
