@@ -18,10 +18,6 @@ const SHAPES: [(usize, usize); 7] = [
     (2, 11008),
 ];
 
-fn target_per_row(rho: f64, cols: usize) -> usize {
-    (rho * cols as f64).round() as usize
-}
-
 /// Checks one incremental per-row call against the reference and the count rule.
 fn check_rows(scores: &Tensor, old: &Mask, rho: f64) {
     let new = kernels::prune_rows_incremental(scores, old, rho).unwrap();

@@ -22,10 +22,6 @@ const SHAPES: [(usize, usize); 8] = [
     (2, 11009),
 ];
 
-fn target_per_row(rho: f64, cols: usize) -> usize {
-    (rho * cols as f64).round() as usize
-}
-
 /// Per-row counts: `max(before, round(ρ'·cols))`, and nothing kept that `old` pruned.
 fn check_counts(old: &Mask, new: &Mask, rho: f64) {
     assert!(is_monotone(old, new));

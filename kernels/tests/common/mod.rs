@@ -10,6 +10,11 @@ pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
+/// Pruned weights per row that a target sparsity asks for: `round(ρ'·cols)`.
+pub fn target_per_row(rho: f64, cols: usize) -> usize {
+    (rho * cols as f64).round() as usize
+}
+
 pub fn tensor(rows: usize, cols: usize, v: Vec<f32>) -> Tensor {
     Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
 }
