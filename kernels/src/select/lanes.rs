@@ -36,7 +36,7 @@ pub(super) fn gather<const AVX2: bool>(
 ) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if AVX2 {
-        // SAFETY: AVX2 only when the caller detected it.
+        // SAFETY: AVX2 only when the caller detected it and POPCNT (`select::avx2`).
         return unsafe { simd::gather_avx2(keys, lo, hi, out) };
     }
     gather_scalar(keys, lo, hi, out)
@@ -142,7 +142,7 @@ mod simd {
     /// packed by `vpermd` and stored at the end of the output (8 lanes written, `popcnt`
     /// kept).
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt")]
     pub(super) unsafe fn gather_avx2(
         keys: &[u32],
         lo: u32,
