@@ -28,7 +28,7 @@ pub fn wanda_scores(w: &Tensor, sq_norms: &Tensor) -> Result<Tensor> {
         Backend::Cuda => cuda::wanda_scores(w, sq_norms),
         Backend::Cpu => {
             let norms = sqrt_norms(sq_norms)?;
-            let mut out = vec![0f32; rows * cols];
+            let mut out = crate::device::output_f32(rows * cols);
             with_host_f32(w, |w| {
                 out.par_chunks_mut(cols)
                     .zip(w.par_chunks(cols))
