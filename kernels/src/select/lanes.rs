@@ -36,7 +36,7 @@ pub(super) fn gather<const AVX2: bool>(
 ) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if AVX2 {
-        // SAFETY: AVX2 only when the caller detected it and POPCNT (`select::avx2`).
+        // SAFETY: AVX2 only when the caller detected it (with POPCNT: `select::avx2`).
         return unsafe { simd::gather_avx2(keys, lo, hi, out) };
     }
     gather_scalar(keys, lo, hi, out)
