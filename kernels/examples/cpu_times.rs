@@ -5,13 +5,16 @@
 //! to expect with both cores to ourselves. Each call is timed on its own: "cpu" is the mean,
 //! "median" the median call, which a burst of load on the shared cores moves less.
 //!
-//! Arguments (optional): names to time, matched as substrings (`-- wanda_prune memory_pass_sum`);
-//! all kernels when none are given.
+//! Arguments (optional): names to time, matched as substrings (`-- wanda_prune memory_pass_sum`)
+//! or, with a leading `=`, exactly (`-- =wanda_prune_rows_50`);
+//! all kernels when none are given. `CPU_TIMES_N=1` times one call of each (for runs under
+//! `valgrind --tool=callgrind`, whose instruction counts do not depend on the load).
 
 use candle_core::{Device, Tensor};
 use kernels::{reference, Mask};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
+use std::cell::LazyCell;
 use std::time::Instant;
 
 /// CPU seconds run so far by the threads alive now (rayon's workers live as long as the
@@ -27,7 +30,11 @@ fn cpu_secs() -> f64 {
 
 fn time<R>(name: &str, n: usize, mut f: impl FnMut() -> R) {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    if !wanted.is_empty() && !wanted.iter().any(|w| name.contains(w.as_str())) {
+    let matches = |w: &String| match w.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(w.as_str()),
+    };
+    if !wanted.is_empty() && !wanted.iter().any(matches) {
         return;
     }
     let t0 = Instant::now();
@@ -59,13 +66,20 @@ fn main() {
     let w = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
     let sq: Vec<f32> = (0..cols).map(|_| rng.random_range(0.0..100.0)).collect();
     let sq = Tensor::new(sq, &Device::Cpu).unwrap();
-    let scores = kernels::wanda_scores(&w, &sq).unwrap();
+    // Made on first use, so that a run of one kernel (under callgrind) counts only its calls.
+    let scores = LazyCell::new(|| kernels::wanda_scores(&w, &sq).unwrap());
     let ones = Mask::ones(rows, cols);
-    let half = kernels::prune_rows_incremental(&scores, &ones, 0.5).unwrap();
-    let n = 20;
-    time("memory_pass_sum", 200, || w.sum_all().unwrap());
+    let half = LazyCell::new(|| kernels::prune_rows_incremental(&scores, &ones, 0.5).unwrap());
+    let calls = |default: usize| {
+        std::env::var("CPU_TIMES_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = calls(20);
+    time("memory_pass_sum", calls(200), || w.sum_all().unwrap());
     let host = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    time("memory_pass_sum_parallel", 200, || {
+    time("memory_pass_sum_parallel", calls(200), || {
         host.par_chunks(cols).map(sum_lanes).sum::<f32>()
     });
     time("wanda_scores", n, || {
@@ -83,7 +97,7 @@ fn main() {
     time("select_50_select_nth", n, || {
         reference::prune_rows_select_nth(&scores, &ones, 0.5).unwrap()
     });
-    time("select_50_full_sort", 5, || {
+    time("select_50_full_sort", calls(5), || {
         reference::prune_rows_full_sort(&scores, &ones, 0.5).unwrap()
     });
     time("incremental_50_to_55", n, || {

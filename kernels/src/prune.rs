@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::device::{backend, matrix_dims, with_host_f32, Backend};
-use crate::select::{self, KeySource};
+use crate::select::{self, KeySource, BLOCK};
 use crate::{cuda, KernelError, Mask, Result};
 
 /// Wanda score `S = |W| ⊙ sqrt(Σx²)`: `w` is `[d_out, d_in]` (torch `Linear` layout) and
@@ -28,7 +28,7 @@ pub fn wanda_scores(w: &Tensor, sq_norms: &Tensor) -> Result<Tensor> {
         Backend::Cuda => cuda::wanda_scores(w, sq_norms),
         Backend::Cpu => {
             let norms = sqrt_norms(sq_norms)?;
-            let mut out = vec![0f32; rows * cols];
+            let mut out = crate::device::output_f32(rows * cols);
             with_host_f32(w, |w| {
                 out.par_chunks_mut(cols)
                     .zip(w.par_chunks(cols))
@@ -122,16 +122,32 @@ impl KeySource for WandaKeys<'_> {
         select::prefetch(self.w, r * self.cols + c0);
         let w = &self.w[r * self.cols + c0..][..out.len()];
         let norms = &self.norms[c0..][..out.len()];
-        let mut nan = false;
-        for ((o, w), n) in out.iter_mut().zip(w).zip(norms) {
-            let s = w.abs() * n;
-            nan |= s.is_nan();
-            // `s` is +0.0 or positive (the norms have no -0.0), so its bits are in numeric
-            // order: this is `order_key(s)` in one instruction.
-            *o = s.to_bits() | 0x8000_0000;
+        // Whole blocks as arrays: a loop of known length, unrolled with no remainder code.
+        match (
+            <&mut [u32; BLOCK]>::try_from(&mut *out),
+            <&[f32; BLOCK]>::try_from(w),
+            <&[f32; BLOCK]>::try_from(norms),
+        ) {
+            (Ok(out), Ok(w), Ok(norms)) => wanda_keys(out, w, norms),
+            _ => wanda_keys(out, w, norms),
         }
-        nan
     }
+}
+
+/// [`WandaKeys`] for one block: the keys of `|w| · norm`, and whether any score is NaN.
+#[inline(always)]
+fn wanda_keys(out: &mut [u32], w: &[f32], norms: &[f32]) -> bool {
+    let mut max = 0;
+    for ((o, w), n) in out.iter_mut().zip(w).zip(norms) {
+        // `s` is +0.0, positive or NaN (the norms have no -0.0), so its bits are in numeric
+        // order: this is `order_key(s)` in one instruction.
+        let k = (w.abs() * n).to_bits() | 0x8000_0000;
+        *o = k;
+        max = max.max(k);
+    }
+    // A NaN's key, whatever its sign bit, lies above +∞'s: one vector max per 8 keys instead
+    // of a float compare whose results had to be packed (a quarter of the key pass).
+    max > order_key(f32::INFINITY)
 }
 
 /// Keys of a score matrix.

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use crate::mask::count_ones;
 use crate::{KernelError, Mask, Result};
 
+mod keys;
 mod lanes;
 mod range;
 use lanes::compare;
@@ -41,26 +42,7 @@ const LOW_BITS: u32 = 8;
 const SMALL: usize = 64;
 
 /// Bits per mask word, and columns per block of the key pass.
-const BLOCK: usize = 64;
-
-/// For each byte of a mask word, the 8 lanes to OR into its keys: [`INACTIVE`] where the bit
-/// is 0 (pruned), 0 where it is 1. A branch per key would be mispredicted half the time on a
-/// 50 % mask; the table makes the masking a vector OR.
-static INACTIVE_LANES: [[u32; 8]; 256] = {
-    let mut t = [[0; 8]; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let mut lane = 0;
-        while lane < 8 {
-            if byte >> lane & 1 == 0 {
-                t[byte][lane] = INACTIVE;
-            }
-            lane += 1;
-        }
-        byte += 1;
-    }
-    t
-};
+pub(crate) const BLOCK: usize = 64;
 
 /// Writes the order keys ([`crate::prune::order_key`]) of columns `c0 .. c0 + out.len()` of
 /// row `r` to `out` (at most [`BLOCK`] long) and returns whether any of those scores is NaN.
@@ -135,10 +117,15 @@ fn prune_rows_on(
     Ok(out)
 }
 
-/// Whether this CPU has AVX2 (x86_64 only; the result is cached by std).
+/// Whether this CPU has AVX2 and the bit instructions that came with it (POPCNT, BMI1/2; in
+/// every AVX2 CPU, but a separate feature to the compiler: without it each `count_ones` of the
+/// gather was a multiply-and-mask sequence). x86_64 only; the result is cached by std.
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("popcnt")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2");
     #[cfg(not(target_arch = "x86_64"))]
     return false;
 }
@@ -179,7 +166,7 @@ impl Scratch {
     ) -> Result<()> {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: `avx2` comes from `is_x86_feature_detected!("avx2")`.
+            // SAFETY: `avx2` comes from [`avx2`], which detected these features.
             return unsafe { self.prune_row_avx2(level1, r, words, per_row, src) };
         }
         let _ = avx2;
@@ -187,7 +174,7 @@ impl Scratch {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,popcnt,bmi1,bmi2")]
     unsafe fn prune_row_avx2(
         &mut self,
         level1: Level1,
@@ -217,38 +204,7 @@ impl Scratch {
         if sampled {
             self.hist.fill(0);
         }
-        // Block by block: the keys, then their masking and the sample's histogram while they
-        // are in L1.
-        let mut nan = false;
-        let mut samples = 0;
-        for (b, (&word, keys)) in words.iter().zip(self.keys.chunks_mut(BLOCK)).enumerate() {
-            nan |= src.keys(r, b * BLOCK, keys);
-            if word == u64::MAX >> (BLOCK - keys.len()) {
-                if sampled {
-                    for &k in keys.iter().step_by(range::STRIDE) {
-                        self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
-                    }
-                    samples += keys.len().div_ceil(range::STRIDE);
-                }
-            } else {
-                // Only active keys are sampled: INACTIVE ones would all hit one bin, a chain
-                // of dependent increments.
-                if sampled {
-                    let mut m = word & range::SAMPLED;
-                    samples += m.count_ones() as usize;
-                    while m != 0 {
-                        let k = keys[m.trailing_zeros() as usize];
-                        self.hist[(k >> (32 - TOP_BITS)) as usize] += 1;
-                        m &= m - 1;
-                    }
-                }
-                for (keys, byte) in keys.chunks_mut(8).zip(word.to_le_bytes()) {
-                    for (k, m) in keys.iter_mut().zip(&INACTIVE_LANES[byte as usize]) {
-                        *k |= m;
-                    }
-                }
-            }
-        }
+        let (nan, samples) = keys::key_pass(src, r, words, &mut self.keys, sampled, &mut self.hist);
         if nan {
             return Err(KernelError::NaN("scores"));
         }
@@ -327,23 +283,34 @@ struct Threshold {
 /// The bin holding the `rank`-th (1-based, `rank ≤ Σ hist`) counted key, and how many keys
 /// lie in the bins before it.
 fn find_bin(hist: &[u32], rank: usize) -> (u32, usize) {
-    // Whole groups of 16 bins first (summed with vector adds), then bin by bin in the group.
-    const GROUP: usize = 16;
-    let mut below = 0;
-    let mut first = 0;
-    for group in hist.chunks(GROUP) {
-        let n = group.iter().sum::<u32>() as usize;
-        if below + n >= rank {
-            break;
+    find_bin_from(hist, rank, 0, 0)
+}
+
+/// [`find_bin`] scanning from bin `first`, with `below` (< `rank`) keys in the bins before it:
+/// a second rank is found from the first one's bin instead of from bin 0.
+fn find_bin_from(hist: &[u32], rank: usize, first: usize, mut below: usize) -> (u32, usize) {
+    // Whole groups of 64 bins (summed with vector adds) at group boundaries, otherwise bin by
+    // bin. 64 rather than 16: the sample histogram has 4096 bins, half of them (negative
+    // scores) empty for Wanda, and scanning them 16 at a time was ~9 % of the fused kernel.
+    const GROUP: usize = 64;
+    let mut b = first;
+    while b < hist.len() {
+        if b % GROUP == 0 {
+            while let Some(group) = hist.get(b..b + GROUP) {
+                let n = group.iter().sum::<u32>() as usize;
+                if below + n >= rank {
+                    break;
+                }
+                below += n;
+                b += GROUP;
+            }
         }
-        below += n;
-        first += group.len();
-    }
-    for (b, &h) in hist.iter().enumerate().skip(first) {
-        if below + h as usize >= rank {
+        let h = hist.get(b).map_or(0, |&h| h as usize);
+        if b < hist.len() && below + h >= rank {
             return (b as u32, below);
         }
-        below += h as usize;
+        below += h;
+        b += 1;
     }
     // Unreachable while rank ≤ Σ hist; the last bin is a harmless answer otherwise.
     (
@@ -356,17 +323,27 @@ fn find_bin(hist: &[u32], rank: usize) -> (u32, usize) {
 /// already 0, so they compare above `t.key`).
 #[inline(always)]
 fn sweep<const AVX2: bool>(words: &mut [u64], keys: &[u32], t: Threshold) {
+    // Whole blocks as arrays, the last one padded with INACTIVE (above any threshold, and its
+    // mask bits past the row are 0 anyway): with the length known the compiler unrolls the
+    // compares with no remainder code, which was ~40 % of the sweep's instructions.
+    let chunks = keys.chunks_exact(BLOCK);
+    let mut last = [INACTIVE; BLOCK];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    let last = (!chunks.remainder().is_empty()).then_some(&last);
+    let blocks = chunks
+        .map(|keys| <&[u32; BLOCK]>::try_from(keys).expect("chunks_exact gives whole blocks"))
+        .chain(last);
     if t.all_ties {
         // Every key equal to the threshold goes (the usual case: one key is the threshold):
         // keep only those above it. A loop of its own, so that the equality compares of
         // `compare`, unused here, are dropped by the compiler (a sixth of the kernel's time).
-        for (word, keys) in words.iter_mut().zip(keys.chunks(BLOCK)) {
+        for (word, keys) in words.iter_mut().zip(blocks) {
             *word &= compare::<AVX2>(keys, t.key).0;
         }
         return;
     }
     let mut ties = t.ties;
-    for (word, keys) in words.iter_mut().zip(keys.chunks(BLOCK)) {
+    for (word, keys) in words.iter_mut().zip(blocks) {
         let (above, mut equal) = compare::<AVX2>(keys, t.key);
         if ties > 0 && equal != 0 {
             // Of the keys equal to the threshold, the first `ties` in column order go.
@@ -526,6 +503,21 @@ mod tests {
         assert_eq!(find_bin(&hist, 3), (17, 2));
         assert_eq!(find_bin(&hist, 7), (17, 2));
         assert_eq!(find_bin(&hist, 8), (40, 7));
+        // Across groups of 64, and from a later start.
+        let mut hist = [0u32; 300];
+        (hist[5], hist[63], hist[64], hist[200], hist[299]) = (1, 2, 3, 4, 5);
+        for rank in 1..=15 {
+            let want = find_bin(&hist, rank);
+            let naive = (0..300).find(|&b| hist[..=b].iter().sum::<u32>() as usize >= rank);
+            assert_eq!(want.0 as usize, naive.unwrap(), "rank {rank}");
+            assert_eq!(want.1, hist[..want.0 as usize].iter().sum::<u32>() as usize);
+            for first in [0, 5, 6, 63, 64, 65, 128] {
+                let below = hist[..first].iter().sum::<u32>() as usize;
+                if below < rank {
+                    assert_eq!(find_bin_from(&hist, rank, first, below), want);
+                }
+            }
+        }
     }
 
     #[test]
@@ -533,14 +525,5 @@ mod tests {
         assert_eq!(lowest_bits(0b1011_0100, 2), 0b0001_0100);
         assert_eq!(lowest_bits(u64::MAX, 63), u64::MAX >> 1);
         assert_eq!(lowest_bits(1 << 63 | 1, 1), 1);
-    }
-
-    #[test]
-    fn inactive_lanes_expand_the_mask_word_bytes() {
-        assert_eq!(INACTIVE_LANES[0], [INACTIVE; 8]);
-        assert_eq!(INACTIVE_LANES[255], [0; 8]);
-        let mut want = [INACTIVE; 8];
-        (want[0], want[2], want[7]) = (0, 0, 0);
-        assert_eq!(INACTIVE_LANES[0b1000_0101], want);
     }
 }

@@ -59,6 +59,18 @@ fn cuda_kernels_equal_cpu_kernels() {
                     let gpu = kernels::prune_rows_incremental(scores.1, &mask, rho).unwrap();
                     assert_eq!(gpu, cpu, "{kind:?} {rows}x{cols} rho {rho}");
                 }
+                // The fused kernel: on CUDA the two kernels composed, on the CPU the fused
+                // host path; both equal to scores then selection.
+                let cpu = kernels::wanda_prune_rows(&w, &sq, &mask, rho).unwrap();
+                let gpu = kernels::wanda_prune_rows(&wg, &sqg, &mask, rho).unwrap();
+                assert_eq!(
+                    gpu, cpu,
+                    "wanda_prune_rows {kind:?} {rows}x{cols} rho {rho}"
+                );
+                assert_eq!(
+                    cpu,
+                    kernels::prune_rows_incremental(&s, &mask, rho).unwrap()
+                );
             }
             for (n, m) in [(2, 4), (4, 8), (1, 1 + cols % 2)] {
                 if n < m && cols % m == 0 {
@@ -80,6 +92,12 @@ fn cuda_kernels_equal_cpu_kernels() {
         .to_device(&dev)
         .unwrap();
     let err = kernels::prune_rows_incremental(&nan, &Mask::ones(1, 4), 0.5).unwrap_err();
+    assert!(matches!(err, KernelError::NaN(_)));
+    let sq = Tensor::new(&[1f32; 4], &Device::Cpu)
+        .unwrap()
+        .to_device(&dev)
+        .unwrap();
+    let err = kernels::wanda_prune_rows(&nan, &sq, &Mask::ones(1, 4), 0.5).unwrap_err();
     assert!(matches!(err, KernelError::NaN(_)));
     assert!(matches!(
         kernels::nm_mask(&nan, 2, 4),
