@@ -79,15 +79,8 @@ pub(crate) fn output_f32(n: usize) -> Vec<f32> {
     v
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(target_os = "linux")]
 fn advise_huge_pages(v: &mut [f32]) {
-    extern "C" {
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-    }
-    const MADV_HUGEPAGE: i32 = 14;
     const HUGE: usize = 2 << 20;
     let start = v.as_mut_ptr() as usize;
     let end = start + std::mem::size_of_val(v);
@@ -95,12 +88,9 @@ fn advise_huge_pages(v: &mut [f32]) {
     if hi > lo {
         // SAFETY: whole pages inside `v`'s allocation; MADV_HUGEPAGE changes no contents and
         // its result (advice taken or not) does not matter.
-        unsafe { madvise(lo as *mut _, hi - lo, MADV_HUGEPAGE) };
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
     }
 }
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_: &mut [f32]) {}
