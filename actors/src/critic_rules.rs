@@ -4,7 +4,8 @@
 //! [`review`] applies the switchable rules of `[critic.rules]` to one candidate plan:
 //! per decision, in this order — unknown layer, duplicate layer, δ bounds, recent
 //! rollback, high z_grad, layer sparsity cap — then, on the surviving decisions, the
-//! empty-plan check, overshoot and minimum progress. An `amend` rule repairs the plan
+//! empty-plan check, overshoot, the pace (`under_pace`, [`crate::critic_pace`]) and
+//! minimum progress. An `amend` rule repairs the plan
 //! and records a reason naming the layer and the value; a `veto` rule records a reason
 //! and the verdict becomes a veto (all reasons are collected, so the planner sees every
 //! problem at once).
@@ -13,7 +14,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use config::{AssessmentThresholds, CriticRules, RuleAction};
+use crate::critic_pace::check_pace;
+use config::{AssessmentThresholds, CriticRules, PaceRule, RuleAction};
 use llm::prompt::decisions_text;
 use protocol::{
     global_sparsity, projected_sparsity, recently_rolled_back, target_reached, Feedback,
@@ -32,6 +34,8 @@ pub struct ReviewContext<'a> {
     pub target_sparsity: f64,
     /// The iteration being planned (1-based).
     pub iteration: u32,
+    /// The run's iteration budget (the pace of the `under_pace` rule).
+    pub max_iterations: u32,
     /// Finished iterations, oldest first.
     pub history: &'a [IterationRecord],
 }
@@ -43,6 +47,7 @@ impl<'a> ReviewContext<'a> {
             profiles: &request.profiles,
             target_sparsity: request.target_sparsity,
             iteration: request.iteration,
+            max_iterations: request.max_iterations,
             history: &request.history,
         }
     }
@@ -112,6 +117,11 @@ pub fn review(plan: &Plan, ctx: &ReviewContext, rules: &CriticRules) -> Verdict 
         }
     } else if !amended.layer_decisions.is_empty() {
         check_overshoot(&mut amended, ctx, rules, current, &mut f);
+        if rules.under_pace == PaceRule::Amend {
+            if let Some(reason) = check_pace(&mut amended, ctx, rules, current) {
+                f.amends.push(reason);
+            }
+        }
         if rules.min_progress == RuleAction::Veto && !amended.stop_pruning {
             let gain = projected_sparsity(ctx.profiles, &amended.layer_decisions) - current;
             let need = rules.min_gain.min((target - current).max(0.0));

@@ -99,6 +99,8 @@ proptest! {
         decisions in prop::collection::vec(arb_decision(12), 0..16),
         target in 0.1..0.9f64,
         stop in prop::bool::weighted(0.1),
+        pace in prop::bool::ANY,
+        max_iterations in 1u32..60,
     ) {
         let profiles: Vec<LayerProfile> = layers
             .iter()
@@ -111,9 +113,18 @@ proptest! {
                 params: p,
             })
             .collect();
-        let rules = CriticRules::default();
+        let rules = CriticRules {
+            under_pace: if pace { PaceRule::Amend } else { PaceRule::Off },
+            ..CriticRules::default()
+        };
         let plan = Plan { reasoning: String::new(), stop_pruning: stop, layer_decisions: decisions };
-        let ctx = ReviewContext { profiles: &profiles, target_sparsity: target, iteration: 3, history: &[] };
+        let ctx = ReviewContext {
+            profiles: &profiles,
+            target_sparsity: target,
+            iteration: 3.min(max_iterations),
+            max_iterations,
+            history: &[],
+        };
         let out = match review(&plan, &ctx, &rules) {
             Verdict::Approve => plan.clone(),
             Verdict::Amend { plan, reasons } => {

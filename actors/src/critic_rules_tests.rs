@@ -40,6 +40,7 @@ fn ctx<'a>(profiles: &'a [LayerProfile], history: &'a [IterationRecord]) -> Revi
         profiles,
         target_sparsity: 0.5,
         iteration: 5,
+        max_iterations: 40,
         history,
     }
 }
@@ -476,3 +477,6 @@ fn reflection_summarises_reasoning_decisions_gain_and_ppl() {
 
 #[path = "critic_rules_loop_tests.rs"]
 mod loop_tests;
+
+#[path = "critic_pace_tests.rs"]
+mod pace_tests;

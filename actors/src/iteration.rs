@@ -296,6 +296,7 @@ impl Supervisor {
         }
         it.record("llm.latency_ms", int(llm_ms));
         if survivors.is_empty() {
+            state.rejected = request.rejections;
             return Ok(Some(StopReason::NoAcceptablePlan));
         }
         if survivors.iter().all(|p| p.stop_pruning) {

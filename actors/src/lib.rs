@@ -16,6 +16,7 @@
 
 pub mod checkpointer;
 pub mod critic;
+mod critic_pace;
 pub mod critic_rules;
 pub mod device;
 pub mod engine;

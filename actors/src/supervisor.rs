@@ -15,7 +15,7 @@ use config::Config;
 use kernels::Mask;
 use llm::PlannerBackend;
 use protocol::{
-    ActorTimings, IterationRecord, ProbePoint, RunMeta, RunState, RunSummary, StopReason,
+    ActorTimings, IterationRecord, ProbePoint, Rejection, RunMeta, RunState, RunSummary, StopReason,
 };
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -115,6 +115,9 @@ pub struct SupervisorState {
     /// Knowledge-probe points of this run so far, oldest first (see [`crate::probe`]).
     pub probe_points: Vec<ProbePoint>,
     pub stored_final_probe: Option<ProbePoint>,
+    /// The vetoed candidates of an iteration that found no acceptable plan (the run's
+    /// last); see [`RunSummary::rejected`].
+    pub rejected: Vec<Rejection>,
 }
 
 impl Supervisor {
@@ -160,9 +163,12 @@ impl Supervisor {
         }
     }
 
+    /// The Critic, with `under_pace = "auto"` resolved for this run's planner backend.
     fn critic(&self) -> Critic {
+        let mut cfg = self.cfg.critic.clone();
+        cfg.rules.under_pace = cfg.rules.under_pace.resolve(self.cfg.planner.backend);
         Critic {
-            cfg: self.cfg.critic.clone(),
+            cfg,
             tau: self.cfg.pruning.tau,
         }
     }
@@ -297,6 +303,7 @@ impl Actor for Supervisor {
             restarts: Vec::new(),
             probe_points: start.probe_points,
             stored_final_probe: start.final_probe,
+            rejected: Vec::new(),
         })
     }
 
@@ -399,9 +406,17 @@ impl Supervisor {
             _ => RunState::Finished,
         };
         if reason != StopReason::Interrupted {
-            let note = failure
-                .clone()
-                .unwrap_or_else(|| format!("{reason:?}").to_lowercase());
+            let note = failure.clone().unwrap_or_else(|| {
+                let mut note = format!("{reason:?}").to_lowercase();
+                if let Some(last) = state.rejected.last() {
+                    note.push_str(&format!(
+                        ": {} plan(s) vetoed; last: {}",
+                        state.rejected.len(),
+                        last.reasons.join("; ")
+                    ));
+                }
+                note
+            });
             let status = crate::iteration::status(state, terminal, Some(note));
             let _ = state
                 .children
@@ -435,6 +450,7 @@ impl Supervisor {
             delta_bytes: state.delta_bytes.clone(),
             started_at_iteration: state.started_at,
             probe: self.probe_series(state),
+            rejected: state.rejected.clone(),
         };
         self.emit(crate::run::ProgressEvent::Finished {
             state: terminal,

@@ -183,6 +183,26 @@ async fn replans_are_bounded() {
     assert_eq!(out.summary.stop_reason, StopReason::NoAcceptablePlan);
     assert_eq!(planner.seen.lock().unwrap().len(), 2);
     assert_eq!(out.summary.final_sparsity, 0.0);
+    // Both rounds' vetoed plans and reasons come back with the summary.
+    let rejected = &out.summary.rejected;
+    assert_eq!(rejected.len(), 2);
+    for r in rejected {
+        assert!(r.plan.layer_decisions.is_empty());
+        assert_eq!(
+            r.reasons,
+            vec!["empty plan: no layer decisions and stop_pruning is false"]
+        );
+    }
+    // The stored status says so too.
+    let run_id = out.summary.run_id.clone();
+    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), &run_id).unwrap();
+    assert_eq!(
+        stored.status.unwrap().reason.as_deref(),
+        Some(
+            "noacceptableplan: 2 plan(s) vetoed; last: empty plan: no layer decisions and \
+             stop_pruning is false"
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use backend::{BackendConfig, BackendKind};
-pub use critic::{AssessmentThresholds, CriticConfig, CriticRules, RuleAction};
+pub use critic::{AssessmentThresholds, CriticConfig, CriticRules, PaceRule, RuleAction};
 pub use daemon::{DaemonConfig, DaemonSection, TelemetryConfig};
 pub use error::{ConfigError, FieldError};
 pub use planning::{HeuristicConfig, PromptConfig};

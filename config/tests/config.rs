@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use config::{BackendKind, Config, ConfigError, Device, RuleAction};
+use config::{BackendKind, Config, ConfigError, Device, PaceRule, RuleAction};
 
 /// Parse `text` expecting a validation error; return its messages.
 fn invalid(text: &str) -> Vec<String> {
@@ -73,6 +73,7 @@ fn paper_preset_has_the_papers_settings() {
         Some(BackendKind::Heuristic)
     );
     assert_eq!(p.critic.rules.overshoot, RuleAction::Off);
+    assert_eq!(p.critic.rules.under_pace, PaceRule::Off);
     // Fields the preset does not list keep their defaults.
     assert_eq!(p.heuristic, config::HeuristicConfig::default());
 }
@@ -365,6 +366,35 @@ fn plan_constraints_follow_rule_switches() {
     assert_eq!(c.max_layer_sparsity, 1.0);
     assert_eq!(c.max_z_grad, None);
     assert_eq!(c.min_gain, 0.0);
+}
+
+#[test]
+fn under_pace_auto_amends_for_llm_planners_only() {
+    assert_eq!(Config::default().critic.rules.under_pace, PaceRule::Auto);
+    let auto = PaceRule::Auto;
+    assert_eq!(auto.resolve(BackendKind::Heuristic), PaceRule::Off);
+    for llm in [
+        BackendKind::Local,
+        BackendKind::Openai,
+        BackendKind::Gemini,
+        BackendKind::Anthropic,
+    ] {
+        assert_eq!(auto.resolve(llm), PaceRule::Amend, "{llm:?}");
+        // An explicit choice is kept whatever plans.
+        assert_eq!(PaceRule::Off.resolve(llm), PaceRule::Off);
+    }
+    assert_eq!(
+        PaceRule::Amend.resolve(BackendKind::Heuristic),
+        PaceRule::Amend
+    );
+    let off = Config::from_toml_str("[critic.rules]\nunder_pace = \"off\"").unwrap();
+    assert_eq!(off.critic.rules.under_pace, PaceRule::Off);
+    let err = Config::from_toml_str("[critic.rules]\nunder_pace = \"veto\"").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(":2:14:") && text.contains("unknown variant `veto`"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -44,10 +44,21 @@ pub struct Pace {
 /// share). Small models cannot divide the gap by the budget themselves; without the
 /// figure they took 0.5 % steps where 50 % in 40 iterations needs more than 1.25 %.
 pub fn pace(r: &PlanRequest) -> Pace {
-    let gap = (r.target_sparsity - r.current_sparsity).max(0.0);
-    let iterations_left = (r.max_iterations + 1).saturating_sub(r.iteration).max(1);
-    let horizon = (f64::from(r.max_iterations) * PLAN_HORIZON).ceil() as u32;
-    let planned_within = match (horizon + 1).saturating_sub(r.iteration) {
+    pace_of(
+        r.target_sparsity - r.current_sparsity,
+        r.iteration,
+        r.max_iterations,
+    )
+}
+
+/// [`pace`] from its parts: the gap to the target (negative counts as none), the
+/// iteration being planned (1-based) and the run's iteration budget. The critic's
+/// `under_pace` rule holds plans to the same figure the prompt states.
+pub fn pace_of(gap: f64, iteration: u32, max_iterations: u32) -> Pace {
+    let gap = gap.max(0.0);
+    let iterations_left = (max_iterations + 1).saturating_sub(iteration).max(1);
+    let horizon = (f64::from(max_iterations) * PLAN_HORIZON).ceil() as u32;
+    let planned_within = match (horizon + 1).saturating_sub(iteration) {
         0 => iterations_left,
         n => n.min(iterations_left),
     };

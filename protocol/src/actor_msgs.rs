@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::{LayerProfile, Plan};
 use crate::probe::{ProbePoint, ProbeSeries};
-use crate::request::{IterationRecord, PlanResponse};
+use crate::request::{IterationRecord, PlanResponse, Rejection};
 use crate::run::{RunId, RunState, Verdict};
 
 /// Index of a candidate plan within one iteration (0-based, in the planner's order).
@@ -203,6 +203,11 @@ pub struct RunSummary {
     /// resume); `None` when the probe is off.
     #[serde(default)]
     pub probe: Option<ProbeSeries>,
+    /// When the run stopped on `NoAcceptablePlan`: every candidate of that iteration's
+    /// planning rounds with the critic's reasons. Nothing else records them (no
+    /// iteration was committed or stored), and they say why the run ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Rejection>,
 }
 
 impl RunSummary {

@@ -115,6 +115,11 @@ pub fn report_json(s: &RunSummary, x: &Extras) -> serde_json::Value {
         "layers": s.layer_sparsity.iter().map(|(n, sp, p)| serde_json::json!({"name": n, "sparsity": sp, "params": p})).collect::<Vec<_>>(),
         "iterations": s.records,
     });
+    if !s.rejected.is_empty() {
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("rejected".into(), serde_json::json!(s.rejected));
+        }
+    }
     if let (Some(p), Some(obj)) = (probe_of(s), doc.as_object_mut()) {
         obj.insert(
             "probe".into(),
@@ -197,6 +202,32 @@ was on, so there is no verdict).\n",
     out
 }
 
+/// The vetoed plans of the iteration that ended the run with no acceptable plan, one
+/// line each: the layers and δs, then the critic's reasons. Empty otherwise.
+fn rejected_md(s: &RunSummary) -> String {
+    if s.rejected.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n## Vetoed plans\n\nThe last iteration found no acceptable plan: the critic vetoed all {} candidate(s).\n\n",
+        s.rejected.len()
+    );
+    for (i, r) in s.rejected.iter().enumerate() {
+        let plan = if r.plan.layer_decisions.is_empty() {
+            "no layer decisions".to_string()
+        } else {
+            r.plan
+                .layer_decisions
+                .iter()
+                .map(|d| format!("`{}` {}", d.layer, d.delta))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!("{}. {plan}: {}\n", i + 1, r.reasons.join("; ")));
+    }
+    out
+}
+
 /// The Markdown of `report.md`.
 pub fn report_md(s: &RunSummary, x: &Extras) -> String {
     let t = Table4::of(s);
@@ -243,6 +274,7 @@ pub fn report_md(s: &RunSummary, x: &Extras) -> String {
     if let Some(p) = probe_of(s) {
         out.push_str(&probe_md(p));
     }
+    out.push_str(&rejected_md(s));
     let tm = &s.timings;
     out.push_str(&format!(
         "\n## Cost\n\nWall time {:.1} s. Time by actor (ms): profiler {}, planner {}, critic {}, executor {}, evaluator {}, checkpointer {}.\n",

@@ -2,8 +2,8 @@
 //! Markdown, and PNGs that contain drawn text (the embedded font works).
 
 use protocol::{
-    ActorTimings, Feedback, IterationOutcome, IterationRecord, Plan, ProbePoint, ProbeSeries,
-    RunState, RunSummary, StopReason,
+    ActorTimings, Feedback, IterationOutcome, IterationRecord, LayerDecision, Plan, ProbePoint,
+    ProbeSeries, Rejection, RunState, RunSummary, StopReason,
 };
 use report::{report_json, report_md, write_all, Extras, Table4};
 
@@ -72,6 +72,7 @@ fn summary() -> RunSummary {
         delta_bytes: vec![1000, 800, 700],
         started_at_iteration: 1,
         probe: None,
+        rejected: vec![],
     }
 }
 
@@ -212,4 +213,54 @@ fn iterations_png_gets_a_probe_panel_only_with_probe_data() {
     assert!(std::fs::metadata(&with).unwrap().len() > 25_000);
     write_all(dir.path(), &summary(), &Extras::default()).unwrap();
     assert_eq!(png_dims(&with), (1200, 1100));
+}
+
+#[test]
+fn vetoed_plans_of_a_run_without_an_acceptable_plan_are_reported() {
+    let x = Extras::default();
+    let plain = summary();
+    assert!(!report_md(&plain, &x).contains("Vetoed plans"));
+    assert!(report_json(&plain, &x).get("rejected").is_none());
+    let stuck = RunSummary {
+        stop_reason: StopReason::NoAcceptablePlan,
+        rejected: vec![
+            Rejection {
+                plan: Plan {
+                    reasoning: "nothing".into(),
+                    stop_pruning: false,
+                    layer_decisions: vec![],
+                },
+                reasons: vec!["empty plan: no layer decisions and stop_pruning is false".into()],
+            },
+            Rejection {
+                plan: Plan {
+                    reasoning: "tiny".into(),
+                    stop_pruning: false,
+                    layer_decisions: vec![LayerDecision {
+                        layer: "model.layers.0.mlp.up_proj".into(),
+                        delta: 0.0125,
+                    }],
+                },
+                reasons: vec![
+                    "global sparsity gain 0.0004 is below the minimum 0.0010".into(),
+                    "second".into(),
+                ],
+            },
+        ],
+        ..summary()
+    };
+    let md = report_md(&stuck, &x);
+    assert!(
+        md.contains(
+            "## Vetoed plans\n\nThe last iteration found no acceptable plan: the critic vetoed \
+             all 2 candidate(s).\n\n1. no layer decisions: empty plan: no layer decisions and \
+             stop_pruning is false\n2. `model.layers.0.mlp.up_proj` 0.0125: global sparsity \
+             gain 0.0004 is below the minimum 0.0010; second\n"
+        ),
+        "{md}"
+    );
+    let j = report_json(&stuck, &x);
+    assert_eq!(j["rejected"].as_array().unwrap().len(), 2);
+    assert_eq!(j["rejected"][1]["reasons"][1], "second");
+    assert_eq!(j["rejected"][1]["plan"]["reasoning"], "tiny");
 }

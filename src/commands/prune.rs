@@ -230,6 +230,13 @@ pub fn run(args: PruneArgs) -> Result<()> {
             s.run_id, s.state, s.stop_reason, t.iterations, t.successful, t.rollbacks,
             t.final_sparsity * 100.0, t.target_sparsity * 100.0, t.baseline_ppl, t.final_ppl
         ))?;
+        if let Some(last) = s.rejected.last() {
+            common::print(&format!(
+                "no acceptable plan: the critic vetoed {} plan(s); last: {} (all in report.md)",
+                s.rejected.len(),
+                last.reasons.join("; ")
+            ))?;
+        }
         if let Some(f) = &out.final_eval {
             common::print(&format!(
                 "final PPL on {}: dense {:.3} -> pruned {:.3}",
