@@ -77,7 +77,7 @@ fn perplexity_of_quac_is_in_the_measured_range() {
         "--ppl",
         "assets/data/quac/test.jsonl:passage",
         "--limit",
-        "200",
+        "50",
         "--json",
     ]))
     .unwrap();
@@ -85,11 +85,15 @@ fn perplexity_of_quac_is_in_the_measured_range() {
         .as_f64()
         .unwrap_or_else(|| panic!("no ppl.perplexity in {v}"));
     assert!((PPL_LOW..PPL_HIGH).contains(&ppl), "perplexity {ppl}");
-    assert!(v["ppl"]["tokens_scored"].as_u64().unwrap() > 20_000);
+    // The tokenizer is deterministic: the same passages give the same windows.
+    assert_eq!(v["ppl"]["tokens_scored"].as_u64(), Some(28_319), "{v}");
+    assert_eq!(v["ppl"]["windows"].as_u64(), Some(56), "{v}");
 }
 
-/// Measured on this machine: 29.129 over 120,259 scored tokens (236 windows of 512).
+/// Measured on this machine: 30.139 over the first 50 passages, 28,319 scored tokens
+/// (56 windows of 512; the same figure as `secateur prune`'s dense final PPL; 29.129 over
+/// 200 passages, which took 18 minutes in this debug-profile test on two busy cores).
 /// The band (about ±6 %) allows for another summation order in the matmuls, not for a
 /// broken tokenizer, RoPE or q/k permutation (each of which moves it far outside).
-const PPL_LOW: f64 = 27.5;
-const PPL_HIGH: f64 = 31.0;
+const PPL_LOW: f64 = 28.4;
+const PPL_HIGH: f64 = 31.9;
