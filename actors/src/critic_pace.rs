@@ -14,18 +14,10 @@ use std::collections::HashMap;
 use config::CriticRules;
 use llm::prompt::pace_of;
 use protocol::{
-    projected_sparsity, IterationRecord, LayerDecision, Plan, DELTA_MAX, DELTA_MIN, SPARSITY_EPS,
+    projected_sparsity, recent_rollbacks, LayerDecision, Plan, DELTA_MAX, DELTA_MIN, SPARSITY_EPS,
 };
 
-use crate::critic_rules::ReviewContext;
-
-/// Whether an iteration among the `window` before `iteration` was rolled back.
-fn rolled_back_recently(history: &[IterationRecord], iteration: u32, window: u32) -> bool {
-    let first = iteration.saturating_sub(window);
-    history.iter().any(|r| {
-        r.outcome.rolled_back && r.outcome.iteration >= first && r.outcome.iteration < iteration
-    })
-}
+use crate::critic_rules::{floor4, ReviewContext};
 
 /// Round up to 4 decimals (the readable δs the other amendments write).
 fn ceil4(x: f64) -> f64 {
@@ -44,7 +36,10 @@ pub(crate) fn check_pace(
     if plan.stop_pruning || plan.layer_decisions.is_empty() {
         return None;
     }
-    if rolled_back_recently(ctx.history, ctx.iteration, rules.rollback_window) {
+    if recent_rollbacks(ctx.history, ctx.iteration, rules.rollback_window)
+        .next()
+        .is_some()
+    {
         return None;
     }
     let pace = pace_of(
@@ -77,9 +72,7 @@ pub(crate) fn check_pace(
         .map(|d| {
             let s = sparsity.get(d.layer.as_str()).copied().unwrap_or(1.0);
             let room = (layer_cap.min(1.0) - s).max(0.0);
-            ((room * 1e4 + 1e-9).floor() / 1e4)
-                .min(DELTA_MAX)
-                .max(d.delta)
+            floor4(room).min(DELTA_MAX).max(d.delta)
         })
         .collect();
     let scaled = |k: f64| -> Vec<LayerDecision> {

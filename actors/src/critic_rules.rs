@@ -255,7 +255,7 @@ fn check_decisions(
 }
 
 /// Round down to 4 decimals (readable deltas that never exceed the computed bound).
-fn floor4(x: f64) -> f64 {
+pub(crate) fn floor4(x: f64) -> f64 {
     (x * 1e4 + 1e-9).floor() / 1e4
 }
 

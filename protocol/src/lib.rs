@@ -15,8 +15,9 @@ pub use plan::{
 };
 pub use probe::{probe_due, ProbePoint, ProbeSeries};
 pub use request::{
-    global_sparsity, projected_sparsity, recently_rolled_back, target_reached, IterationRecord,
-    PlanConstraints, PlanRequest, PlanResponse, Rejection, SPARSITY_EPS, TARGET_TOLERANCE,
+    global_sparsity, projected_sparsity, recent_rollbacks, recently_rolled_back, target_reached,
+    IterationRecord, PlanConstraints, PlanRequest, PlanResponse, Rejection, SPARSITY_EPS,
+    TARGET_TOLERANCE,
 };
 pub use run::{Feedback, IterationOutcome, RunId, RunState, Verdict};
 

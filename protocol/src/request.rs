@@ -118,18 +118,27 @@ pub struct IterationRecord {
     pub feedback: Feedback,
 }
 
+/// The rolled-back iterations among the `window` before `iteration` (iterations
+/// `iteration - window ..= iteration - 1`). `window = 0` gives none.
+pub fn recent_rollbacks(
+    history: &[IterationRecord],
+    iteration: u32,
+    window: u32,
+) -> impl Iterator<Item = &IterationRecord> {
+    let first = iteration.saturating_sub(window);
+    history.iter().filter(move |r| {
+        r.outcome.rolled_back && r.outcome.iteration >= first && r.outcome.iteration < iteration
+    })
+}
+
 /// Layers of plans that were rolled back in the `window` iterations before `iteration`
-/// (iterations `iteration - window ..= iteration - 1`). `window = 0` gives none.
+/// (see [`recent_rollbacks`]).
 pub fn recently_rolled_back(
     history: &[IterationRecord],
     iteration: u32,
     window: u32,
 ) -> BTreeSet<String> {
-    let first = iteration.saturating_sub(window);
-    history
-        .iter()
-        .filter(|r| r.outcome.rolled_back)
-        .filter(|r| r.outcome.iteration >= first && r.outcome.iteration < iteration)
+    recent_rollbacks(history, iteration, window)
         .flat_map(|r| r.plan.layer_decisions.iter().map(|d| d.layer.clone()))
         .collect()
 }
