@@ -49,7 +49,7 @@ async fn sigkill_mid_run_then_restart_resumes_to_identical_masks() {
     )
     .unwrap();
     assert_eq!(record["state"], "running");
-    let db = actors::run::db_dir(&env.run_dir(&run.id));
+    let db = actors::folder::db_dir(&env.run_dir(&run.id));
     let stored = actors::checkpointer::load_run(&db, &run.id).unwrap();
     assert_eq!(stored.iterations.len(), 2, "iterations 1 and 2 committed");
     let st = stored.status.unwrap();

@@ -161,7 +161,7 @@ fn unknown_and_uncommitted_runs_are_refused_without_output() {
     let runs = dir.path().join("runs");
     let cfg = fixture_config(&fx, &runs);
     let run_dir = runs.join("empty-run");
-    let store = actors::store::Store::open(&actors::run::db_dir(&run_dir)).unwrap();
+    let store = actors::store::Store::open(&actors::folder::db_dir(&run_dir)).unwrap();
     let meta = protocol::RunMeta {
         run_id: "empty-run".into(),
         config_toml: cfg.to_toml_string(),

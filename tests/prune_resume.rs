@@ -67,7 +67,7 @@ fn killed_mid_iteration_and_resumed_equals_uninterrupted() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let killed = killed.unwrap();
-    let db = actors::run::db_dir(&runs.join(&killed));
+    let db = actors::folder::db_dir(&runs.join(&killed));
     let stored = actors::checkpointer::load_run(&db, &killed).unwrap();
     assert_eq!(stored.iterations.len(), 2, "iterations 1 and 2 are stored");
     let st = stored.status.unwrap();

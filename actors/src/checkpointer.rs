@@ -13,8 +13,10 @@ use std::time::Instant;
 use protocol::{LayerDelta, ProbePoint, RunMeta, RunStatus, StoredIteration};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::error::ActorError;
+use crate::faults::Faults;
 use crate::store::{LoadedRun, Store, StoreError};
-use crate::util::{blocking, Faults};
+use crate::util::blocking;
 
 /// Immutable setup: where the database lives.
 pub struct Checkpointer {
@@ -23,18 +25,19 @@ pub struct Checkpointer {
     pub faults: Faults,
 }
 
-/// Messages the Checkpointer answers. Every reply is `Err(reason)` on a write failure.
+/// Messages the Checkpointer answers. Every reply is an [`ActorError::Store`] on a
+/// write failure.
 pub enum CheckpointerMsg {
     /// Record a new run.
     Create {
         meta: Box<RunMeta>,
         status: RunStatus,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ActorError>>,
     },
     /// Move the state machine.
     SetStatus {
         status: RunStatus,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ActorError>>,
     },
     /// Store a finished iteration with its deltas (empty on rollback) and the new
     /// status atomically. Replies with the milliseconds spent.
@@ -42,13 +45,13 @@ pub enum CheckpointerMsg {
         stored: Box<StoredIteration>,
         deltas: Vec<LayerDelta>,
         status: RunStatus,
-        reply: RpcReplyPort<Result<u64, String>>,
+        reply: RpcReplyPort<Result<u64, ActorError>>,
     },
     /// Store the final model's knowledge-probe point (taken after the last iteration
     /// was committed, so it cannot join that iteration's transaction).
     SetFinalProbe {
         point: ProbePoint,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ActorError>>,
     },
 }
 
@@ -95,15 +98,15 @@ impl Actor for Checkpointer {
                 reply,
             } => {
                 let out = blocking(move || store.create_run(&meta, &status)).await;
-                let _ = reply.send(out.map_err(|e| e.to_string()));
+                let _ = reply.send(out.map_err(ActorError::from));
             }
             CheckpointerMsg::SetStatus { status, reply } => {
                 let out = blocking(move || store.set_status(&run, &status)).await;
-                let _ = reply.send(out.map_err(|e| e.to_string()));
+                let _ = reply.send(out.map_err(ActorError::from));
             }
             CheckpointerMsg::SetFinalProbe { point, reply } => {
                 let out = blocking(move || store.set_final_probe(&run, &point)).await;
-                let _ = reply.send(out.map_err(|e| e.to_string()));
+                let _ = reply.send(out.map_err(ActorError::from));
             }
             CheckpointerMsg::Commit {
                 stored,
@@ -116,7 +119,7 @@ impl Actor for Checkpointer {
                     .faults
                     .fire("checkpointer", self.faults.checkpointer_fail_at, it)
                 {
-                    let _ = reply.send(Err(StoreError::Injected(it).to_string()));
+                    let _ = reply.send(Err(StoreError::Injected(it).into()));
                     return Ok(());
                 }
                 let start = Instant::now();
@@ -124,7 +127,7 @@ impl Actor for Checkpointer {
                     blocking(move || store.commit_iteration(&run, &stored, &deltas, &status)).await;
                 let _ = reply.send(
                     out.map(|()| start.elapsed().as_millis() as u64)
-                        .map_err(|e| e.to_string()),
+                        .map_err(ActorError::from),
                 );
             }
         }

@@ -10,7 +10,7 @@ use config::Config;
 use model::text::TextSource;
 use model::{LayerInfo, Model};
 
-use crate::probe::ProbeSet;
+use crate::probe_set::ProbeSet;
 
 /// Errors while preparing the engine, as readable strings (they end the run).
 pub type Error = String;

@@ -19,7 +19,9 @@ use protocol::{CandidateMasks, CandidateScore};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::engine::Engine;
-use crate::util::{blocking, Faults};
+use crate::error::ActorError;
+use crate::faults::Faults;
+use crate::util::blocking;
 
 /// Immutable setup.
 pub struct Evaluator {
@@ -33,20 +35,20 @@ pub struct Evaluator {
 pub enum EvaluatorMsg {
     /// PPL of the committed model on the held-out slice.
     Baseline {
-        reply: RpcReplyPort<Result<f64, String>>,
+        reply: RpcReplyPort<Result<f64, ActorError>>,
     },
     /// One score per candidate (same order), plus the milliseconds spent.
     Evaluate {
         iteration: u32,
         candidates: Vec<CandidateMasks>,
-        reply: RpcReplyPort<Result<(Vec<CandidateScore>, u64), String>>,
+        reply: RpcReplyPort<Result<(Vec<CandidateScore>, u64), ActorError>>,
     },
     /// Knowledge probe of the committed model, or of the committed model with
     /// `candidate`'s delta (the candidate about to be committed). An error when the
     /// probe is off.
     Probe {
         candidate: Option<Box<CandidateMasks>>,
-        reply: RpcReplyPort<Result<ProbeScore, String>>,
+        reply: RpcReplyPort<Result<ProbeScore, ActorError>>,
     },
 }
 
@@ -105,10 +107,10 @@ fn evaluate_all(
     engine: &Engine,
     candidates: &[CandidateMasks],
     workers: usize,
-) -> Result<Vec<CandidateScore>, String> {
+) -> Result<Vec<CandidateScore>, ActorError> {
     let mut scores = Vec::with_capacity(candidates.len());
     for batch in candidates.chunks(workers) {
-        let results: Vec<Result<CandidateScore, String>> = std::thread::scope(|s| {
+        let results: Vec<Result<CandidateScore, ActorError>> = std::thread::scope(|s| {
             let handles: Vec<_> = batch
                 .iter()
                 .map(|c| s.spawn(move || score(engine, c)))
@@ -128,7 +130,7 @@ fn evaluate_all(
     Ok(scores)
 }
 
-fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, String> {
+fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, ActorError> {
     let overlay = overlay(engine, c)?;
     Ok(CandidateScore {
         id: c.id,
@@ -140,24 +142,25 @@ fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, String> 
 /// The probe of the committed model, plus `candidate`'s keep bits through the same
 /// lazy overlay its PPL was scored with: the point describes exactly the model the
 /// commit is about to produce, so it can be stored in that iteration's transaction.
-fn probe(engine: &Engine, candidate: Option<&CandidateMasks>) -> Result<ProbeScore, String> {
-    let set = engine
-        .probe
-        .as_ref()
-        .ok_or("knowledge probe requested, but evaluation.probe.every is 0")?;
+fn probe(engine: &Engine, candidate: Option<&CandidateMasks>) -> Result<ProbeScore, ActorError> {
+    let set = engine.probe.as_ref().ok_or_else(|| {
+        ActorError::Setup("knowledge probe requested, but evaluation.probe.every is 0".into())
+    })?;
     let overlay = candidate.map(|c| overlay(engine, c)).transpose()?;
     set.score(&engine.model, overlay.as_ref())
+        .map_err(ActorError::Model)
 }
 
 /// The candidate's touched layers as lazy mask entries: committed bits (the model's
 /// in-place pruning) minus the candidate's delta. A candidate costs its bits, 1 per
 /// weight of the layers it touches; each forward builds a layer's masked weight
 /// transiently from the model's stored (already pruned) weight.
-pub fn overlay(engine: &Engine, c: &CandidateMasks) -> Result<WeightOverlay, String> {
+pub fn overlay(engine: &Engine, c: &CandidateMasks) -> Result<WeightOverlay, ActorError> {
     let model = &engine.model;
     let mut overlay = WeightOverlay::new();
     for d in &c.deltas {
-        let err = |e: &dyn std::fmt::Display| format!("evaluator `{}`: {e}", d.layer);
+        let err =
+            |e: &dyn std::fmt::Display| ActorError::Model(format!("evaluator `{}`: {e}", d.layer));
         let delta = MaskDelta::from_bytes(&d.bytes).map_err(|e| err(&e))?;
         let mut mask = match model.pruned_mask(&d.layer).map_err(|e| err(&e))? {
             Some(m) => (*m).clone(),
@@ -171,13 +174,13 @@ pub fn overlay(engine: &Engine, c: &CandidateMasks) -> Result<WeightOverlay, Str
 
 /// Token-weighted PPL over the held-out sequences (each one window), batched
 /// [`model::FORWARD_BATCH`] sequences per forward.
-pub fn held_out_ppl(engine: &Engine, overlay: Option<&WeightOverlay>) -> Result<f64, String> {
+pub fn held_out_ppl(engine: &Engine, overlay: Option<&WeightOverlay>) -> Result<f64, ActorError> {
     let windows: Vec<&[u32]> = engine.eval.iter().map(Vec::as_slice).collect();
     let parts = engine
         .model
         .perplexity_each(&windows, model::FORWARD_BATCH, overlay)
-        .map_err(|e| format!("evaluator: {e}"))?;
+        .map_err(|e| ActorError::Model(format!("evaluator: {e}")))?;
     Perplexity::combine(&parts)
         .map(|p| p.ppl)
-        .map_err(|e| format!("evaluator: {e}"))
+        .map_err(|e| ActorError::Model(format!("evaluator: {e}")))
 }

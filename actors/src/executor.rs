@@ -1,25 +1,28 @@
 //! The Executor actor (Algorithm 1 lines 16–18): applies candidate plans to the
 //! committed masks with incremental per-row Wanda pruning, and commits the chosen one.
 //!
-//! It owns the committed masks (one bitset per prunable layer, model order) and mirrors
-//! every commit into the shared model by pruning it in place (`Model::prune_in_place`):
-//! the model's stored weights become `W ⊙ M` and the dense values are released, so the
-//! process holds one copy of the weights whatever the sparsity. A candidate touches only
-//! the layers its plan names: it is returned as those layers' mask deltas (compact
-//! bytes), never as weight copies. Wanda scores of a pruned layer are computed on the
-//! pruned weights: they differ from the dense scores only where weights are already
-//! pruned, which the incremental selection never picks again.
+//! The committed state belongs to the model ([`crate::state`]); the Executor is its
+//! only writer. A commit prunes the model in place (`Model::prune_in_place`): the
+//! stored weights become `W ⊙ M` and the dense values are released, so the process
+//! holds one copy of the weights whatever the sparsity. A candidate touches only the
+//! layers its plan names: it is returned as those layers' mask deltas (compact bytes),
+//! never as weight copies, and stays pending here until the Supervisor commits it by
+//! id or the next iteration's `Apply` replaces it. Wanda scores of a pruned layer are
+//! computed on the pruned weights: they differ from the dense scores only where
+//! weights are already pruned, which the incremental selection never picks again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
-use kernels::{Mask, MaskDelta};
+use kernels::MaskDelta;
 use protocol::{CandidateId, CandidateMasks, LayerDelta, Plan};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::engine::Engine;
+use crate::error::{ActorError, Result};
+use crate::state::PruningState;
 use crate::util::blocking;
 
 /// Immutable setup: the shared engine.
@@ -30,72 +33,48 @@ pub struct Executor {
 /// Messages the Executor answers.
 pub enum ExecutorMsg {
     /// Apply each plan to the committed masks; Σx² per layer (model order) scores the
-    /// weights. Replies with one candidate per plan, plus the milliseconds spent.
+    /// weights. Replies with one candidate per plan, plus the milliseconds spent; the
+    /// candidates stay pending until the next `Apply`.
     Apply {
         plans: Vec<(CandidateId, Plan)>,
         act_sum_sq: Arc<Vec<Vec<f32>>>,
-        reply: RpcReplyPort<Result<(Vec<CandidateMasks>, u64), String>>,
+        reply: RpcReplyPort<Result<(Vec<CandidateMasks>, u64)>>,
     },
-    /// Make a candidate's deltas part of the committed state.
+    /// Make the pending candidate `id` the committed state.
     Commit {
-        deltas: Vec<LayerDelta>,
-        reply: RpcReplyPort<Result<(), String>>,
+        id: CandidateId,
+        reply: RpcReplyPort<Result<()>>,
     },
     /// Per layer (model order): (name, sparsity, weights), counted on the masks.
     Sparsity {
-        reply: RpcReplyPort<Vec<(String, f64, u64)>>,
+        reply: RpcReplyPort<Result<Vec<(String, f64, u64)>>>,
     },
     /// The committed masks as deltas from all-kept (for export and comparison).
     Masks {
-        reply: RpcReplyPort<Vec<LayerDelta>>,
+        reply: RpcReplyPort<Result<Vec<LayerDelta>>>,
     },
 }
 
-/// Mutable state: the committed masks.
+/// Mutable state: the candidates of the iteration in progress.
 pub struct ExecutorState {
-    masks: Arc<Vec<Mask>>,
-    index: HashMap<String, usize>,
+    committed: PruningState,
+    pending: HashMap<CandidateId, Arc<CandidateMasks>>,
 }
 
 impl Actor for Executor {
     type Msg = ExecutorMsg;
     type State = ExecutorState;
-    /// Committed masks to start from (a resumed run); `None` starts dense.
-    type Arguments = Option<Vec<Mask>>;
+    type Arguments = ();
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        masks: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let layers = &self.engine.layers;
-        let masks = match masks {
-            Some(m) => m,
-            None => layers
-                .iter()
-                .map(|l| Mask::ones(l.out_features, l.in_features))
-                .collect(),
-        };
-        let engine = self.engine.clone();
-        let masks = Arc::new(masks);
-        let m = masks.clone();
-        // Prune the model in place to the starting masks (a resumed run; only layers
-        // with pruned weights). Repeating a mask the model already holds is a no-op.
-        blocking(move || -> Result<(), String> {
-            for (info, mask) in engine.layers.iter().zip(m.iter()) {
-                if mask.count_pruned() > 0 {
-                    prune_in_place(&engine, &info.name, mask)?;
-                }
-            }
-            crate::device::settle(engine.model.device())
+        _args: (),
+    ) -> std::result::Result<Self::State, ActorProcessingErr> {
+        Ok(ExecutorState {
+            committed: PruningState::new(self.engine.clone()),
+            pending: HashMap::new(),
         })
-        .await?;
-        let index = layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.name.clone(), i))
-            .collect();
-        Ok(ExecutorState { masks, index })
     }
 
     async fn handle(
@@ -103,7 +82,8 @@ impl Actor for Executor {
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let committed = state.committed.clone();
         match msg {
             ExecutorMsg::Apply {
                 plans,
@@ -112,79 +92,31 @@ impl Actor for Executor {
             } => {
                 let start = Instant::now();
                 let engine = self.engine.clone();
-                let masks = state.masks.clone();
-                let index = state.index.clone();
                 let out =
-                    blocking(move || apply_all(&engine, &masks, &index, &act_sum_sq, plans)).await;
+                    blocking(move || apply_all(&engine, &committed, &act_sum_sq, plans)).await;
+                state.pending = match &out {
+                    Ok(c) => c.iter().map(|c| (c.id, Arc::new(c.clone()))).collect(),
+                    Err(_) => HashMap::new(),
+                };
                 let _ = reply.send(out.map(|c| (c, start.elapsed().as_millis() as u64)));
             }
-            ExecutorMsg::Commit { deltas, reply } => {
-                let engine = self.engine.clone();
-                let mut masks = (*state.masks).clone();
-                let index = state.index.clone();
-                let out = blocking(move || {
-                    for d in &deltas {
-                        let i = *index
-                            .get(&d.layer)
-                            .ok_or_else(|| format!("commit: unknown layer `{}`", d.layer))?;
-                        let delta = MaskDelta::from_bytes(&d.bytes)
-                            .map_err(|e| format!("commit `{}`: {e}", d.layer))?;
-                        delta
-                            .apply_to(&mut masks[i])
-                            .map_err(|e| format!("commit `{}`: {e}", d.layer))?;
-                        prune_in_place(&engine, &d.layer, &masks[i])?;
-                    }
-                    // The pruned weights are read next by other threads (streams).
-                    crate::device::settle(engine.model.device())?;
-                    Ok(masks)
-                })
-                .await;
-                let _ = reply.send(out.map(|m| state.masks = Arc::new(m)));
+            ExecutorMsg::Commit { id, reply } => {
+                let out = match state.pending.remove(&id) {
+                    Some(c) => blocking(move || committed.commit(&c)).await,
+                    None => Err(ActorError::UnknownCandidate(id)),
+                };
+                state.pending.clear();
+                let _ = reply.send(out);
             }
             ExecutorMsg::Sparsity { reply } => {
-                let rows = self
-                    .engine
-                    .layers
-                    .iter()
-                    .zip(state.masks.iter())
-                    .map(|(l, m)| (l.name.clone(), m.sparsity(), m.len() as u64))
-                    .collect();
-                let _ = reply.send(rows);
+                let _ = reply.send(committed.layer_sparsity());
             }
             ExecutorMsg::Masks { reply } => {
-                let rows = self
-                    .engine
-                    .layers
-                    .iter()
-                    .zip(state.masks.iter())
-                    .map(|(l, m)| full_delta(&l.name, m))
-                    .collect();
-                let _ = reply.send(rows);
+                let _ = reply.send(blocking(move || committed.final_masks()).await);
             }
         }
         Ok(())
     }
-}
-
-/// A mask as the delta from all-kept.
-pub fn full_delta(name: &str, m: &Mask) -> LayerDelta {
-    let ones = Mask::ones(m.rows(), m.cols());
-    // Same shape and monotone by construction: cannot fail.
-    let bytes = MaskDelta::between(&ones, m)
-        .map(|d| d.to_bytes())
-        .unwrap_or_default();
-    LayerDelta {
-        layer: name.to_string(),
-        bytes,
-    }
-}
-
-/// Commit one layer's mask into the model, pruning it in place.
-fn prune_in_place(engine: &Engine, name: &str, mask: &Mask) -> Result<(), String> {
-    engine
-        .model
-        .prune_in_place(name, mask)
-        .map_err(|e| format!("mask `{name}`: {e}"))
 }
 
 /// All candidates, layer by layer: each touched layer's Wanda scores are computed once
@@ -193,20 +125,19 @@ fn prune_in_place(engine: &Engine, name: &str, mask: &Mask) -> Result<(), String
 /// (capped at 1) by per-row Wanda. Global sparsity is counted on the masks.
 fn apply_all(
     engine: &Engine,
-    masks: &[Mask],
-    index: &HashMap<String, usize>,
+    committed: &PruningState,
     act: &[Vec<f32>],
     plans: Vec<(CandidateId, Plan)>,
-) -> Result<Vec<CandidateMasks>, String> {
-    let total: u64 = masks.iter().map(|m| m.len() as u64).sum();
-    let pruned: u64 = masks.iter().map(|m| m.count_pruned() as u64).sum();
+) -> Result<Vec<CandidateMasks>> {
+    let total: u64 = engine.params().iter().sum();
+    let pruned = committed.pruned()?;
     // Layer index → [(candidate, δ)], in model order.
     let mut by_layer: std::collections::BTreeMap<usize, Vec<(usize, f64)>> = Default::default();
     for (c, (_, plan)) in plans.iter().enumerate() {
         for d in &plan.layer_decisions {
-            let i = *index
-                .get(&d.layer)
-                .ok_or_else(|| format!("executor: unknown layer `{}`", d.layer))?;
+            let i = committed.index(&d.layer).map_err(|_| {
+                ActorError::Kernel(format!("executor: unknown layer `{}`", d.layer))
+            })?;
             by_layer.entry(i).or_default().push((c, d.delta));
         }
     }
@@ -214,15 +145,15 @@ fn apply_all(
     let mut newly = vec![0u64; plans.len()];
     for (&i, uses) in &by_layer {
         let name = &engine.layers[i].name;
-        let err = |e: &dyn std::fmt::Display| format!("executor `{name}`: {e}");
+        let err = |e: &dyn std::fmt::Display| ActorError::Kernel(format!("executor `{name}`: {e}"));
         let sum_sq = act
             .get(i)
-            .ok_or_else(|| format!("executor: no activations for `{name}`"))?;
+            .ok_or_else(|| ActorError::Kernel(format!("executor: no activations for `{name}`")))?;
         // On the weights' device: the scores and the per-row selection run there.
         let sq =
             Tensor::from_slice(sum_sq, sum_sq.len(), engine.model.device()).map_err(|e| err(&e))?;
         let w = engine.model.layer_weight(name).map_err(|e| err(&e))?;
-        let mask = &masks[i];
+        let mask = &*committed.mask(i)?;
         for &(c, delta) in uses {
             // Per-row counts are round(ρ·cols): aim at the mask's own level + δ so
             // rounding never asks for less than what is already pruned.

@@ -9,6 +9,7 @@ use llm::PlannerBackend;
 use protocol::{PlanRequest, PlanResponse};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::error::ActorError;
 use crate::util::blocking;
 
 /// Immutable setup: the backend.
@@ -18,11 +19,11 @@ pub struct Planner {
 
 /// Messages the Planner answers.
 pub enum PlannerMsg {
-    /// Up to `k` candidate plans for `request`, or the backend's error as text.
+    /// Up to `k` candidate plans for `request`, or the backend's error.
     Propose {
         request: Box<PlanRequest>,
         k: usize,
-        reply: RpcReplyPort<Result<Vec<PlanResponse>, String>>,
+        reply: RpcReplyPort<Result<Vec<PlanResponse>, ActorError>>,
     },
 }
 
@@ -50,7 +51,10 @@ impl Actor for Planner {
         let out = blocking(move || {
             backend
                 .propose(&request, k)
-                .map_err(|e| format!("planner ({}): {e}", backend.name()))
+                .map_err(|source| ActorError::Planner {
+                    backend: backend.name().to_string(),
+                    source,
+                })
         })
         .await;
         let _ = reply.send(out);

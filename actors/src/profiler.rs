@@ -16,7 +16,9 @@ use protocol::{LayerProfile, ProfileReport};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::engine::Engine;
-use crate::util::{blocking, Faults};
+use crate::error::ActorError;
+use crate::faults::Faults;
+use crate::util::blocking;
 
 /// Immutable setup: the shared engine and the profiling parameters.
 pub struct Profiler {
@@ -30,11 +32,11 @@ pub struct Profiler {
 
 /// Messages the Profiler answers.
 pub enum ProfilerMsg {
-    /// Profile the committed model for `iteration`; replies with the report or an error
-    /// message (recoverable errors never kill the actor).
+    /// Profile the committed model for `iteration`; replies with the report or the
+    /// error (recoverable errors never kill the actor).
     Profile {
         iteration: u32,
-        reply: RpcReplyPort<Result<(ProfileReport, u64), String>>,
+        reply: RpcReplyPort<Result<(ProfileReport, u64), ActorError>>,
     },
 }
 
@@ -130,12 +132,12 @@ struct Job {
 type JobOut = (Vec<f64>, Option<Vec<f64>>, Vec<Vec<f32>>, Vec<LayerProfile>);
 
 impl Job {
-    fn run(&self, engine: &Engine) -> Result<JobOut, String> {
+    fn run(&self, engine: &Engine) -> Result<JobOut, ActorError> {
         let model = &engine.model;
-        let err = |e: &dyn std::fmt::Display| format!("profiler: {e}");
+        let err = |e: &dyn std::fmt::Display| ActorError::Model(format!("profiler: {e}"));
         model.reset_stats();
         model.set_stats_enabled(true);
-        let forward = || -> Result<(), String> {
+        let forward = || -> Result<(), ActorError> {
             let samples = &engine.calib[..self.activation_samples.min(engine.calib.len())];
             // Up to FORWARD_BATCH sequences of equal length (the pool's are all
             // `calibration.seq_len`) go through the model as one `[batch, seq]`

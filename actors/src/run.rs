@@ -1,62 +1,33 @@
-//! The entry point the CLI (and later the daemon) calls: [`run_pruning`] loads or
-//! resumes a run, starts the Supervisor with its six actors, waits for the end, and
-//! optionally measures the final perplexity on the `[evaluation.final]` text.
+//! The entry point the CLI and the daemon call: [`run_pruning`] loads or resumes a
+//! run, starts the Supervisor with its six actors, waits for the end, and optionally
+//! measures the final perplexity on the `[evaluation.final]` text.
 //!
-//! A run lives in `<runs_dir>/<run id>/`; its sled database is `checkpoint.sled`
-//! inside. Resuming reads the run's own stored config (so it continues exactly as
-//! started), rebuilds the masks from the committed deltas in order, restores the
-//! iteration memory and the last gradients, and continues at the next iteration.
+//! A run lives in its [`RunFolder`]. Resuming reads the run's own stored config (so it
+//! continues exactly as started), rebuilds the masks from the committed deltas in
+//! order and prunes the model to them, restores the iteration memory and the last
+//! gradients, and continues at the next iteration.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use config::Config;
-use kernels::{Mask, MaskDelta};
+use kernels::Mask;
 use llm::PlannerBackend;
 use model::text::TextSource;
 use model::Perplexity;
-use protocol::{
-    ActorTimings, IterationRecord, LayerDelta, RunId, RunMeta, RunState, RunSummary, StopReason,
-};
+use protocol::{IterationRecord, LayerDelta, RunId, RunMeta, RunState, RunSummary};
 use ractor::Actor;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpointer::load_run;
+use crate::crew::CrewSpec;
 use crate::engine::Engine;
+use crate::error::FailureKind;
+use crate::events::{ProgressFn, RunControl};
+use crate::faults::Faults;
+use crate::folder::{Committed, RunFolder};
+use crate::state::PruningState;
 use crate::store::TextPpl;
-use crate::supervisor::{StartPoint, Supervisor, SupervisorMsg};
-use crate::util::{blocking, Faults};
-
-/// What the run reports while it goes (the CLI draws progress from it).
-#[derive(Debug, Clone)]
-pub enum ProgressEvent {
-    /// Loading done; `next_iteration` > 1 when resumed.
-    Started {
-        run_id: RunId,
-        baseline_ppl: f64,
-        next_iteration: u32,
-    },
-    Phase {
-        iteration: u32,
-        state: RunState,
-    },
-    /// An iteration was stored (committed or rolled back).
-    Iteration {
-        record: Box<IterationRecord>,
-        timings: ActorTimings,
-        delta_bytes: u64,
-        /// Every reviewed candidate as stored (backend that answered — a fallback says
-        /// so —, LLM latency, verdict, score), for observers such as the daemon's API.
-        candidates: Vec<protocol::ReviewedCandidate>,
-    },
-    Finished {
-        state: RunState,
-        reason: StopReason,
-    },
-}
-
-/// A progress callback (called from actor tasks: keep it cheap).
-pub type ProgressFn = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
+use crate::supervisor::{Ended, StartPoint, Supervisor, SupervisorMsg};
+use crate::util::blocking;
 
 /// How to run, beyond the config.
 #[derive(Clone, Default)]
@@ -68,63 +39,16 @@ pub struct RunOptions {
     pub run_id: Option<RunId>,
     /// Planner backend; the deterministic heuristic of `[heuristic]` when `None`.
     pub planner: Option<Arc<dyn PlannerBackend>>,
+    /// Fault-injection points for tests ([`crate::faults`]); none by default.
     pub faults: Faults,
     pub progress: Option<ProgressFn>,
     /// Measure dense and pruned PPL on `[evaluation.final]` after the loop.
     pub final_eval: bool,
     /// Concurrent candidate evaluations; defaults to K.
     pub eval_workers: Option<usize>,
-    /// Test hook: sleep this long after entering `evaluating`, so a test can kill the
-    /// process reliably in the middle of an iteration. 0 = off.
-    pub pause_before_eval_ms: u64,
     /// Lets another task stop the loop at the next iteration boundary (cancel, or
     /// suspend for a shutdown); never consulted when nobody holds a clone.
     pub control: RunControl,
-}
-
-/// A stop request from outside the loop, honoured between iterations: the iteration in
-/// progress always finishes (and is committed or rolled back) first, so nothing is left
-/// half-done. Clones share the request.
-#[derive(Debug, Clone, Default)]
-pub struct RunControl(Arc<std::sync::atomic::AtomicU8>);
-
-/// What a [`RunControl`] asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopRequest {
-    /// End the run as `cancelled` (terminal).
-    Cancel,
-    /// Stop without a terminal state (process shutdown); a resume continues it.
-    Suspend,
-}
-
-impl RunControl {
-    const CANCEL: u8 = 1;
-    const SUSPEND: u8 = 2;
-
-    /// Ask for a cancel; wins over an earlier suspend.
-    pub fn cancel(&self) {
-        self.0
-            .store(Self::CANCEL, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Ask for a suspend, unless a cancel is already requested.
-    pub fn suspend(&self) {
-        let _ = self.0.compare_exchange(
-            0,
-            Self::SUSPEND,
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-        );
-    }
-
-    /// The pending request, if any.
-    pub fn requested(&self) -> Option<StopRequest> {
-        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
-            Self::CANCEL => Some(StopRequest::Cancel),
-            Self::SUSPEND => Some(StopRequest::Suspend),
-            _ => None,
-        }
-    }
 }
 
 /// Perplexity of the dense and the pruned model on the final text.
@@ -142,14 +66,46 @@ pub struct FinalEval {
 /// Everything a run produced.
 pub struct RunOutput {
     pub summary: RunSummary,
+    /// For a failed run: whether running it again may succeed.
+    pub failure_kind: Option<FailureKind>,
     /// Final masks, one per prunable layer in model order, as deltas from all-kept.
     pub masks: Vec<LayerDelta>,
-    pub run_dir: PathBuf,
+    pub folder: RunFolder,
     pub final_eval: Option<FinalEval>,
     /// The config the run used (the stored one when resumed).
     pub config: Config,
     /// f32 size of the model's weights, for the report's ratios.
     pub model_f32_bytes: u64,
+}
+
+impl RunOutput {
+    /// The report's extras for this run: model, sizes, final PPL; `wall_seconds` and
+    /// `peak_rss_bytes` as the caller measured them.
+    pub fn extras(&self, wall_seconds: f64, peak_rss_bytes: Option<u64>) -> report::Extras {
+        report::Extras {
+            model: self.config.model.path.display().to_string(),
+            model_f32_bytes: self.model_f32_bytes,
+            wall_seconds,
+            peak_rss_bytes,
+            final_ppl: self.final_eval.as_ref().map(|f| report::FinalPpl {
+                text: f.text.clone(),
+                tokens_scored: f.tokens_scored,
+                dense_ppl: f.dense_ppl,
+                pruned_ppl: f.pruned_ppl,
+            }),
+        }
+    }
+
+    /// Write `masks.bin` and the report files into the run folder.
+    pub fn write_outputs(
+        &self,
+        wall_seconds: f64,
+        peak_rss_bytes: Option<u64>,
+    ) -> Result<Vec<std::path::PathBuf>, crate::folder::FolderError> {
+        let extras = self.extras(wall_seconds, peak_rss_bytes);
+        self.folder
+            .write_outputs(&self.summary, &self.masks, &extras)
+    }
 }
 
 /// Errors that prevent a run from starting or finishing normally.
@@ -159,44 +115,38 @@ pub enum RunError {
     Setup(String),
     #[error("checkpoint: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Folder(#[from] crate::folder::FolderError),
     #[error("actor system: {0}")]
     Actors(String),
-}
-
-/// The sled directory of a run.
-pub fn db_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("checkpoint.sled")
 }
 
 /// Run (or resume) the agent-guided pruning loop to its end.
 pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, RunError> {
     let runs_dir = cfg.run.runs_dir.clone();
-    let (cfg, run_id, loaded) = match &opts.resume {
+    let (cfg, folder, stored) = match &opts.resume {
         Some(id) => {
-            let dir = db_dir(&runs_dir.join(id));
-            if !dir.exists() {
+            let folder = RunFolder::new(&runs_dir, id);
+            if !folder.has_checkpoint() {
                 return Err(RunError::Setup(format!(
                     "run `{id}`: no checkpoint at {}",
-                    dir.display()
+                    folder.db_dir().display()
                 )));
             }
-            let loaded = blocking({
-                let id = id.clone();
-                move || load_run(&dir, &id)
-            })
-            .await?;
-            let mut stored = Config::from_toml_str(&loaded.meta.config_toml)
-                .map_err(|e| RunError::Setup(format!("run `{id}`: stored config: {e}")))?;
-            stored.run.runs_dir = runs_dir.clone();
-            (stored, id.clone(), Some(loaded))
+            let f = folder.clone();
+            let stored = blocking(move || f.committed()).await?;
+            let mut cfg = stored.config.clone();
+            cfg.run.runs_dir = runs_dir.clone();
+            (cfg, folder, Some(stored))
         }
         None => {
             cfg.validate().map_err(|e| RunError::Setup(e.to_string()))?;
             let id = opts.run_id.clone().unwrap_or_else(|| new_run_id(&cfg));
-            (cfg, id, None)
+            (cfg, RunFolder::new(&runs_dir, &id), None)
         }
     };
-    let run_dir = runs_dir.join(&run_id);
+    let run_dir = folder.dir().to_path_buf();
+    let run_id = folder.id().to_string();
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| RunError::Setup(format!("{}: {e}", run_dir.display())))?;
 
@@ -208,40 +158,18 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
         .await
         .map_err(RunError::Setup)?,
     );
-    // The dense final PPL is measured now, while the model is still dense (the Executor
-    // prunes it in place, also the stored masks of a resumed run), and stored with the
+    // The dense final PPL is measured now, while the model is still dense (commits
+    // prune it in place, also the stored masks of a resumed run), and stored with the
     // run, so neither the end of this run nor a resume needs the dense weights.
     let dense_final = if opts.final_eval {
-        Some(dense_final_ppl(&cfg, &engine, &run_dir, &run_id, loaded.as_ref()).await?)
+        let loaded = stored.as_ref().map(|s| &s.run);
+        Some(dense_final_ppl(&cfg, &engine, &folder, loaded).await?)
     } else {
         None
     };
-    let start = match loaded {
-        Some(l) => resume_point(&engine, l)?,
-        None => StartPoint {
-            new_meta: Some(RunMeta {
-                run_id: run_id.clone(),
-                config_toml: cfg.to_toml_string(),
-                created_unix: now_unix(),
-                baseline_ppl: f64::NAN,
-                layers: engine
-                    .layers
-                    .iter()
-                    .map(|l| (l.name.clone(), [l.out_features, l.in_features]))
-                    .collect(),
-                baseline_probe: None,
-            }),
-            baseline_ppl: None,
-            history: Vec::new(),
-            current_ppl: None,
-            next_iteration: 1,
-            raw_grad: None,
-            masks: None,
-            delta_bytes: Vec::new(),
-            stored_iterations: 0,
-            probe_points: Vec::new(),
-            final_probe: None,
-        },
+    let start = match stored {
+        Some(s) => resume_point(&engine, s).await?,
+        None => new_start(&cfg, &engine, &run_id),
     };
     let backend: Arc<dyn PlannerBackend> = match &opts.planner {
         Some(p) => p.clone(),
@@ -252,21 +180,22 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
         ),
     };
     let sup = Supervisor {
-        cfg: cfg.clone(),
-        engine: engine.clone(),
-        backend,
-        db_dir: db_dir(&run_dir),
-        run_id: run_id.clone(),
-        faults: opts.faults.clone(),
+        spec: Arc::new(CrewSpec {
+            cfg: cfg.clone(),
+            engine: engine.clone(),
+            backend,
+            db_dir: folder.db_dir(),
+            run_id: run_id.clone(),
+            faults: opts.faults.clone(),
+            workers: opts.eval_workers.unwrap_or(cfg.pruning.candidates).max(1),
+        }),
         progress: opts.progress.clone(),
-        workers: opts.eval_workers.unwrap_or(cfg.pruning.candidates).max(1),
-        pause_before_eval_ms: opts.pause_before_eval_ms,
         control: opts.control.clone(),
     };
     let (sup_ref, handle) = Actor::spawn(None, sup, start)
         .await
         .map_err(|e| RunError::Actors(e.to_string()))?;
-    let summary = match sup_ref.call(SupervisorMsg::Run, None).await {
+    let ended: Ended = match sup_ref.call(SupervisorMsg::Run, None).await {
         Ok(ractor::rpc::CallResult::Success(s)) => s,
         Ok(_) => {
             return Err(RunError::Actors(
@@ -284,6 +213,7 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     sup_ref.stop_children_and_wait(None, None).await;
     let _ = sup_ref.stop_and_wait(None, None).await;
     let _ = handle.await;
+    let summary = ended.summary;
     let final_eval = match dense_final {
         Some(dense) if summary.state == RunState::Finished => {
             let (cfg2, engine2) = (cfg.clone(), engine.clone());
@@ -297,52 +227,63 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     };
     Ok(RunOutput {
         summary,
+        failure_kind: ended.failure_kind,
         masks,
-        run_dir,
+        folder,
         final_eval,
         config: cfg,
         model_f32_bytes: engine.f32_bytes,
     })
 }
 
-/// Rebuild the state of a stored run: masks from the committed deltas in order, the
-/// iteration memory, the last PPL, the last gradients and the knowledge-probe points.
-fn resume_point(engine: &Engine, l: crate::store::LoadedRun) -> Result<StartPoint, RunError> {
-    let index: std::collections::HashMap<&str, usize> = engine
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.name.as_str(), i))
-        .collect();
-    let mut masks: Vec<Mask> = engine
-        .layers
-        .iter()
-        .map(|l| Mask::ones(l.out_features, l.in_features))
-        .collect();
-    let committed: std::collections::HashSet<u32> = l
-        .iterations
-        .iter()
-        .filter(|s| s.committed.is_some())
-        .map(|s| s.record.outcome.iteration)
-        .collect();
-    let mut delta_bytes = Vec::new();
-    for (it, deltas) in &l.deltas {
-        if !committed.contains(it) {
-            continue; // deltas without their record cannot exist (one transaction)
-        }
-        let mut bytes = 0u64;
-        for d in deltas {
-            let i = *index.get(d.layer.as_str()).ok_or_else(|| {
-                RunError::Setup(format!("stored delta for unknown layer `{}`", d.layer))
-            })?;
-            let delta = MaskDelta::from_bytes(&d.bytes)
-                .and_then(|delta| delta.apply_to(&mut masks[i]))
-                .map_err(|e| RunError::Setup(format!("stored delta `{}`: {e}", d.layer)));
-            delta?;
-            bytes += d.bytes.len() as u64;
-        }
-        delta_bytes.push(bytes);
+/// The start of a new run: the meta to record once PPL₀ is measured.
+fn new_start(cfg: &Config, engine: &Engine, run_id: &str) -> StartPoint {
+    StartPoint {
+        new_meta: Some(RunMeta {
+            run_id: run_id.to_string(),
+            config_toml: cfg.to_toml_string(),
+            created_unix: now_unix(),
+            baseline_ppl: f64::NAN,
+            layers: engine
+                .layers
+                .iter()
+                .map(|l| (l.name.clone(), [l.out_features, l.in_features]))
+                .collect(),
+            baseline_probe: None,
+        }),
+        baseline_ppl: None,
+        history: Vec::new(),
+        current_ppl: None,
+        next_iteration: 1,
+        raw_grad: None,
+        delta_bytes: Vec::new(),
+        stored_iterations: 0,
+        probe_points: Vec::new(),
+        final_probe: None,
     }
+}
+
+/// Continue a stored run: prune the model to its committed masks, and restore the
+/// iteration memory, the last PPL, the last gradients and the knowledge-probe points.
+async fn resume_point(engine: &Arc<Engine>, s: Committed) -> Result<StartPoint, RunError> {
+    let mut by_name: std::collections::HashMap<String, Mask> = s.masks.into_iter().collect();
+    let mut masks = Vec::with_capacity(engine.layers.len());
+    for l in &engine.layers {
+        let m = by_name
+            .remove(&l.name)
+            .unwrap_or_else(|| Mask::ones(l.out_features, l.in_features));
+        masks.push(m);
+    }
+    if let Some(name) = by_name.keys().next() {
+        return Err(RunError::Setup(format!(
+            "stored delta for unknown layer `{name}`"
+        )));
+    }
+    let state = PruningState::new(engine.clone());
+    blocking(move || state.restore(&masks))
+        .await
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let l = s.run;
     let history: Vec<IterationRecord> = l.iterations.iter().map(|s| s.record.clone()).collect();
     let current_ppl = history
         .iter()
@@ -364,8 +305,7 @@ fn resume_point(engine: &Engine, l: crate::store::LoadedRun) -> Result<StartPoin
         current_ppl: Some(current_ppl),
         next_iteration: next,
         raw_grad: l.iterations.last().map(|s| s.raw_grad.clone()),
-        masks: Some(masks),
-        delta_bytes,
+        delta_bytes: s.delta_bytes,
         stored_iterations: history.len() as u32,
         history,
         probe_points,
@@ -376,12 +316,11 @@ fn resume_point(engine: &Engine, l: crate::store::LoadedRun) -> Result<StartPoin
 /// The dense model's PPL on `[evaluation.final]`: the stored value of a resumed run,
 /// else measured on `engine` — which must still be dense: a new run, or a run stored
 /// before this value was kept (its engine was just loaded from the checkpoint and the
-/// stored masks are applied later, by the Executor) — and stored with the run.
+/// stored masks are applied after it) — and stored with the run.
 async fn dense_final_ppl(
     cfg: &Config,
     engine: &Arc<Engine>,
-    run_dir: &Path,
-    run_id: &str,
+    folder: &RunFolder,
     loaded: Option<&crate::store::LoadedRun>,
 ) -> Result<TextPpl, RunError> {
     if let Some(d) = loaded.and_then(|l| l.dense_final.clone()) {
@@ -391,7 +330,7 @@ async fn dense_final_ppl(
     let dense = blocking(move || final_text_ppl(&cfg2, &engine2))
         .await
         .map_err(RunError::Setup)?;
-    let (db, id, d) = (db_dir(run_dir), run_id.to_string(), dense.clone());
+    let (db, id, d) = (folder.db_dir(), folder.id().to_string(), dense.clone());
     blocking(move || crate::store::record_dense_final(&db, &id, &d)).await?;
     Ok(dense)
 }
@@ -508,35 +447,9 @@ pub fn run_pruning_blocking(cfg: Config, opts: RunOptions) -> Result<RunOutput, 
     rt.block_on(run_pruning(cfg, opts))
 }
 
-/// The final masks as one file: `b"SCMK"`, u32 LE layer count, then per layer u16 LE
-/// name length, the name, u32 LE byte length and the `MaskDelta` bytes (from all-kept).
-pub fn masks_file(masks: &[LayerDelta]) -> Vec<u8> {
-    let mut out = b"SCMK".to_vec();
-    out.extend((masks.len() as u32).to_le_bytes());
-    for m in masks {
-        out.extend((m.layer.len() as u16).to_le_bytes());
-        out.extend(m.layer.as_bytes());
-        out.extend((m.bytes.len() as u32).to_le_bytes());
-        out.extend(&m.bytes);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cancel_wins_over_a_suspend_and_clones_share_the_request() {
-        let c = RunControl::default();
-        assert_eq!(c.requested(), None);
-        let seen_by_the_loop = c.clone();
-        c.suspend();
-        assert_eq!(seen_by_the_loop.requested(), Some(StopRequest::Suspend));
-        c.cancel();
-        c.suspend();
-        assert_eq!(seen_by_the_loop.requested(), Some(StopRequest::Cancel));
-    }
 
     #[test]
     fn civil_dates() {

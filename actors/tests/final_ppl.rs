@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use actors::run::db_dir;
 use actors::store::{record_dense_final, TextPpl};
 use actors::testing::{fixture_config, write_fixture, Fixture};
 use actors::{run_pruning, ProgressEvent, RunControl, RunOptions, RunOutput};
@@ -112,7 +111,7 @@ async fn dense_final_ppl_is_measured_before_pruning_and_stored() {
     // the value is measured on the still-dense model before the stored masks apply.
     let first = run_one_iteration(&cfg, "old", false).await;
     assert!(first.summary.final_sparsity > 0.0);
-    let db = db_dir(&first.run_dir);
+    let db = first.folder.db_dir();
     assert_eq!(
         actors::checkpointer::load_run(&db, "old")
             .unwrap()
@@ -141,7 +140,7 @@ async fn dense_final_ppl_is_measured_before_pruning_and_stored() {
     // A new run with a final evaluation stores the value before iteration 1, and a
     // resume reads it back instead of measuring again: replace it and see it come out.
     let first = run_one_iteration(&cfg, "new", true).await;
-    let db = db_dir(&first.run_dir);
+    let db = first.folder.db_dir();
     let stored = actors::checkpointer::load_run(&db, "new")
         .unwrap()
         .dense_final

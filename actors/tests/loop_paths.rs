@@ -5,8 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use actors::critic_rules::ROLLBACK_ASSESSMENT;
-use actors::iteration::choose;
-use actors::run::db_dir;
+use actors::pipeline::choose;
 use actors::testing::{fixture_config, write_fixture, Fixture};
 use actors::{run_pruning, Faults, RunOptions, RunOutput};
 use llm::{LlmError, PlanRequest, PlanResponse, PlannerBackend};
@@ -110,7 +109,7 @@ async fn over_aggressive_plan_is_rolled_back_and_the_next_prompt_says_so() {
     let prompt = llm::build_prompt(third, &cfg.prompt, 0, 1);
     assert!(prompt.user.contains(ROLLBACK_ASSESSMENT), "{}", prompt.user);
     // The store has both iterations, a delta only for the committed one.
-    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), "rb").unwrap();
+    let stored = out.folder.load().unwrap();
     assert_eq!(stored.iterations.len(), 2);
     assert_eq!(stored.deltas.len(), 1);
     assert_eq!(stored.deltas[0].0, 1);
@@ -143,7 +142,7 @@ async fn vetoed_plan_goes_back_with_reasons_and_amended_plan_is_applied() {
     let seen = planner.seen.lock().unwrap();
     assert_eq!(seen.len(), 3, "veto round, replan, then iteration 2");
     assert!(seen[1].rejections[0].reasons[0].contains("empty plan"));
-    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), "va").unwrap();
+    let stored = out.folder.load().unwrap();
     let c = &stored.iterations[0].candidates;
     assert!(matches!(c[0].verdict, Verdict::Veto { .. }));
     match &c[1].verdict {
@@ -194,8 +193,7 @@ async fn replans_are_bounded() {
         );
     }
     // The stored status says so too.
-    let run_id = out.summary.run_id.clone();
-    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), &run_id).unwrap();
+    let stored = out.folder.load().unwrap();
     assert_eq!(
         stored.status.unwrap().reason.as_deref(),
         Some(
@@ -221,7 +219,7 @@ async fn three_candidates_are_evaluated_and_the_best_is_committed() {
     let s = &out.summary;
     assert_eq!(s.stop_reason, StopReason::TargetReached, "{:?}", s.failure);
     assert!((s.final_sparsity - 0.5).abs() <= 0.01);
-    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), "k3").unwrap();
+    let stored = out.folder.load().unwrap();
     for it in &stored.iterations {
         let scores: Vec<_> = it
             .candidates
@@ -301,7 +299,7 @@ async fn checkpointer_failure_stops_the_run_as_failed_with_the_reason() {
     // Iteration 2 was neither stored nor applied.
     assert_eq!(s.records.len(), 1);
     assert!((s.final_sparsity - s.records[0].outcome.sparsity_after).abs() < 1e-12);
-    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), "cf").unwrap();
+    let stored = out.folder.load().unwrap();
     assert_eq!(stored.iterations.len(), 1);
     let st = stored.status.unwrap();
     assert_eq!(st.state, RunState::Failed);

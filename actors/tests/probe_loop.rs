@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use actors::run::db_dir;
+use actors::folder::db_dir;
 use actors::testing::{fixture_config, write_fixture, write_qa_fixture, Fixture};
 use actors::{run_pruning, ProgressEvent, RunControl, RunError, RunOptions, RunOutput};
 use candle_core::Device;
@@ -188,7 +188,7 @@ async fn probe_every_2_runs_at_dense_even_iterations_and_end_and_survives_resume
     assert!(!series.informative);
 
     // The values are the eval crate's, computed here on the same masks and questions.
-    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), "full").unwrap();
+    let stored = out.folder.load().unwrap();
     for p in points {
         let direct = eval_probe(&fx, &qa, &model_at(&fx, &stored.deltas, p.iteration));
         assert_eq!(
@@ -302,7 +302,7 @@ async fn probe_off_runs_nothing_and_reports_no_probe() {
     let s = &out.summary;
     assert_eq!(s.state, RunState::Finished, "{:?}", s.failure);
     assert_eq!(s.probe, None);
-    let stored = actors::checkpointer::load_run(&db_dir(&out.run_dir), "off").unwrap();
+    let stored = out.folder.load().unwrap();
     assert_eq!(stored.meta.baseline_probe, None);
     assert!(stored.iterations.iter().all(|i| i.probe.is_none()));
     assert_eq!(stored.final_probe, None);

@@ -45,10 +45,9 @@ use crate::submit::Roots;
 /// Test hooks applied to every run of this daemon (all off by default).
 #[derive(Clone, Default)]
 pub struct Hooks {
-    /// Injected faults; each fires once per daemon (the flag set is shared).
+    /// Injected faults ([`actors::faults`]); each fires once per daemon (the flag set
+    /// is shared).
     pub faults: actors::Faults,
-    /// Pause in `evaluating` (see `actors::RunOptions::pause_before_eval_ms`).
-    pub pause_before_eval_ms: u64,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -188,7 +187,7 @@ pub async fn run_with(
 async fn load_histories(shared: Arc<Shared>) {
     let runs = shared.cfg.daemon.data_dir.join("runs");
     for id in shared.registry.ended_ids() {
-        let db = actors::run::db_dir(&runs.join(&id));
+        let db = actors::folder::db_dir(&runs.join(&id));
         if !db.exists() {
             continue;
         }

@@ -97,7 +97,7 @@ async fn prepare_and_run(
         return Err(format!("cannot write the run record: {e}"));
     }
     let runs = runs_dir(shared);
-    let db = actors::run::db_dir(&runs.join(id));
+    let db = actors::folder::db_dir(&runs.join(id));
     let stored = read_checkpoint(&db, id).await?;
     let resume = stored.is_some();
     if let Some((history, ended)) = stored {
@@ -120,11 +120,11 @@ async fn prepare_and_run(
         faults: shared.hooks.faults.clone(),
         progress: Some(progress),
         final_eval: true,
-        pause_before_eval_ms: shared.hooks.pause_before_eval_ms,
         control,
         ..Default::default()
     };
     // A task of its own, so a panic anywhere in the run fails this run only.
+    let started = std::time::Instant::now();
     let out = tokio::spawn(actors::run_pruning(cfg, opts))
         .await
         .map_err(|e| format!("the run crashed: {e}"))?
@@ -132,7 +132,7 @@ async fn prepare_and_run(
     if out.summary.stop_reason == StopReason::Interrupted {
         return Ok(None);
     }
-    write_outputs(&out).await;
+    write_outputs(&out, started.elapsed().as_secs_f64()).await;
     let s = &out.summary;
     Ok(Some(Ending {
         state: match s.state {
@@ -199,21 +199,32 @@ async fn read_checkpoint(
     Ok(Some((history, ended)))
 }
 
-/// `masks.bin` (the final masks, as `secateur prune` writes them) and `summary.json`.
-async fn write_outputs(out: &RunOutput) {
-    let dir = out.run_dir.clone();
-    let masks = actors::run::masks_file(&out.masks);
+/// The run folder's outputs, as `secateur prune` writes them (`masks.bin`,
+/// `report.json`, `report.md`, plots), plus `summary.json` (the summary and the final
+/// evaluation as the API reports them).
+async fn write_outputs(out: &RunOutput, wall_seconds: f64) {
     let summary = serde_json::to_vec_pretty(&serde_json::json!({
         "summary": out.summary,
         "final_eval": out.final_eval,
     }))
     .unwrap_or_default();
-    let written = tokio::task::spawn_blocking(move || {
-        std::fs::write(dir.join("masks.bin"), masks)?;
-        std::fs::write(dir.join("summary.json"), summary)
+    let (folder, run, masks) = (out.folder.clone(), out.summary.clone(), out.masks.clone());
+    let extras = out.extras(wall_seconds, None);
+    let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        folder
+            .write_outputs(&run, &masks, &extras)
+            .map_err(|e| e.to_string())?;
+        let path = folder.dir().join("summary.json");
+        std::fs::write(&path, summary).map_err(|e| format!("{}: {e}", path.display()))
     })
     .await;
-    if !matches!(written, Ok(Ok(()))) {
-        tracing::error!(run = %out.summary.run_id, "cannot write masks.bin / summary.json");
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(run = %out.summary.run_id, error = %e, "cannot write the run's outputs")
+        }
+        Err(e) => {
+            tracing::error!(run = %out.summary.run_id, error = %e, "writing the run's outputs crashed")
+        }
     }
 }

@@ -287,7 +287,7 @@ async fn endpoints_answer_with_values_and_errors_are_json() {
     assert_eq!(da.run.state, JobState::Cancelled);
     assert_eq!(da.run.stop_reason, Some(StopReason::Cancelled));
     assert!(da.history.len() < detail.history.len(), "stopped early");
-    let db = actors::run::db_dir(&env.data_dir().join("runs").join(&a.id));
+    let db = actors::folder::db_dir(&env.data_dir().join("runs").join(&a.id));
     let stored = actors::checkpointer::load_run(&db, &a.id).unwrap();
     assert_eq!(stored.status.unwrap().state, protocol::RunState::Cancelled);
     assert_eq!(stored.iterations.len(), da.history.len());
@@ -376,8 +376,10 @@ async fn concurrency_two_runs_two_at_a_time_and_queues_the_rest() {
     let mut cfg = env.daemon_config();
     cfg.daemon.concurrency = 2;
     let slow = Hooks {
-        pause_before_eval_ms: 300,
-        ..Default::default()
+        faults: actors::Faults {
+            pause_before_eval_ms: 300,
+            ..Default::default()
+        },
     };
     let d = Running::start(cfg, None, slow).await;
     let mut ids = Vec::new();

@@ -20,7 +20,6 @@ async fn checkpointer_write_error_fails_the_run_and_the_daemon_keeps_serving() {
             checkpointer_fail_at: Some(3),
             ..Default::default()
         },
-        ..Default::default()
     };
     let d = Running::start(env.daemon_config(), None, hooks).await;
     let bad = d.client.submit(&env.submit_request(|_| {})).await.unwrap();
@@ -39,7 +38,7 @@ async fn checkpointer_write_error_fails_the_run_and_the_daemon_keeps_serving() {
         "iterations before the fault"
     );
     // The run's database: iterations 1 and 2 intact, status failed with the reason.
-    let db = actors::run::db_dir(&env.data_dir().join("runs").join(&bad.id));
+    let db = actors::folder::db_dir(&env.data_dir().join("runs").join(&bad.id));
     let stored = actors::checkpointer::load_run(&db, &bad.id).unwrap();
     let its: Vec<u32> = stored
         .iterations
@@ -78,8 +77,10 @@ async fn graceful_shutdown_mid_run_then_restart_resumes_without_loss() {
     assert_eq!(clean.run.state, JobState::Finished);
     // A slow run (pauses in `evaluating`), stopped gracefully after iteration 2.
     let slow = Hooks {
-        pause_before_eval_ms: 400,
-        ..Default::default()
+        faults: actors::Faults {
+            pause_before_eval_ms: 400,
+            ..Default::default()
+        },
     };
     d.stop().await.unwrap();
     let d = Running::start(env.daemon_config(), None, slow).await;
@@ -99,7 +100,7 @@ async fn graceful_shutdown_mid_run_then_restart_resumes_without_loss() {
     )
     .unwrap();
     assert_eq!(record["state"], "running", "left for the restart");
-    let db = actors::run::db_dir(&env.data_dir().join("runs").join(&run.id));
+    let db = actors::folder::db_dir(&env.data_dir().join("runs").join(&run.id));
     let stored = actors::checkpointer::load_run(&db, &run.id).unwrap();
     let before = stored.iterations.len();
     assert!(

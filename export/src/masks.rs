@@ -38,44 +38,20 @@ pub fn apply_masks(
     Ok(out)
 }
 
-/// Parse `masks.bin` as written by `secateur prune` (`actors::run::masks_file`):
-/// `b"SCMK"`, u32 LE layer count, then per layer u16 LE name length, the name, u32 LE
-/// byte length and the `MaskDelta` bytes from all-kept. Returns layer name → mask.
+/// Parse `masks.bin` ([`protocol::masks_file`], as `secateur prune` writes it) into
+/// layer name → mask.
 pub fn read_masks_file(bytes: &[u8]) -> Result<HashMap<String, Mask>> {
-    let bad = |r: &str| ExportError::MasksFile(r.to_string());
-    let mut rest = bytes
-        .strip_prefix(b"SCMK")
-        .ok_or_else(|| bad("missing the SCMK magic"))?;
-    let mut take = |n: usize| -> Result<&[u8]> {
-        if rest.len() < n {
-            return Err(bad("truncated"));
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
-    };
-    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("count"))?);
+    let layers = protocol::masks_file::decode(bytes).map_err(|e| ExportError::MasksFile(e.0))?;
     let mut masks = HashMap::new();
-    for _ in 0..count {
-        let n = u16::from_le_bytes(take(2)?.try_into().map_err(|_| bad("name length"))?);
-        let name = String::from_utf8(take(n as usize)?.to_vec())
-            .map_err(|_| bad("layer name is not UTF-8"))?;
-        let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("delta length"))?);
-        let delta = MaskDelta::from_bytes(take(len as usize)?).map_err(|e| ExportError::Mask {
-            layer: name.clone(),
+    for d in layers {
+        let err = |e: kernels::KernelError| ExportError::Mask {
+            layer: d.layer.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let delta = MaskDelta::from_bytes(&d.bytes).map_err(err)?;
         let mut mask = Mask::ones(delta.rows(), delta.cols());
-        delta.apply_to(&mut mask).map_err(|e| ExportError::Mask {
-            layer: name.clone(),
-            reason: e.to_string(),
-        })?;
-        if masks.insert(name.clone(), mask).is_some() {
-            return Err(bad(&format!("layer `{name}` appears twice")));
-        }
-    }
-    if !rest.is_empty() {
-        return Err(bad("trailing bytes after the last layer"));
+        delta.apply_to(&mut mask).map_err(err)?;
+        masks.insert(d.layer, mask);
     }
     Ok(masks)
 }

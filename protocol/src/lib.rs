@@ -5,6 +5,7 @@
 //! No behaviour lives here beyond validation of shapes and ranges, so every actor
 //! (and a remote client of the daemon) can speak it without pulling in tensors.
 
+pub mod masks_file;
 pub mod plan;
 pub mod probe;
 pub mod request;

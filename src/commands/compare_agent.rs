@@ -71,15 +71,8 @@ pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
             if let Some(f) = &out.summary.failure {
                 bail!("agent run {} failed: {f}", out.summary.run_id);
             }
-            // The run folder gets its own report (iterations.png etc.) like `prune` writes.
-            let extras = report::Extras {
-                model: out.config.model.path.display().to_string(),
-                model_f32_bytes: out.model_f32_bytes,
-                wall_seconds: seconds,
-                peak_rss_bytes: super::common::peak_rss_bytes(),
-                final_ppl: None,
-            };
-            report::write_all(&out.run_dir, &out.summary, &extras)?;
+            // The run folder gets its own report and masks.bin, like `prune` writes.
+            out.write_outputs(seconds, super::common::peak_rss_bytes())?;
             // The run's final masks are deltas from all-kept, one per layer.
             let mut masks = BTreeMap::new();
             for d in &out.masks {

@@ -65,12 +65,8 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     // Before the runtime: the OTLP exporter's blocking client must not live in it.
     let telemetry = daemon::telemetry::init(&cfg.telemetry).map_err(anyhow::Error::msg)?;
     let hooks = daemon::Hooks {
-        // Test hook for the kill-and-restart test; unset in normal use.
-        pause_before_eval_ms: std::env::var("SECATEUR_TEST_PAUSE_BEFORE_EVAL_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        ..Default::default()
+        // The kill-and-restart tests' fault points; none in normal use.
+        faults: actors::Faults::from_env(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

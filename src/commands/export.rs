@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use export::{ExportDtype, ExportOptions};
-use kernels::{Mask, MaskDelta};
+use kernels::Mask;
 
 use super::common;
 
@@ -55,62 +55,25 @@ pub struct RunMasks {
     pub committed_iterations: usize,
 }
 
-/// Read the model path and the masks of the last committed iteration of `run_dir`.
+/// Read the model path and the masks of the last committed iteration of `run_dir`
+/// (every committed delta replayed in order, as `--resume` does).
 pub fn read_run(run_dir: &Path) -> Result<RunMasks> {
-    let db = actors::run::db_dir(run_dir);
-    if !db.is_dir() {
+    let folder = actors::RunFolder::find(&run_dir.to_string_lossy(), Path::new(""))?;
+    let committed = folder.committed()?;
+    if committed.committed_iterations() == 0 {
         bail!(
-            "{}: not a run folder (no checkpoint database {})",
-            run_dir.display(),
-            db.display()
+            "run `{}` has no committed iteration: there is no pruned model to export",
+            folder.id()
         );
     }
-    let run_id = run_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .with_context(|| format!("{}: no run id in the path", run_dir.display()))?;
-    let loaded = actors::checkpointer::load_run(&db, &run_id).with_context(|| {
-        format!(
-            "run `{run_id}`: reading {} (is a prune of this run still running?)",
-            db.display()
-        )
-    })?;
-    let cfg = config::Config::from_toml_str(&loaded.meta.config_toml)
-        .with_context(|| format!("run `{run_id}`: stored config"))?;
-    let committed: std::collections::HashSet<u32> = loaded
-        .iterations
-        .iter()
-        .filter(|s| s.committed.is_some())
-        .map(|s| s.record.outcome.iteration)
-        .collect();
-    if committed.is_empty() {
-        bail!("run `{run_id}` has no committed iteration: there is no pruned model to export");
-    }
-    let mut masks: HashMap<String, Mask> = loaded
-        .meta
-        .layers
-        .iter()
-        .map(|(name, [rows, cols])| (name.clone(), Mask::ones(*rows, *cols)))
-        .collect();
-    for (it, deltas) in &loaded.deltas {
-        if !committed.contains(it) {
-            continue;
-        }
-        for d in deltas {
-            let mask = masks.get_mut(&d.layer).with_context(|| {
-                format!("run `{run_id}`: delta for unknown layer `{}`", d.layer)
-            })?;
-            MaskDelta::from_bytes(&d.bytes)
-                .and_then(|delta| delta.apply_to(mask))
-                .map_err(|e| {
-                    anyhow::anyhow!("run `{run_id}`: iteration {it}, layer `{}`: {e}", d.layer)
-                })?;
-        }
-    }
+    let (model, n) = (
+        committed.config.model.path.clone(),
+        committed.committed_iterations(),
+    );
     Ok(RunMasks {
-        model: cfg.model.path,
-        masks,
-        committed_iterations: committed.len(),
+        model,
+        masks: committed.mask_map(),
+        committed_iterations: n,
     })
 }
 

@@ -190,11 +190,8 @@ pub fn run(args: PruneArgs) -> Result<()> {
             run_id: Some(run_id),
             progress: Some(progress),
             final_eval: true,
-            // Test hook for the kill-and-resume test; unset in normal use.
-            pause_before_eval_ms: std::env::var("SECATEUR_TEST_PAUSE_BEFORE_EVAL_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+            // The kill-and-resume tests' fault points; none in normal use.
+            faults: actors::Faults::from_env(),
             ..Default::default()
         },
     )?;
@@ -203,22 +200,9 @@ pub fn run(args: PruneArgs) -> Result<()> {
         .finish_and_clear();
     let wall = start.elapsed().as_secs_f64();
     let s = &out.summary;
-    let masks_path = out.run_dir.join("masks.bin");
-    std::fs::write(&masks_path, actors::run::masks_file(&out.masks))
-        .with_context(|| masks_path.display().to_string())?;
-    let extras = report::Extras {
-        model: out.config.model.path.display().to_string(),
-        model_f32_bytes: out.model_f32_bytes,
-        wall_seconds: wall,
-        peak_rss_bytes: common::peak_rss_bytes(),
-        final_ppl: out.final_eval.as_ref().map(|f| report::FinalPpl {
-            text: f.text.clone(),
-            tokens_scored: f.tokens_scored,
-            dense_ppl: f.dense_ppl,
-            pruned_ppl: f.pruned_ppl,
-        }),
-    };
-    let written = report::write_all(&out.run_dir, s, &extras)?;
+    let peak_rss = common::peak_rss_bytes();
+    let written = out.write_outputs(wall, peak_rss)?;
+    let extras = out.extras(wall, peak_rss);
     if args.json {
         common::print(&serde_json::to_string_pretty(&report::report_json(
             s, &extras,
@@ -261,7 +245,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 }
             ))?;
         }
-        for p in written.iter().chain([&masks_path]) {
+        for p in &written {
             common::print(&format!("wrote {}", p.display()))?;
         }
     }

@@ -14,7 +14,8 @@
 //! - final: when a run finishes and its last iteration had no point, measured on the
 //!   committed model and stored in the checkpoint's `final_probe` tree.
 //!
-//! The probe always runs in the Evaluator, off the async executor.
+//! The probe always runs in the Evaluator, off the async executor; the loop's probe
+//! stages are in [`crate::pipeline::probe`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,13 +27,7 @@ use eval::qa::{PromptStyle, QaOptions};
 use eval::verdict::{chance_level, Verdict};
 use eval::{Codec, Target};
 use model::{ChatTemplate, Model, WeightOverlay};
-use protocol::{CandidateMasks, ProbePoint, ProbeSeries};
-use ractor::rpc::CallResult;
-use ractor::ActorCell;
-
-use crate::checkpointer::CheckpointerMsg;
-use crate::evaluator::EvaluatorMsg;
-use crate::supervisor::{ask, Child, Supervisor, SupervisorState};
+use protocol::{ProbePoint, ProbeSeries};
 
 /// The probe's fixed inputs: the selected questions and how to put them to the model.
 pub struct ProbeSet {
@@ -149,88 +144,5 @@ pub fn point(iteration: u32, sparsity: f64, ppl: f64, s: &ProbeScore) -> ProbePo
         total: s.total,
         accuracy: s.accuracy,
         seconds: s.seconds,
-    }
-}
-
-impl Supervisor {
-    /// Whether the probe is configured for this run.
-    pub(crate) fn probe_on(&self) -> bool {
-        self.engine.probe.is_some()
-    }
-
-    /// Ask the Evaluator for a probe of the committed model, plus `candidate`'s delta
-    /// when given (the candidate about to be committed).
-    pub(crate) async fn probe(
-        &self,
-        state: &mut SupervisorState,
-        me: &ActorCell,
-        candidate: Option<&CandidateMasks>,
-        (iteration, sparsity, ppl): (u32, f64, f64),
-    ) -> Result<ProbePoint, String> {
-        let candidate = candidate.map(|c| Box::new(c.clone()));
-        let score = ask!(self, state, me, evaluator, Some(Child::Evaluator), |r| {
-            EvaluatorMsg::Probe {
-                candidate: candidate.clone(),
-                reply: r,
-            }
-        })??;
-        tracing::info!(
-            iteration,
-            accuracy = score.accuracy,
-            correct = score.correct as i64,
-            "knowledge probe"
-        );
-        Ok(point(iteration, sparsity, ppl, &score))
-    }
-
-    /// At the normal end of a run: the final committed model's point, unless the last
-    /// stored iteration already has one (or the run stored no iteration: the dense
-    /// point is then the final one). A point stored by an earlier process that finished
-    /// this run is reused, not measured again.
-    pub(crate) async fn final_probe(
-        &self,
-        state: &mut SupervisorState,
-        me: &ActorCell,
-    ) -> Result<(), String> {
-        let Some(last) = state.history.last().map(|r| r.outcome.iteration) else {
-            return Ok(());
-        };
-        if state.probe_points.iter().any(|p| p.iteration == last) {
-            return Ok(());
-        }
-        if let Some(p) = state
-            .stored_final_probe
-            .take()
-            .filter(|p| p.iteration == last)
-        {
-            state.probe_points.push(p);
-            return Ok(());
-        }
-        let sparsity = state
-            .history
-            .iter()
-            .rev()
-            .find(|r| !r.outcome.rolled_back)
-            .map_or(0.0, |r| r.outcome.sparsity_after);
-        let ppl = state.current_ppl;
-        let p = self.probe(state, me, None, (last, sparsity, ppl)).await?;
-        let none: Option<Child> = None;
-        ask!(self, state, me, checkpointer, none, |r| {
-            CheckpointerMsg::SetFinalProbe {
-                point: p.clone(),
-                reply: r,
-            }
-        })?
-        .map_err(|e| format!("checkpointer: {e}"))?;
-        state.probe_points.push(p);
-        Ok(())
-    }
-
-    /// The summary's probe series (`None` when the probe is off).
-    pub(crate) fn probe_series(&self, state: &SupervisorState) -> Option<ProbeSeries> {
-        self.engine
-            .probe
-            .as_ref()
-            .map(|p| p.series(&state.probe_points))
     }
 }
