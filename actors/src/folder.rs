@@ -24,6 +24,8 @@ pub enum FolderError {
         db: PathBuf,
         source: StoreError,
     },
+    #[error("run `{0}` has no committed iteration: there is no pruned model to export")]
+    NoCommit(String),
     #[error("run `{run}`: stored config: {reason}")]
     Config { run: String, reason: String },
     #[error("run `{run}`: iteration {iteration}, layer `{layer}`: {reason}")]
@@ -146,6 +148,16 @@ impl RunFolder {
             masks,
             delta_bytes,
         })
+    }
+
+    /// Like [`Self::committed`], for readers of the pruned model (export, compare):
+    /// a run without a committed iteration has none.
+    pub fn pruned_model(&self) -> Result<Committed, FolderError> {
+        let c = self.committed()?;
+        if c.committed_iterations() == 0 {
+            return Err(FolderError::NoCommit(self.id.clone()));
+        }
+        Ok(c)
     }
 
     /// Write a finished run's outputs: `masks.bin` and the report files. Returns the

@@ -23,7 +23,6 @@ pub mod crew;
 pub mod critic;
 mod critic_pace;
 pub mod critic_rules;
-pub mod device;
 pub mod engine;
 pub mod error;
 pub mod evaluator;

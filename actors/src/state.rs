@@ -122,7 +122,7 @@ impl PruningState {
     }
 
     fn settle(&self) -> Result<()> {
-        crate::device::settle(self.engine.model.device()).map_err(ActorError::Model)
+        device::settle(self.engine.model.device()).map_err(ActorError::Model)
     }
 }
 

@@ -64,8 +64,8 @@ impl Default for DaemonSection {
             token_env: "SECATEUR_DAEMON_TOKEN".into(),
             max_body_bytes: 256 * 1024,
             max_pending: 1000,
-            model_roots: vec![PathBuf::from("assets/models")],
-            data_roots: vec![PathBuf::from("assets/data")],
+            model_roots: vec![PathBuf::from(crate::assets::MODELS_DIR)],
+            data_roots: vec![PathBuf::from(crate::assets::DATA_DIR)],
             shutdown_grace_secs: 30,
         }
     }

@@ -9,6 +9,7 @@
 //!
 //! Depends only on `protocol` (for δ bounds and the plan constraints it builds).
 
+pub mod assets;
 mod backend;
 mod check;
 mod critic;

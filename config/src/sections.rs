@@ -107,7 +107,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            path: PathBuf::from(crate::assets::MODEL),
             device: Device::Auto,
         }
     }
@@ -143,8 +143,8 @@ pub struct CalibrationConfig {
 impl Default for CalibrationConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("assets/data/xsum/test.jsonl"),
-            field: Some("document".into()),
+            path: PathBuf::from(crate::assets::CALIBRATION),
+            field: Some(crate::assets::CALIBRATION_FIELD.into()),
             samples: 16,
             seq_len: 256,
             activation_samples: 16,
@@ -209,8 +209,8 @@ pub struct FinalPplConfig {
 impl Default for FinalPplConfig {
     fn default() -> Self {
         Self {
-            path: PathBuf::from("assets/data/quac/test.jsonl"),
-            field: Some("passage".into()),
+            path: PathBuf::from(crate::assets::PPL_TEXT),
+            field: Some(crate::assets::PPL_TEXT_FIELD.into()),
             window: 512,
             max_texts: 50,
         }
@@ -278,7 +278,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
             every: 0,
-            path: PathBuf::from("assets/data/nq-open/test.jsonl"),
+            path: PathBuf::from(crate::assets::QA),
             questions: 200,
             style: ProbeStyle::Auto,
             max_new_tokens: 16,

@@ -75,7 +75,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let start = Instant::now();
         f()?;
         // A GPU runs the forward asynchronously: time the work, not its launch.
-        actors::device::settle(&device).map_err(anyhow::Error::msg)?;
+        device::settle(&device).map_err(anyhow::Error::msg)?;
         Ok(start.elapsed().as_secs_f64())
     };
     let forward = || -> Result<()> {
@@ -176,7 +176,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Real text when the default data is present (so the cost matches real use),
 /// otherwise deterministic synthetic ids.
 fn sample_tokens(ckpt: &model::Checkpoint, len: usize) -> Result<Vec<u32>> {
-    let source = model::text::TextSource::parse(crate::DEFAULT_PPL_TEXT);
+    let source = model::text::TextSource::parse(config::assets::PPL_TEXT_SPEC);
     if let Ok(texts) = source.read(Some(50)) {
         let ids = common::encode(ckpt, &texts.join("\n\n"))?;
         if ids.len() >= len {

@@ -9,11 +9,16 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use model::{Checkpoint, Model};
 
+/// The model path a command uses when none is given.
+pub fn default_model() -> PathBuf {
+    PathBuf::from(config::assets::MODEL)
+}
+
 /// Resolve the model argument, pointing at `secateur fetch` when the default is absent.
 pub fn model_path(arg: Option<PathBuf>) -> Result<PathBuf> {
-    let path = arg.unwrap_or_else(crate::default_model);
+    let path = arg.unwrap_or_else(default_model);
     if !path.exists() {
-        if path == crate::default_model() {
+        if path == default_model() {
             anyhow::bail!(
                 "{}: default model not found; run `secateur fetch` first",
                 path.display()
@@ -53,16 +58,16 @@ impl DeviceArg {
     /// The candle device, resolved once (errors: bad ordinal, no driver, or a build
     /// without CUDA).
     pub fn resolve(self) -> Result<Device> {
-        actors::device::resolve(self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))
+        device::resolve(self.device).map_err(|e| anyhow::anyhow!("--device: {e}"))
     }
 }
 
 /// The model of a checkpoint on `device`: f32 on the CPU, bf16 on a GPU.
 pub fn build(ckpt: &Checkpoint, device: &Device) -> Result<Model> {
-    let dtype = actors::device::weight_dtype(device);
+    let dtype = device::weight_dtype(device);
     let model = Model::new_with_dtype(&ckpt.config, &ckpt.tensors, device, dtype)
         .with_context(|| format!("{}: building the model", ckpt.path.display()))?;
-    actors::device::settle(device).map_err(anyhow::Error::msg)?;
+    device::settle(device).map_err(anyhow::Error::msg)?;
     Ok(model)
 }
 

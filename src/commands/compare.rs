@@ -45,7 +45,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 128)]
     calib_len: usize,
     /// Perplexity text (must not be the calibration text).
-    #[arg(long, default_value = crate::DEFAULT_PPL_TEXT)]
+    #[arg(long, default_value = config::assets::PPL_TEXT_SPEC)]
     ppl: String,
     /// Score perplexity on the first this-many tokens of the text (0 = all).
     #[arg(long, default_value_t = 4096)]
@@ -293,7 +293,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl_tokens: args.ppl_tokens,
         window: args.window,
         suite: args.suite.clone(),
-        device: actors::device::name(&device),
+        device: device::name(&device),
     };
     let cache_path = args.out.join("dense.json");
     let cached = (!args.no_cache)

@@ -33,10 +33,10 @@ pub enum AgentSource<'a> {
 pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
     match source {
         AgentSource::Run(dir) => {
-            // The export command's reader: only committed iterations' deltas count.
-            let run = super::export::read_run(dir)?;
+            // Only committed iterations' deltas count.
+            let run = actors::RunFolder::find(&dir.to_string_lossy(), Path::new(""))?;
             let pruned = Pruned {
-                masks: run.masks.into_iter().collect(),
+                masks: run.pruned_model()?.mask_map().into_iter().collect(),
                 weights: BTreeMap::new(),
             };
             Ok((pruned, recorded_wall_seconds(dir)))

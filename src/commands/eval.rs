@@ -27,7 +27,7 @@ pub struct EvalArgs {
     model: Option<PathBuf>,
     /// Text to score: a plain text file (WikiText raw), `FILE.jsonl:FIELD`, or C4
     /// `FILE.json[.gz]`.
-    #[arg(long, default_value = crate::DEFAULT_PPL_TEXT)]
+    #[arg(long, default_value = config::assets::PPL_TEXT_SPEC)]
     ppl: String,
     /// At most this many JSONL records for perplexity (0 = all).
     #[arg(long, default_value_t = 200)]

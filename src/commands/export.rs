@@ -48,35 +48,6 @@ pub struct ExportArgs {
     max_shard_mb: u64,
 }
 
-/// A run's model path and its committed masks.
-pub struct RunMasks {
-    pub model: PathBuf,
-    pub masks: HashMap<String, Mask>,
-    pub committed_iterations: usize,
-}
-
-/// Read the model path and the masks of the last committed iteration of `run_dir`
-/// (every committed delta replayed in order, as `--resume` does).
-pub fn read_run(run_dir: &Path) -> Result<RunMasks> {
-    let folder = actors::RunFolder::find(&run_dir.to_string_lossy(), Path::new(""))?;
-    let committed = folder.committed()?;
-    if committed.committed_iterations() == 0 {
-        bail!(
-            "run `{}` has no committed iteration: there is no pruned model to export",
-            folder.id()
-        );
-    }
-    let (model, n) = (
-        committed.config.model.path.clone(),
-        committed.committed_iterations(),
-    );
-    Ok(RunMasks {
-        model,
-        masks: committed.mask_map(),
-        committed_iterations: n,
-    })
-}
-
 pub fn run(args: ExportArgs) -> Result<()> {
     let as_path = PathBuf::from(&args.run);
     let run_dir = if as_path.is_dir() {
@@ -104,30 +75,33 @@ pub fn run(args: ExportArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let run = read_run(&run_dir)?;
-    let ckpt = common::load(&run.model)?;
+    let run = actors::RunFolder::find(&run_dir.to_string_lossy(), &args.runs_dir)?.pruned_model()?;
+    let model = run.config.model.path.clone();
+    let committed_iterations = run.committed_iterations();
+    let masks: HashMap<String, Mask> = run.mask_map();
+    let ckpt = common::load(&model)?;
     let opts = ExportOptions {
         dtype,
         force: args.force,
         max_shard_bytes: args.max_shard_mb.saturating_mul(1_000_000),
     };
     let summary = match args.format {
-        Format::Hf => export::export_hf(&ckpt, &run.masks, &args.out, &opts)?,
-        Format::Sparse => export::export_sparse(&ckpt, &run.masks, &args.out, &opts)?,
-        Format::Gguf => export::export_gguf(&ckpt, &run.masks, &args.out, &opts)?,
+        Format::Hf => export::export_hf(&ckpt, &masks, &args.out, &opts)?,
+        Format::Sparse => export::export_sparse(&ckpt, &masks, &args.out, &opts)?,
+        Format::Gguf => export::export_gguf(&ckpt, &masks, &args.out, &opts)?,
     };
     let types = match args.format {
         Format::Gguf => "the source GGUF types".to_string(),
         _ => summary.dtype.torch_name().to_string(),
     };
-    let pruned: usize = run.masks.values().map(Mask::count_pruned).sum();
-    let total: usize = run.masks.values().map(Mask::len).sum();
+    let pruned: usize = masks.values().map(Mask::count_pruned).sum();
+    let total: usize = masks.values().map(Mask::len).sum();
     common::print(&format!(
         "exported run {} ({} committed iterations, {:.2}% of prunable weights pruned) from {} as {} to {}: {} weight bytes, {} bytes in all",
         run_dir.display(),
-        run.committed_iterations,
+        committed_iterations,
         100.0 * pruned as f64 / total.max(1) as f64,
-        run.model.display(),
+        model.display(),
         types,
         summary.dir.display(),
         summary.weight_bytes,

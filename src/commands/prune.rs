@@ -144,7 +144,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
     let cfg = load_config(&args)?;
     if args.resume.is_none() {
         // Points at `secateur fetch` when the default model is missing.
-        let is_default = cfg.model.path == crate::default_model();
+        let is_default = cfg.model.path == common::default_model();
         common::model_path(Some(cfg.model.path.clone())).map_err(|e| {
             if is_default {
                 anyhow::anyhow!(
@@ -158,7 +158,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         check_local_planners(&cfg)?;
         // A CUDA request in a build without CUDA (or a missing GPU) fails here, before
         // the checkpoint is read, naming the field.
-        actors::device::resolve(cfg.model.device)
+        device::resolve(cfg.model.device)
             .map_err(|e| anyhow::anyhow!("model.device = \"{}\": {e}", cfg.model.device))?;
     }
     let run_id = args

@@ -1,9 +1,9 @@
 //! The configured device (`model.device`, `--device`) resolved once to a candle
 //! [`Device`], and the weight dtype that goes with it.
 //!
-//! Lives here rather than in `model` because `model` knows nothing of `config`; the
-//! `secateur` commands that build a model outside a run (eval, bench, generate,
-//! compare) call the same [`resolve`].
+//! A crate of its own: `model` knows nothing of `config`, and the `secateur` commands
+//! that build a model outside a run (eval, bench, generate, compare) call the same
+//! [`resolve`] as the actors without pulling in the actor system.
 //!
 //! **CUDA and threads.** candle's `Device::new_cuda` issues every launch to CUDA's
 //! per-thread default stream, so each host thread that runs tensor work gets a stream
