@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+#[cfg(test)]
+mod readme_cli;
 
 /// The default offline target model, as placed by `secateur fetch`.
 pub const DEFAULT_MODEL: &str = "assets/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -31,6 +33,9 @@ enum Command {
     /// Dense, every pruning baseline and the agent at one sparsity: table and plots.
     Compare(commands::compare::CompareArgs),
     /// Answer a prompt with greedy decoding through the model's chat template.
+    // `[MODEL] PROMPT`: one value is the prompt, two are model and prompt (the same
+    // optional positional MODEL as inspect, eval, bench and compare).
+    #[command(allow_missing_positional = true)]
     Generate(commands::generate::GenerateArgs),
     /// Measure forward / statistics / backward throughput and memory.
     Bench(commands::bench::BenchArgs),
@@ -45,6 +50,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_library_backtraces();
     let cli = Cli::parse();
     // The daemon installs its own subscriber (stderr logs plus OTLP traces).
     if !matches!(cli.command, Command::Daemon(_)) {
@@ -71,13 +77,80 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render(&err));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Errors are for people: candle wraps its errors with a captured backtrace (printed by
+/// their `Display`) whenever `RUST_BACKTRACE` is set, so library backtrace capture is
+/// turned off unless the user asked for it explicitly with `RUST_LIB_BACKTRACE`
+/// (which takes precedence for `Backtrace::capture`; panics still honour
+/// `RUST_BACKTRACE`). Called first in `main`, before any thread exists.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
+/// An error and its causes on one line, each said once: many errors repeat their
+/// source in their own message (`cannot read x: No such file (os error 2)` whose source
+/// is that io error), and a context may repeat what its cause says. A cause already
+/// contained in what was said is skipped; a cause that contains the previous part
+/// replaces it.
+pub fn render(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string().trim().to_string();
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        if parts
+            .last()
+            .is_some_and(|last| text.contains(last.trim_end_matches(':')))
+        {
+            parts.pop();
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
 /// The model path a command uses when none is given.
 pub fn default_model() -> PathBuf {
     PathBuf::from(DEFAULT_MODEL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    /// An error that repeats its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Repeats(std::io::Error);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x.toml: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Repeats(io()));
+        assert_eq!(render(&e), format!("cannot read x.toml: {}", io()));
+        let e = anyhow::Error::msg("invalid configuration:\n  a = 1: bad")
+            .context("invalid configuration");
+        assert_eq!(render(&e), "invalid configuration:\n  a = 1: bad");
+        let e = anyhow::Error::msg("disk full").context("writing masks.bin");
+        assert_eq!(render(&e), "writing masks.bin: disk full");
+    }
 }
