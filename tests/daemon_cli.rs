@@ -105,7 +105,15 @@ fn runs_subcommands_talk_to_the_daemon() {
     // Unreachable daemon: a clear error.
     let out = runs("http://127.0.0.1:9", &["list"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("cannot reach the daemon at http://127.0.0.1:9: "),
+        "{e}"
+    );
+    assert!(
+        e.contains("refused") && !e.contains("error sending request"),
+        "{e}"
+    );
 }
 
 #[test]

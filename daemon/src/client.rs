@@ -23,6 +23,20 @@ fn details(d: &[String]) -> String {
     d.iter().map(|l| format!("\n  {l}")).collect()
 }
 
+/// What went wrong sending a request, as a person needs it: reqwest's own message is
+/// `error sending request for url (…)`; the innermost cause says why (`Connection
+/// refused (os error 111)`).
+fn cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time".into();
+    }
+    let mut last: &dyn std::error::Error = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
 /// `base` is an http(s) URL with a host.
 fn check_base(base: &str) -> Result<(), ClientError> {
     let bad = |why: String| ClientError::BadUrl {
@@ -87,7 +101,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Unreachable {
                 url: self.base.clone(),
-                message: e.to_string(),
+                message: cause(&e),
             })?;
         let status = resp.status();
         let bytes = resp
