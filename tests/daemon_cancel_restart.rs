@@ -1,6 +1,6 @@
 //! A cancel survives a crash (issue 17, item 2): cancel a running run (202), SIGKILL
-//! the daemon before the run could stop, restart it on the same folder — the run ends
-//! `cancelled`, not `target_reached`. The request is in the run's record on disk by the
+//! the daemon (or SIGTERM it with no grace period) before the run could stop, restart
+//! it on the same folder — the run ends `cancelled`, not `target_reached`. The request is in the run's record on disk by the
 //! time the 202 arrives.
 
 mod daemon_support;
@@ -11,11 +11,19 @@ use daemon::types::{JobState, RunView};
 use daemon_support::{wait_ended, wait_for, Env, Proc};
 use protocol::{RunState, StopReason};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_then_sigkill_then_restart_ends_cancelled() {
+/// How the first daemon goes away after the 202.
+enum Stop {
+    Kill,
+    /// SIGTERM with `shutdown_grace_secs = 0`: the iteration in progress is abandoned.
+    TermGraceExpired,
+}
+
+async fn cancel_then_stop_then_restart(stop: Stop) {
     let env = Env::new();
-    // Iterations pause 3 s before their evaluation: time to cancel and kill mid-way.
-    let a = Proc::spawn(&env, &[("SECATEUR_TEST_PAUSE_BEFORE_EVAL_MS", "3000")]);
+    // Iterations pause 3 s before their evaluation: time to cancel and stop mid-way.
+    let pause = [("SECATEUR_TEST_PAUSE_BEFORE_EVAL_MS", "3000")];
+    let toml = env.daemon_toml_with(|c| c.daemon.shutdown_grace_secs = 0);
+    let a = Proc::spawn_with(&pause, toml);
     let run = a.client.submit(&env.submit_request(|_| {})).await.unwrap();
     wait_for(&a.client, &run.id, Duration::from_secs(300), |v| {
         v.iteration == 2 && v.phase == Some(RunState::Evaluating)
@@ -30,7 +38,13 @@ async fn a_cancel_then_sigkill_then_restart_ends_cancelled() {
     assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
     let v: RunView = r.json().await.unwrap();
     assert!(v.cancel_requested);
-    a.kill();
+    match stop {
+        Stop::Kill => a.kill(),
+        Stop::TermGraceExpired => {
+            let (log, _) = a.terminate();
+            assert!(log.contains("grace period over"), "{log}");
+        }
+    }
     let path = env
         .data_dir()
         .join("registry")
@@ -53,4 +67,14 @@ async fn a_cancel_then_sigkill_then_restart_ends_cancelled() {
         det.history.len()
     );
     b.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_then_sigkill_then_restart_ends_cancelled() {
+    cancel_then_stop_then_restart(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_then_sigterm_past_the_grace_then_restart_ends_cancelled() {
+    cancel_then_stop_then_restart(Stop::TermGraceExpired).await;
 }

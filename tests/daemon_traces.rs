@@ -248,7 +248,7 @@ async fn unreachable_planner_falls_back_and_the_key_never_leaks() {
         c.daemon.allow_loopback_base_urls = true;
         c.daemon.allowed_api_key_envs = vec!["SECATEUR_TEST_PLANNER_KEY".into()];
     });
-    let d = Proc::spawn_with(&env, &vars, daemon_toml);
+    let d = Proc::spawn_with(&vars, daemon_toml);
     let req = env.submit_request(|c| {
         c.planner.backend = config::BackendKind::Openai;
         c.planner.model = Some("gpt-test".into());

@@ -79,11 +79,11 @@ pub struct Proc {
 impl Proc {
     /// Start the daemon with extra environment variables; returns once it listens.
     pub fn spawn(env: &Env, vars: &[(&str, &str)]) -> Self {
-        Self::spawn_with(env, vars, env.daemon_toml())
+        Self::spawn_with(vars, env.daemon_toml())
     }
 
     /// [`Self::spawn`] with the daemon config file `daemon_toml`.
-    pub fn spawn_with(env: &Env, vars: &[(&str, &str)], daemon_toml: PathBuf) -> Self {
+    pub fn spawn_with(vars: &[(&str, &str)], daemon_toml: PathBuf) -> Self {
         let spawned = Instant::now();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_secateur"));
         cmd.args(["daemon", "--config"])
