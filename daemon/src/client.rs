@@ -68,8 +68,12 @@ impl Client {
     /// failing every request with reqwest's bare `builder error`.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
         check_base(base)?;
+        // Idle connections are dropped well before the daemon closes them
+        // (`daemon.header_read_timeout_ms`, 10 s by default), so a request never races
+        // the server's close on a reused connection.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| ClientError::Unreachable {
                 url: base.to_string(),
