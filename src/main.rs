@@ -94,21 +94,21 @@ fn quiet_library_backtraces() {
     }
 }
 
-/// An error and its causes on one line, each said once: many errors repeat their
-/// source in their own message (`cannot read x: No such file (os error 2)` whose source
-/// is that io error), and a context may repeat what its cause says. A cause already
-/// contained in what was said is skipped; a cause that contains the previous part
-/// replaces it.
-pub fn render(err: &anyhow::Error) -> String {
+/// An error and its causes on one line, each said once: many errors end their own
+/// message with their source's (`cannot read x: No such file (os error 2)` whose source
+/// is that io error), and a context may be how its cause begins (`invalid
+/// configuration` over `invalid configuration:\n  field = …`). A cause the previous
+/// part ends with is skipped; a cause that begins with the previous part replaces it.
+fn render(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
         let text = cause.to_string().trim().to_string();
-        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+        if text.is_empty() || parts.last().is_some_and(|p| p.ends_with(&text)) {
             continue;
         }
         if parts
             .last()
-            .is_some_and(|last| text.contains(last.trim_end_matches(':')))
+            .is_some_and(|last| text.starts_with(last.trim_end_matches(':')))
         {
             parts.pop();
         }
@@ -152,5 +152,8 @@ mod tests {
         assert_eq!(render(&e), "invalid configuration:\n  a = 1: bad");
         let e = anyhow::Error::msg("disk full").context("writing masks.bin");
         assert_eq!(render(&e), "writing masks.bin: disk full");
+        // A cause that merely mentions the context's words is still said.
+        let e = anyhow::Error::msg("EOF while loading").context("loading");
+        assert_eq!(render(&e), "loading: EOF while loading");
     }
 }
