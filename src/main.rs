@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+#[cfg(test)]
+mod readme_cli;
 
 
 #[derive(Parser)]
@@ -27,6 +29,9 @@ enum Command {
     /// Dense, every pruning baseline and the agent at one sparsity: table and plots.
     Compare(commands::compare::CompareArgs),
     /// Answer a prompt with greedy decoding through the model's chat template.
+    // `[MODEL] PROMPT`: one value is the prompt, two are model and prompt (the same
+    // optional positional MODEL as inspect, eval, bench and compare).
+    #[command(allow_missing_positional = true)]
     Generate(commands::generate::GenerateArgs),
     /// Measure forward / statistics / backward throughput and memory.
     Bench(commands::bench::BenchArgs),
@@ -41,6 +46,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_library_backtraces();
     let cli = Cli::parse();
     // The daemon installs its own subscriber (stderr logs plus OTLP traces).
     if !matches!(cli.command, Command::Daemon(_)) {
@@ -67,9 +73,79 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render(&err));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Errors are for people: candle wraps its errors with a captured backtrace (printed by
+/// their `Display`) whenever `RUST_BACKTRACE` is set, so library backtrace capture is
+/// turned off unless the user asked for it explicitly with `RUST_LIB_BACKTRACE`
+/// (which takes precedence for `Backtrace::capture`; panics still honour
+/// `RUST_BACKTRACE`). Called first in `main`, before any thread exists.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
+/// An error and its causes on one line, each said once: many errors end their own
+/// message with their source's (`cannot read x: No such file (os error 2)` whose source
+/// is that io error), and a context may be how its cause begins (`invalid
+/// configuration` over `invalid configuration:\n  field = …`). A cause the previous
+/// part ends with is skipped; a cause that begins with the previous part replaces it.
+fn render(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string().trim().to_string();
+        if text.is_empty() || parts.last().is_some_and(|p| p.ends_with(&text)) {
+            continue;
+        }
+        if parts
+            .last()
+            .is_some_and(|last| text.starts_with(last.trim_end_matches(':')))
+        {
+            parts.pop();
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    /// An error that repeats its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Repeats(std::io::Error);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x.toml: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Repeats(io()));
+        assert_eq!(render(&e), format!("cannot read x.toml: {}", io()));
+        let e = anyhow::Error::msg("invalid configuration:\n  a = 1: bad")
+            .context("invalid configuration");
+        assert_eq!(render(&e), "invalid configuration:\n  a = 1: bad");
+        let e = anyhow::Error::msg("disk full").context("writing masks.bin");
+        assert_eq!(render(&e), "writing masks.bin: disk full");
+        // A cause that merely mentions the context's words is still said.
+        let e = anyhow::Error::msg("EOF while loading").context("loading");
+        assert_eq!(render(&e), "loading: EOF while loading");
+    }
+}

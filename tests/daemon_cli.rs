@@ -68,9 +68,23 @@ fn runs_subcommands_talk_to_the_daemon() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
     let bad = env.dir.path().join("bad.toml");
     std::fs::write(&bad, "[pruning]\ntau = 1.7\n").unwrap();
+    // A file that does not validate is refused here, naming it; one the daemon refuses
+    // comes back with the daemon's 400.
     let out = runs(&d.url, &["submit", &bad.to_string_lossy()]);
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.contains("400") && e.contains("pruning.tau = 1.7"), "{e}");
+    assert!(
+        e.contains("bad.toml: invalid configuration") && e.contains("pruning.tau = 1.7"),
+        "{e}"
+    );
+    let refused = env.dir.path().join("refused.toml");
+    let toml = "[planner]\nbackend = \"openai\"\nmodel = \"m\"\napi_key_env = \"HOME\"\n";
+    std::fs::write(&refused, toml).unwrap();
+    let out = runs(&d.url, &["submit", &refused.to_string_lossy()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("400") && e.contains("planner.api_key_env: \"HOME\""),
+        "{e}"
+    );
     d.terminate();
 
     // A daemon run exports like any other (its folder is under <data_dir>/runs).
@@ -91,7 +105,15 @@ fn runs_subcommands_talk_to_the_daemon() {
     // Unreachable daemon: a clear error.
     let out = runs("http://127.0.0.1:9", &["list"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("cannot reach the daemon at http://127.0.0.1:9: "),
+        "{e}"
+    );
+    assert!(
+        e.contains("refused") && !e.contains("error sending request"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -242,7 +242,13 @@ async fn unreachable_planner_falls_back_and_the_key_never_leaks() {
     let mut vars: Vec<(&str, &str)> = otlp.iter().map(|(k, v)| (*k, v.as_str())).collect();
     vars.push(("SECATEUR_TEST_PLANNER_KEY", KEY));
     vars.push(("RUST_LOG", "debug"));
-    let d = Proc::spawn(&env, &vars);
+    // The operator lets runs call a local server with this key (issue 17: both are
+    // refused by default).
+    let daemon_toml = env.daemon_toml_with(|c| {
+        c.daemon.allow_loopback_base_urls = true;
+        c.daemon.allowed_api_key_envs = vec!["SECATEUR_TEST_PLANNER_KEY".into()];
+    });
+    let d = Proc::spawn_with(&vars, daemon_toml);
     let req = env.submit_request(|c| {
         c.planner.backend = config::BackendKind::Openai;
         c.planner.model = Some("gpt-test".into());

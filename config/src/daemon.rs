@@ -53,7 +53,36 @@ pub struct DaemonSection {
     /// On SIGTERM, how long running iterations may take to finish before they are
     /// abandoned (they then resume from their last committed iteration at restart).
     pub shutdown_grace_secs: u64,
+    /// NAMES of the environment variables a submitted run config may give as an
+    /// `api_key_env` (planner, critic reflection, their fallbacks). Empty by default: a
+    /// config someone submits must not be able to read whatever the daemon's
+    /// environment holds and send it to a server, so the operator lists the provider
+    /// keys runs may use (e.g. `["OPENAI_API_KEY"]`). `token_env` can never be listed.
+    pub allowed_api_key_envs: Vec<String>,
+    /// Hosts a submitted config's `base_url` may name (exact names, case-insensitive,
+    /// no scheme or port). Default: the official API hosts of the hosted backends.
+    pub allowed_base_url_hosts: Vec<String>,
+    /// Whether a submitted `base_url` may point at this machine (`localhost`,
+    /// 127.0.0.0/8, `::1`, `0.0.0.0`), e.g. a local vLLM or Ollama. Off by default: the
+    /// daemon itself and other local services listen there.
+    pub allow_loopback_base_urls: bool,
+    /// A connection that has not sent a request's complete headers within this time is
+    /// closed (also an idle keep-alive connection), so slow or half-open clients cannot
+    /// hold the daemon.
+    pub header_read_timeout_ms: u64,
+    /// A request body that sends no data for this long is abandoned (408).
+    pub body_read_timeout_ms: u64,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
+
+/// The official API hosts of the hosted backends (`openai`, `gemini`, `anthropic`):
+/// where a `base_url` may point by default.
+pub const OFFICIAL_API_HOSTS: [&str; 3] = [
+    "api.openai.com",
+    "generativelanguage.googleapis.com",
+    "api.anthropic.com",
+];
 
 impl Default for DaemonSection {
     fn default() -> Self {
@@ -67,6 +96,12 @@ impl Default for DaemonSection {
             model_roots: vec![PathBuf::from(crate::assets::MODELS_DIR)],
             data_roots: vec![PathBuf::from(crate::assets::DATA_DIR)],
             shutdown_grace_secs: 30,
+            allowed_api_key_envs: Vec::new(),
+            allowed_base_url_hosts: OFFICIAL_API_HOSTS.iter().map(|h| h.to_string()).collect(),
+            allow_loopback_base_urls: false,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 256,
         }
     }
 }
@@ -80,6 +115,40 @@ pub struct TelemetryConfig {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` overrides it. Unset (and no variable): nothing is
     /// exported.
     pub otlp_endpoint: Option<String>,
+}
+
+impl DaemonSection {
+    /// The allow-lists hold names, never secrets or URLs, and never the token's variable.
+    fn check_allow_lists(&self, c: &mut Checker) {
+        for name in &self.allowed_api_key_envs {
+            if !crate::backend::is_env_name(name) {
+                c.fail(
+                    "daemon.allowed_api_key_envs",
+                    format!("<redacted, {} chars>", name.chars().count()),
+                    "must hold NAMES of environment variables (letters, digits, _), not keys",
+                );
+            } else if *name == self.token_env {
+                c.fail(
+                    "daemon.allowed_api_key_envs",
+                    format!("\"{name}\""),
+                    "must not hold daemon.token_env: the bearer token is never an API key",
+                );
+            }
+        }
+        for host in &self.allowed_base_url_hosts {
+            let plain = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-'));
+            if !plain {
+                c.fail(
+                    "daemon.allowed_base_url_hosts",
+                    format!("\"{host}\""),
+                    "must hold host names only (letters, digits, `.`, `-`; no scheme, port or path)",
+                );
+            }
+        }
+    }
 }
 
 impl DaemonConfig {
@@ -141,6 +210,25 @@ impl DaemonConfig {
             }
         }
         c.int_range("daemon.shutdown_grace_secs", d.shutdown_grace_secs, 0, 3600);
+        d.check_allow_lists(&mut c);
+        c.int_range(
+            "daemon.header_read_timeout_ms",
+            d.header_read_timeout_ms,
+            10,
+            3_600_000,
+        );
+        c.int_range(
+            "daemon.body_read_timeout_ms",
+            d.body_read_timeout_ms,
+            10,
+            3_600_000,
+        );
+        c.int_range(
+            "daemon.max_connections",
+            d.max_connections as u64,
+            1,
+            1_000_000,
+        );
         if let Some(url) = &self.telemetry.otlp_endpoint {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 c.fail(
@@ -202,5 +290,46 @@ mod tests {
         );
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         assert!(DaemonConfig::from_toml_str("[daemon]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn allow_lists_hold_names_and_never_the_token_variable() {
+        let d = DaemonConfig::default().daemon;
+        assert!(d.allowed_api_key_envs.is_empty());
+        assert_eq!(d.allowed_base_url_hosts, OFFICIAL_API_HOSTS);
+        assert!(!d.allow_loopback_base_urls);
+        let e = DaemonConfig::from_toml_str(
+            "[daemon]\nallowed_api_key_envs = [\"OPENAI_API_KEY\", \"SECATEUR_DAEMON_TOKEN\", \"sk-live-123\"]\n\
+             allowed_base_url_hosts = [\"api.openai.com\", \"http://evil.example\", \"h:80\"]\n",
+        )
+        .unwrap_err();
+        let errs = e.field_errors();
+        let fields: Vec<&str> = errs.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "daemon.allowed_api_key_envs",
+                "daemon.allowed_api_key_envs",
+                "daemon.allowed_base_url_hosts",
+                "daemon.allowed_base_url_hosts"
+            ]
+        );
+        assert!(
+            errs[0].to_string().contains("never an API key"),
+            "{}",
+            errs[0]
+        );
+        assert!(!e.to_string().contains("sk-live-123"), "{e}");
+        // The token variable is refused whatever it is called.
+        let e = DaemonConfig::from_toml_str(
+            "[daemon]\ntoken_env = \"MY_TOKEN\"\nallowed_api_key_envs = [\"MY_TOKEN\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field_errors()[0].field, "daemon.allowed_api_key_envs");
+        let ok = DaemonConfig::from_toml_str(
+            "[daemon]\nallowed_api_key_envs = [\"OPENAI_API_KEY\"]\nallowed_base_url_hosts = [\"vllm.internal\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.daemon.allowed_api_key_envs, ["OPENAI_API_KEY"]);
     }
 }

@@ -43,7 +43,7 @@ pub enum ConfigError {
         message: String,
     },
     /// The document parsed but some values are out of range or inconsistent.
-    #[error("{origin}: invalid configuration:\n{}", list(errors))]
+    #[error("{}invalid configuration:\n{}", prefix(origin), list(errors))]
     Invalid {
         origin: String,
         errors: Vec<FieldError>,
@@ -53,6 +53,15 @@ pub enum ConfigError {
         name: String,
         known: Vec<&'static str>,
     },
+}
+
+/// `origin: `, or nothing for a config that came from no file.
+fn prefix(origin: &str) -> String {
+    if origin.is_empty() {
+        String::new()
+    } else {
+        format!("{origin}: ")
+    }
 }
 
 fn list(errors: &[FieldError]) -> String {

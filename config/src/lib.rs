@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::{BackendConfig, BackendKind};
 pub use critic::{AssessmentThresholds, CriticConfig, CriticRules, PaceRule, RuleAction};
-pub use daemon::{DaemonConfig, DaemonSection, TelemetryConfig};
+pub use daemon::{DaemonConfig, DaemonSection, TelemetryConfig, OFFICIAL_API_HOSTS};
 pub use error::{ConfigError, FieldError};
 pub use planning::{HeuristicConfig, PromptConfig};
 pub use protocol;
@@ -62,6 +62,12 @@ impl Config {
     /// Parse and validate a TOML document. Errors name `<string>` as the origin.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         Self::parse(text, "<string>")
+    }
+
+    /// Parse and validate a TOML document that came from `origin` (a file name, `the
+    /// submitted config`): errors name it instead of `<string>`.
+    pub fn from_toml_named(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, origin)
     }
 
     /// Read, parse and validate a TOML file. Errors name the file.
@@ -134,8 +140,10 @@ impl Config {
         if c.errors.is_empty() {
             Ok(())
         } else {
+            // No origin: a config built or edited in code (e.g. from command-line
+            // flags) has no file to name; parsing sets the file's name.
             Err(ConfigError::Invalid {
-                origin: "config".into(),
+                origin: String::new(),
                 errors: c.errors,
             })
         }

@@ -449,3 +449,25 @@ fn model_device_in_toml_round_trips_and_a_bad_one_names_the_field() {
     assert!(err.starts_with("<string>:2:"), "{err}");
     assert!(err.contains("model.device: `gpu` is not a device"), "{err}");
 }
+
+#[test]
+fn errors_name_their_origin_once_or_none() {
+    // Built in code (e.g. from command-line flags): no origin to name.
+    let mut c = Config::default();
+    c.pruning.tau = 1.7;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.starts_with("invalid configuration:\n  pruning.tau = 1.7"),
+        "{e}"
+    );
+    // A named document: its name, once, instead of `<string>`.
+    let e = Config::from_toml_named("[pruning]\ntau = 1.7\n", "run.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("run.toml: invalid configuration:\n"), "{e}");
+    let e = Config::from_toml_named("[pruning\n", "run.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("run.toml:1:"), "{e}");
+    assert_eq!(e.matches("run.toml").count(), 1, "{e}");
+}

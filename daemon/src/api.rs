@@ -7,11 +7,12 @@
 //! | GET | `/runs` | [`RunList`] |
 //! | GET | `/runs/{id}` | [`RunDetail`]: status, config, iteration history |
 //! | GET | `/runs/{id}/events` | SSE: `status`, `iteration`, `end` events (history replayed first; `Last-Event-ID` skips iterations seen) |
-//! | POST | `/runs/{id}/cancel` | 200 cancelled / 202 cancel requested / 409 already ended |
+//! | POST | `/runs/{id}/cancel` | 200 cancelled / 202 cancel requested (stored with the run's record first, so it survives a restart) / 409 already ended |
 //!
 //! Every error is JSON ([`ApiError`]). Every request passes the bearer-token check first
-//! when a token is configured (401 otherwise), and bodies are read up to
-//! `daemon.max_body_bytes` (413 beyond).
+//! when a token is configured (401 otherwise, before any body is read), and bodies are
+//! read up to `daemon.max_body_bytes` (413 beyond). A submission without a content type
+//! is sniffed: JSON when it starts with `{`, TOML otherwise.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -60,13 +61,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The credentials of an `Authorization: Bearer …` header. The scheme name is
+/// case-insensitive (RFC 9110 §11.1), the token is not.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// Runs before any handler, so a request without the token is answered 401 before its
+/// body is read.
 async fn authorize(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     if let Some(token) = &shared.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer);
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -126,12 +138,31 @@ async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Resp
     }
 }
 
-/// Read the body up to the limit: 413 beyond it, whatever the framing.
+/// Whether `T` is anywhere in `e`'s chain of sources (body errors arrive wrapped).
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<T>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Read the body up to the limit: 413 beyond it, whatever the framing; 408 when the
+/// client stops sending (`daemon.body_read_timeout_ms`, see `server`).
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_big = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_big {
+        let too_big = caused_by::<http_body_util::LengthLimitError>(&e);
+        let too_slow = caused_by::<tower_http::timeout::TimeoutError>(&e);
+        if too_slow {
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving",
+                vec![],
+            )
+        } else if too_big {
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body larger than {limit} bytes"),
@@ -145,6 +176,15 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
             )
         }
     })
+}
+
+/// The content type of a body sent without one (`curl --data-binary @run.toml`): a
+/// JSON request is an object, and a TOML document never starts with `{`.
+fn sniff(body: &[u8]) -> &'static str {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => "application/json",
+        _ => "application/toml",
+    }
 }
 
 async fn submit(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
@@ -164,10 +204,10 @@ async fn submit(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bod
         Ok(b) => b,
         Err(r) => return r,
     };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        Some(v) => v.to_str().unwrap_or("").to_ascii_lowercase(),
+        None => sniff(&bytes).into(),
+    };
     let req = if content_type.starts_with("application/toml") {
         match std::str::from_utf8(&bytes) {
             Ok(text) => SubmitRequest {
@@ -206,9 +246,12 @@ async fn submit(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bod
     }
     let runs_dir = shared.cfg.daemon.data_dir.join("runs");
     let roots = shared.roots.clone();
+    let rules = shared.cfg.daemon.clone();
     // canonicalize touches the file system: off the executor.
-    let prepared =
-        tokio::task::spawn_blocking(move || crate::submit::prepare(&req, &roots, &runs_dir)).await;
+    let prepared = tokio::task::spawn_blocking(move || {
+        crate::submit::prepare(&req, &roots, &rules, &runs_dir)
+    })
+    .await;
     let cfg = match prepared {
         Ok(Ok(cfg)) => cfg,
         Ok(Err(r)) => return error(StatusCode::BAD_REQUEST, r.error, r.details),
@@ -250,6 +293,15 @@ async fn cancel(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Re
             error(StatusCode::CONFLICT, msg, vec![])
         }
         Cancel::Requested(v) => {
+            // Durable before the 202: a crash after the answer must not lose the cancel.
+            if let Err(e) = shared.registry.persist(&id).await {
+                tracing::error!(run = %id, %e, "cannot write the run record");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot record the cancel request; it holds only until the daemon stops",
+                    vec![],
+                );
+            }
             tracing::info!(run = %id, "cancel requested");
             (StatusCode::ACCEPTED, Json(v)).into_response()
         }
@@ -287,3 +339,28 @@ async fn events(
 
 /// SSE events of the stream.
 pub(crate) type SseItem = Result<Event, Infallible>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_is_not() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Bearer ABC"), Some("ABC"));
+    }
+
+    #[test]
+    fn bodies_without_a_content_type_are_sniffed() {
+        assert_eq!(sniff(b"  {\"preset\": \"default\"}"), "application/json");
+        assert_eq!(
+            sniff(b"[pruning]\ntarget_sparsity = 0.3\n"),
+            "application/toml"
+        );
+        assert_eq!(sniff(b""), "application/toml");
+    }
+}

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`api`] | routes, bearer-token check, body limit, JSON errors |
 //! | [`submit`] | config validation, file confinement to the allowed roots |
+//! | [`policy`] | which API-key variables and base-URL hosts a submitted config may use |
 //! | [`registry`] | runs, their records on disk, live state and event channels |
 //! | [`scheduler`] | the queue: concurrency, resume after restart, shutdown |
 //! | [`events`] | the SSE stream of one run |
@@ -19,18 +20,21 @@
 //! | [`client`] | the HTTP client `secateur runs` uses |
 //! | [`telemetry`] | logs to stderr and, when configured, spans over OTLP/HTTP |
 //! | [`lock`] | one daemon per data folder |
+//! | `server` | the accept loop: header/body read timeouts, connection cap |
 
 pub mod api;
 pub mod client;
 pub mod events;
 pub mod lock;
+pub mod policy;
 pub mod registry;
 pub mod scheduler;
+mod server;
 pub mod submit;
 pub mod telemetry;
 pub mod types;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,66 +123,107 @@ pub async fn run_with(
     hooks: Hooks,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    config
-        .validate()
-        .map_err(|e| DaemonError::Config(e.to_string()))?;
-    let addr = listener.local_addr().map_err(DaemonError::Serve)?;
-    if token.is_none() && !addr.ip().is_loopback() {
-        return Err(DaemonError::Config(format!(
-            "refusing to listen on {addr} without a bearer token"
-        )));
-    }
-    let data = config.daemon.data_dir.clone();
-    let data_err = |source| DaemonError::DataDir {
-        path: data.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(data.join("runs")).map_err(data_err)?;
-    let _lock = lock::DataDirLock::acquire(&data).map_err(DaemonError::Locked)?;
-    let (registry, roots) = {
-        let (reg_dir, d) = (data.join("registry"), config.daemon.clone());
-        tokio::task::spawn_blocking(move || {
-            let roots = Roots::new(&d.model_roots, &d.data_roots);
-            Registry::load(&reg_dir).map(|r| (r, roots))
-        })
+    Daemon::open(config, token, hooks)
+        .await?
+        .serve(listener, shutdown)
         .await
-        .map_err(|e| DaemonError::Config(e.to_string()))?
-        .map_err(data_err)?
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        cfg: config,
-        registry,
-        roots,
-        token,
-        hooks,
-        wake: Notify::new(),
-        shutdown: stop_rx.clone(),
-        started: Instant::now(),
-    });
-    let scheduler = tokio::spawn(scheduler::schedule(shared.clone()));
-    tokio::spawn(load_histories(shared.clone()));
-    let app = api::router(shared.clone());
-    tracing::info!(%addr, data = %data.display(), "daemon serving");
-    let mut stopping = stop_rx.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|s| *s).await;
+}
+
+/// A daemon that owns its data folder (locked, registry loaded) but serves nothing
+/// yet: everything that can refuse to start has been checked, so the binary says
+/// `listening on …` only for a daemon that will serve.
+pub struct Daemon {
+    config: DaemonConfig,
+    token: Option<String>,
+    hooks: Hooks,
+    registry: Registry,
+    roots: Roots,
+    lock: lock::DataDirLock,
+}
+
+impl Daemon {
+    /// Validate `config`, create and lock the data folder, load the run records.
+    pub async fn open(
+        config: DaemonConfig,
+        token: Option<String>,
+        hooks: Hooks,
+    ) -> Result<Self, DaemonError> {
+        config
+            .validate()
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let data = config.daemon.data_dir.clone();
+        let data_err = |source| DaemonError::DataDir {
+            path: data.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(data.join("runs")).map_err(data_err)?;
+        let lock = lock::DataDirLock::acquire(&data).map_err(DaemonError::Locked)?;
+        let (registry, roots) = {
+            let (reg_dir, d) = (data.join("registry"), config.daemon.clone());
+            tokio::task::spawn_blocking(move || {
+                let roots = Roots::new(&d.model_roots, &d.data_roots);
+                Registry::load(&reg_dir).map(|r| (r, roots))
             })
-            .into_future(),
-    );
-    shutdown.await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    // Open connections get a moment to finish; event streams end by themselves.
-    let served = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
-    if let Ok(Ok(Err(e))) = served {
-        tracing::warn!(%e, "server error during shutdown");
+            .await
+            .map_err(|e| DaemonError::Config(e.to_string()))?
+            .map_err(data_err)?
+        };
+        Ok(Self {
+            config,
+            token,
+            hooks,
+            registry,
+            roots,
+            lock,
+        })
     }
-    let _ = scheduler.await;
-    tracing::info!("daemon stopped");
-    Ok(())
+
+    /// Serve on `listener` until `shutdown` resolves, then stop gracefully (see [`run`]).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        let addr = listener.local_addr().map_err(DaemonError::Serve)?;
+        if self.token.is_none() && !addr.ip().is_loopback() {
+            return Err(DaemonError::Config(format!(
+                "refusing to listen on {addr} without a bearer token"
+            )));
+        }
+        let Self {
+            config,
+            token,
+            hooks,
+            registry,
+            roots,
+            lock: _lock,
+        } = self;
+        let limits = server::Limits::of(&config.daemon);
+        let data = config.daemon.data_dir.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            cfg: config,
+            registry,
+            roots,
+            token,
+            hooks,
+            wake: Notify::new(),
+            shutdown: stop_rx.clone(),
+            started: Instant::now(),
+        });
+        let scheduler = tokio::spawn(scheduler::schedule(shared.clone()));
+        tokio::spawn(load_histories(shared.clone()));
+        let app = api::router(shared.clone());
+        tracing::info!(%addr, data = %data.display(), "daemon serving");
+        let server = tokio::spawn(server::serve(listener, app, limits, stop_rx));
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        let _ = scheduler.await;
+        tracing::info!("daemon stopped");
+        Ok(())
+    }
 }
 
 /// Read the iteration history of every ended run back from its checkpoint database, in

@@ -53,6 +53,12 @@ pub struct RunRecord {
     pub resumes: u32,
     pub final_sparsity: Option<f64>,
     pub final_ppl: Option<FinalPpl>,
+    /// A cancel was asked for while the run was running. Stored (before the API answers
+    /// 202) so that a run interrupted by a crash or a shutdown before it could stop is
+    /// cancelled when it resumes, instead of running to its end. Absent in records
+    /// written before this field existed.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// How a run ended, as the scheduler reports it.
@@ -83,7 +89,6 @@ struct Job {
     history: Vec<HistoryItem>,
     /// A task is executing the run right now.
     active: bool,
-    cancel_requested: bool,
     control: RunControl,
     /// Created on the first subscription: most runs are never watched live, and a
     /// channel preallocates its whole ring.
@@ -99,7 +104,6 @@ impl Job {
             baseline_ppl: None,
             history: Vec::new(),
             active: false,
-            cancel_requested: false,
             control: RunControl::default(),
             events: None,
         }
@@ -128,7 +132,7 @@ impl Job {
             finished_unix: r.finished_unix,
             reason: r.reason.clone(),
             stop_reason: r.stop_reason,
-            cancel_requested: self.cancel_requested,
+            cancel_requested: r.cancel_requested,
             resumes: r.resumes,
             target_sparsity: r.target_sparsity,
             sparsity: r
@@ -264,6 +268,7 @@ impl Registry {
             resumes: 0,
             final_sparsity: None,
             final_ppl: None,
+            cancel_requested: false,
         });
         let view = job.view();
         inner.jobs.insert(id, job);
@@ -342,7 +347,7 @@ impl Registry {
         j.record.state = JobState::Running;
         j.record.started_unix.get_or_insert_with(now_unix);
         j.control = RunControl::default();
-        if j.cancel_requested {
+        if j.record.cancel_requested {
             j.control.cancel();
         }
         j.publish(JobEvent::Status(j.view()));
@@ -427,7 +432,7 @@ impl Registry {
         if j.record.state.is_terminal() {
             return Cancel::Ended(j.view());
         }
-        j.cancel_requested = true;
+        j.record.cancel_requested = true;
         if j.active {
             j.control.cancel();
             j.publish(JobEvent::Status(j.view()));

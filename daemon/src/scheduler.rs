@@ -67,13 +67,16 @@ async fn execute(
     let started = std::time::Instant::now();
     let ending = match prepare_and_run(&shared, &id, &config_toml, control).await {
         Ok(ending) => ending,
-        Err(reason) => Some(Ending {
-            state: JobState::Failed,
-            reason: Some(reason),
-            stop_reason: Some(StopReason::Failed),
-            sparsity: None,
-            final_ppl: None,
-        }),
+        Err(reason) => {
+            discard_if_never_started(&shared, &id).await;
+            Some(Ending {
+                state: JobState::Failed,
+                reason: Some(reason),
+                stop_reason: Some(StopReason::Failed),
+                sparsity: None,
+                final_ppl: None,
+            })
+        }
     };
     match &ending {
         Some(e) => tracing::info!(run = %id, state = ?e.state, reason = ?e.reason,
@@ -85,6 +88,26 @@ async fn execute(
         tracing::error!(run = %id, %e, "cannot write the run record");
     }
     shared.wake.notify_one();
+}
+
+/// A run that failed before its checkpoint database held the run (bad model file,
+/// missing API key, …) leaves no folder behind: it holds nothing to resume or export,
+/// and the run's record keeps the state `failed` and the reason. A run with stored
+/// iterations is never touched.
+async fn discard_if_never_started(shared: &Shared, id: &str) {
+    let dir = runs_dir(shared).join(id);
+    if !dir.exists()
+        || !matches!(
+            read_checkpoint(&actors::run::db_dir(&dir), id).await,
+            Ok(None)
+        )
+    {
+        return;
+    }
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+    if !matches!(removed, Ok(Ok(()))) {
+        tracing::warn!(run = %id, "cannot remove the folder of a run that never started");
+    }
 }
 
 async fn prepare_and_run(
@@ -109,6 +132,9 @@ async fn prepare_and_run(
             "resuming run from its checkpoint");
     }
     let mut cfg = Config::from_toml_str(config_toml).map_err(|e| format!("stored config: {e}"))?;
+    // The allow-lists may have been narrowed since the run was submitted.
+    crate::submit::check_policy(&cfg, &shared.cfg.daemon)
+        .map_err(|r| format!("{}: {}", r.error, r.details.join("; ")))?;
     cfg.run.runs_dir = runs.clone();
     let progress: actors::ProgressFn = {
         let (shared, id) = (shared.clone(), id.to_string());
@@ -140,10 +166,7 @@ async fn prepare_and_run(
             RunState::Cancelled => JobState::Cancelled,
             _ => JobState::Failed,
         },
-        reason: s
-            .failure
-            .clone()
-            .or_else(|| Some(format!("{:?}", s.stop_reason).to_lowercase())),
+        reason: s.failure.clone().or_else(|| Some(stop_name(s.stop_reason))),
         stop_reason: Some(s.stop_reason),
         sparsity: Some(s.final_sparsity),
         final_ppl: out.final_eval.as_ref().map(|f| FinalPpl {
@@ -152,6 +175,15 @@ async fn prepare_and_run(
             tokens_scored: f.tokens_scored,
         }),
     }))
+}
+
+/// The stop reason as the API spells it everywhere else (`target_reached`): its serde
+/// name, not its Debug name lowercased (`targetreached`).
+fn stop_name(r: StopReason) -> String {
+    match serde_json::to_value(r) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{r:?}"),
+    }
 }
 
 /// The run's stored history and, when its database says it already ended, that ending.
@@ -226,5 +258,20 @@ async fn write_outputs(out: &RunOutput, wall_seconds: f64) {
         Err(e) => {
             tracing::error!(run = %out.summary.run_id, error = %e, "writing the run's outputs crashed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_read_as_their_json_names() {
+        assert_eq!(stop_name(StopReason::TargetReached), "target_reached");
+        assert_eq!(
+            stop_name(StopReason::NoAcceptablePlan),
+            "no_acceptable_plan"
+        );
+        assert_eq!(stop_name(StopReason::MaxIterations), "max_iterations");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use config::{BackendConfig, BackendKind, Config};
+use config::{BackendConfig, BackendKind, Config, DaemonSection};
 
 use crate::types::SubmitRequest;
 
@@ -60,25 +60,26 @@ impl Rejected {
 }
 
 /// The validated config of a submission, with paths confined and canonical and
-/// `run.runs_dir` set to `runs_dir`.
-pub fn prepare(req: &SubmitRequest, roots: &Roots, runs_dir: &Path) -> Result<Config, Rejected> {
+/// `run.runs_dir` set to `runs_dir`. Refused when it names an API key variable or a
+/// base URL the daemon's allow-lists in `rules` do not allow (see [`crate::policy`]).
+pub fn prepare(
+    req: &SubmitRequest,
+    roots: &Roots,
+    rules: &DaemonSection,
+    runs_dir: &Path,
+) -> Result<Config, Rejected> {
     let mut cfg = match (&req.config_toml, &req.preset) {
         (Some(_), Some(_)) => {
             return Err(Rejected::one(
                 "give either `config_toml` or `preset`, not both",
             ))
         }
-        (Some(text), None) => Config::from_toml_str(text),
+        (Some(text), None) => Config::from_toml_named(text, "submitted config"),
         (None, Some(name)) => Config::preset(name),
         (None, None) => return Err(Rejected::one("give `config_toml` or `preset`")),
     }
-    .map_err(|e| {
-        let details = e.field_errors().iter().map(|f| f.to_string()).collect();
-        Rejected {
-            error: format!("invalid configuration: {e}"),
-            details,
-        }
-    })?;
+    .map_err(config_rejected)?;
+    check_policy(&cfg, rules)?;
     let mut problems = Vec::new();
     let mut confine =
         |field: &str, path: &mut PathBuf, under: &[PathBuf]| match confined(path, under) {
@@ -127,8 +128,37 @@ pub fn prepare(req: &SubmitRequest, roots: &Roots, runs_dir: &Path) -> Result<Co
         });
     }
     cfg.run.runs_dir = runs_dir.to_path_buf();
-    cfg.validate().map_err(|e| Rejected::one(e.to_string()))?;
+    cfg.validate().map_err(config_rejected)?;
     Ok(cfg)
+}
+
+/// A config that does not parse or validate, each problem said once: field errors go
+/// in `details` (one line each), not also in the message.
+fn config_rejected(e: config::ConfigError) -> Rejected {
+    let fields = e.field_errors();
+    if fields.is_empty() {
+        return Rejected::one(e.to_string());
+    }
+    Rejected {
+        error: "invalid configuration".into(),
+        details: fields.iter().map(|f| f.to_string()).collect(),
+    }
+}
+
+/// [`crate::policy::check`] as a rejection naming every refused field.
+pub fn check_policy(cfg: &Config, rules: &DaemonSection) -> Result<(), Rejected> {
+    let refused = crate::policy::check(cfg, rules);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<&str> = refused.iter().map(|r| r.field.as_str()).collect();
+    Err(Rejected {
+        error: format!(
+            "configuration refused: {} would reach secrets or hosts this daemon does not allow",
+            fields.join(", ")
+        ),
+        details: refused.iter().map(|r| r.to_string()).collect(),
+    })
 }
 
 /// `path` resolved (symlinks followed) if it lies under one of `roots`.

@@ -33,7 +33,7 @@ fn load(args: &DaemonArgs) -> Result<DaemonConfig> {
     if let Some(d) = &args.data_dir {
         cfg.daemon.data_dir = d.clone();
     }
-    cfg.validate().context("invalid daemon configuration")?;
+    cfg.validate()?;
     Ok(cfg)
 }
 
@@ -75,6 +75,8 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     let result = rt.block_on(async {
         let addr: std::net::SocketAddr = cfg.daemon.listen.parse()?;
         let token = daemon::token_for(&cfg, addr)?;
+        // Lock the data folder before binding: a refused start never says "listening".
+        let opened = daemon::Daemon::open(cfg, token, hooks).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -84,7 +86,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         if let Some(e) = &telemetry.endpoint {
             eprintln!("exporting traces to {e}");
         }
-        daemon::run_with(listener, cfg, token, hooks, shutdown_signal()).await?;
+        opened.serve(listener, shutdown_signal()).await?;
         anyhow::Ok(())
     });
     // Abandoned iterations' tensor work must not hold the exit.

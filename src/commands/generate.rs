@@ -10,10 +10,9 @@ use super::common;
 #[derive(clap::Args)]
 pub struct GenerateArgs {
     /// GGUF file or HF directory (default: the fetched SmolLM2-135M-Instruct).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// The question or instruction.
-    prompt: String,
+    pub(crate) model: Option<PathBuf>,
+    /// The question or instruction (quote it).
+    pub(crate) prompt: String,
     /// Maximum number of new tokens.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,

@@ -14,7 +14,8 @@ use super::common;
 #[derive(clap::Args)]
 pub struct RunsArgs {
     /// The daemon's address [default: $SECATEUR_DAEMON_URL, else http://127.0.0.1:7878].
-    #[arg(long)]
+    /// Accepted before or after the action (`runs list --url …`).
+    #[arg(long, global = true)]
     url: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -95,6 +96,16 @@ fn detail(d: &RunDetail) -> Vec<String> {
     out
 }
 
+/// The text of a config to submit, checked here first so a mistake names the file
+/// (`bad.toml:3:1: …`) once, before anything is sent. The daemon checks it again (the
+/// file paths in it, which resolve on its machine, and its allow-lists).
+fn read_config(path: &std::path::Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    config::Config::from_toml_named(&text, &path.display().to_string())?;
+    Ok(text)
+}
+
 pub fn run(args: RunsArgs) -> Result<()> {
     let token = std::env::var("SECATEUR_DAEMON_TOKEN")
         .ok()
@@ -144,12 +155,7 @@ pub fn run(args: RunsArgs) -> Result<()> {
                 preset,
                 wait,
             } => {
-                let config_toml = match &config {
-                    Some(p) => {
-                        Some(std::fs::read_to_string(p).with_context(|| p.display().to_string())?)
-                    }
-                    None => None,
-                };
+                let config_toml = config.as_deref().map(read_config).transpose()?;
                 let preset = if config_toml.is_none() && preset.is_none() {
                     Some("default".to_string())
                 } else {

@@ -34,12 +34,18 @@ impl Env {
 
     /// The daemon config file: loopback port 0, this env's folders.
     pub fn daemon_toml(&self) -> PathBuf {
+        self.daemon_toml_with(|_| {})
+    }
+
+    /// [`Self::daemon_toml`] edited by `edit` (e.g. to open the allow-lists).
+    pub fn daemon_toml_with(&self, edit: impl FnOnce(&mut config::DaemonConfig)) -> PathBuf {
         let assets = self.dir.path().join("assets");
         let mut c = config::DaemonConfig::default();
         c.daemon.listen = "127.0.0.1:0".into();
         c.daemon.data_dir = self.data_dir();
         c.daemon.model_roots = vec![assets.clone()];
         c.daemon.data_roots = vec![assets];
+        edit(&mut c);
         let path = self.dir.path().join("daemon.toml");
         std::fs::write(&path, c.to_toml_string()).unwrap();
         path
@@ -73,10 +79,15 @@ pub struct Proc {
 impl Proc {
     /// Start the daemon with extra environment variables; returns once it listens.
     pub fn spawn(env: &Env, vars: &[(&str, &str)]) -> Self {
+        Self::spawn_with(vars, env.daemon_toml())
+    }
+
+    /// [`Self::spawn`] with the daemon config file `daemon_toml`.
+    pub fn spawn_with(vars: &[(&str, &str)], daemon_toml: PathBuf) -> Self {
         let spawned = Instant::now();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_secateur"));
         cmd.args(["daemon", "--config"])
-            .arg(env.daemon_toml())
+            .arg(daemon_toml)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("SECATEUR_DAEMON_TOKEN")
