@@ -1,7 +1,6 @@
 //! `secateur`: agent-guided pruning of LLMs. This file only parses arguments and
 //! dispatches; each subcommand lives in `commands/`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -9,7 +8,6 @@ use clap::{Parser, Subcommand};
 mod commands;
 #[cfg(test)]
 mod readme_cli;
-
 
 #[derive(Parser)]
 #[command(name = "secateur", version, about = "Prune LLMs with an LLM agent", long_about = None)]
@@ -112,7 +110,6 @@ fn render(err: &anyhow::Error) -> String {
     }
     parts.join(": ")
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -175,6 +175,7 @@ fn unknown_and_uncommitted_runs_are_refused_without_output() {
         iteration: 0,
         stored_iterations: 0,
         reason: Some("test".into()),
+        stop_reason: None,
     };
     store.create_run(&meta, &status).unwrap();
     drop(store);

@@ -121,6 +121,12 @@ impl RunFolder {
         self.db_dir().is_dir()
     }
 
+    /// Whether a finished run's outputs are here (`masks.bin` and `report.json`, the
+    /// last files [`Self::write_outputs`] writes and the first).
+    pub fn has_outputs(&self) -> bool {
+        self.dir.join(MASKS_FILE).is_file() && self.dir.join("report.json").is_file()
+    }
+
     /// Read the stored run (opens and closes the database: not while a prune of the
     /// same run holds it).
     pub fn load(&self) -> Result<LoadedRun, FolderError> {
@@ -195,10 +201,7 @@ pub type LayerMasks = Vec<(String, Mask)>;
 /// Every layer's mask after the committed deltas of `run`, replayed in iteration order
 /// (deltas of rolled-back iterations cannot exist: record and deltas are one
 /// transaction), and the delta bytes of each committed iteration.
-pub fn committed_masks(
-    id: &str,
-    run: &LoadedRun,
-) -> Result<(LayerMasks, Vec<u64>), FolderError> {
+pub fn committed_masks(id: &str, run: &LoadedRun) -> Result<(LayerMasks, Vec<u64>), FolderError> {
     let mut masks: Vec<(String, Mask)> = run
         .meta
         .layers

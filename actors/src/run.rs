@@ -119,6 +119,13 @@ pub enum RunError {
     Folder(#[from] crate::folder::FolderError),
     #[error("actor system: {0}")]
     Actors(String),
+    /// `--resume` of a run that already finished and wrote its outputs: nothing to do.
+    #[error("run `{run}` already finished ({reason}); its report is in {}", dir.display())]
+    Finished {
+        run: String,
+        reason: protocol::StopReason,
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Run (or resume) the agent-guided pruning loop to its end.
@@ -134,7 +141,18 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
                 )));
             }
             let f = folder.clone();
-            let stored = blocking(move || f.committed()).await?;
+            let stored = blocking(move || f.committed())
+                .await
+                .map_err(|e| never_recorded(e, &folder))?;
+            if let Some(reason) = finished(&stored) {
+                if folder.has_outputs() {
+                    return Err(RunError::Finished {
+                        run: id.clone(),
+                        reason,
+                        dir: folder.dir().to_path_buf(),
+                    });
+                }
+            }
             let mut cfg = stored.config.clone();
             cfg.run.runs_dir = runs_dir.clone();
             (cfg, folder, Some(stored))
@@ -147,9 +165,8 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     };
     let run_dir = folder.dir().to_path_buf();
     let run_id = folder.id().to_string();
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| RunError::Setup(format!("{}: {e}", run_dir.display())))?;
-
+    // Everything that can fail at set-up (model, texts, planner backend) fails before
+    // the run folder exists: a bad config leaves nothing behind.
     let engine = Arc::new(
         blocking({
             let cfg = cfg.clone();
@@ -158,6 +175,28 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
         .await
         .map_err(RunError::Setup)?,
     );
+    let backend: Arc<dyn PlannerBackend> = match &opts.planner {
+        Some(p) => p.clone(),
+        // The config names the backend (heuristic, remote LLMs, local GGUF) and its
+        // fallback; a missing API key or model file fails here, before any work.
+        None => Arc::from(
+            llm::build_planner(&cfg).map_err(|e| RunError::Setup(format!("planner: {e}")))?,
+        ),
+    };
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| RunError::Setup(format!("{}: {e}", run_dir.display())))?;
+    // A new run is recorded (config, layers; no baseline yet) before anything else is
+    // stored, so a run killed at any later point can be resumed: from iteration 1 when
+    // it never committed one.
+    let fresh = match &stored {
+        Some(s) if !never_started(s) => None,
+        Some(s) => Some(s.run.meta.clone()),
+        None => Some(new_meta(&cfg, &engine, &run_id)),
+    };
+    if let (Some(meta), None) = (&fresh, &stored) {
+        let (db, meta) = (folder.db_dir(), meta.clone());
+        blocking(move || crate::store::Store::open(&db)?.create_run(&meta, &created())).await?;
+    }
     // The dense final PPL is measured now, while the model is still dense (commits
     // prune it in place, also the stored masks of a resumed run), and stored with the
     // run, so neither the end of this run nor a resume needs the dense weights.
@@ -167,17 +206,10 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     } else {
         None
     };
-    let start = match stored {
-        Some(s) => resume_point(&engine, s).await?,
-        None => new_start(&cfg, &engine, &run_id),
-    };
-    let backend: Arc<dyn PlannerBackend> = match &opts.planner {
-        Some(p) => p.clone(),
-        // The config names the backend (heuristic, remote LLMs, local GGUF) and its
-        // fallback; a missing API key or model file fails here, before any work.
-        None => Arc::from(
-            llm::build_planner(&cfg).map_err(|e| RunError::Setup(format!("planner: {e}")))?,
-        ),
+    let start = match (stored, fresh) {
+        (_, Some(meta)) => new_start(meta),
+        (Some(s), None) => resume_point(&engine, s).await?,
+        (None, None) => unreachable!("a new run always has fresh meta"),
     };
     let sup = Supervisor {
         spec: Arc::new(CrewSpec {
@@ -236,21 +268,71 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     })
 }
 
-/// The start of a new run: the meta to record once PPL₀ is measured.
-fn new_start(cfg: &Config, engine: &Engine, run_id: &str) -> StartPoint {
+/// The record of a new run: config and layers; PPL₀ is measured and recorded with the
+/// meta again before iteration 1.
+fn new_meta(cfg: &Config, engine: &Engine, run_id: &str) -> RunMeta {
+    RunMeta {
+        run_id: run_id.to_string(),
+        config_toml: cfg.to_toml_string(),
+        created_unix: now_unix(),
+        baseline_ppl: f64::NAN,
+        layers: engine
+            .layers
+            .iter()
+            .map(|l| (l.name.clone(), [l.out_features, l.in_features]))
+            .collect(),
+        baseline_probe: None,
+    }
+}
+
+/// The status of a run recorded but not yet started.
+fn created() -> protocol::RunStatus {
+    protocol::RunStatus {
+        state: RunState::Created,
+        iteration: 1,
+        stored_iterations: 0,
+        reason: None,
+        stop_reason: None,
+    }
+}
+
+/// A stored run that never measured its baseline (killed during set-up): it starts
+/// again from iteration 1 with its stored config.
+fn never_started(s: &Committed) -> bool {
+    s.run.iterations.is_empty() && s.run.meta.baseline_ppl.is_nan()
+}
+
+/// How the loop of a stored run ended, if it did (a finished run resumed after a kill
+/// during its final evaluation ends again the same way, without another iteration).
+fn finished(s: &Committed) -> Option<protocol::StopReason> {
+    s.run
+        .status
+        .as_ref()
+        .filter(|st| st.state == RunState::Finished)
+        .and_then(|st| st.stop_reason)
+}
+
+/// A folder whose database holds no run (a process killed between creating the
+/// database and recording the run, before this version recorded runs first) says so.
+fn never_recorded(e: crate::folder::FolderError, folder: &RunFolder) -> RunError {
+    match e {
+        crate::folder::FolderError::Store {
+            source: crate::store::StoreError::UnknownRun(_),
+            ..
+        } => RunError::Setup(format!(
+            "run `{}` was stopped before it recorded anything, so there is nothing to \
+resume: start it again with `secateur prune` (remove {} first)",
+            folder.id(),
+            folder.dir().display()
+        )),
+        other => other.into(),
+    }
+}
+
+/// The start of a new run (or of a recorded one that never measured its baseline).
+fn new_start(meta: RunMeta) -> StartPoint {
     StartPoint {
-        new_meta: Some(RunMeta {
-            run_id: run_id.to_string(),
-            config_toml: cfg.to_toml_string(),
-            created_unix: now_unix(),
-            baseline_ppl: f64::NAN,
-            layers: engine
-                .layers
-                .iter()
-                .map(|l| (l.name.clone(), [l.out_features, l.in_features]))
-                .collect(),
-            baseline_probe: None,
-        }),
+        new_meta: Some(meta),
         baseline_ppl: None,
         history: Vec::new(),
         current_ppl: None,
@@ -260,12 +342,14 @@ fn new_start(cfg: &Config, engine: &Engine, run_id: &str) -> StartPoint {
         stored_iterations: 0,
         probe_points: Vec::new(),
         final_probe: None,
+        finished: None,
     }
 }
 
 /// Continue a stored run: prune the model to its committed masks, and restore the
 /// iteration memory, the last PPL, the last gradients and the knowledge-probe points.
 async fn resume_point(engine: &Arc<Engine>, s: Committed) -> Result<StartPoint, RunError> {
+    let ended = finished(&s);
     let mut by_name: std::collections::HashMap<String, Mask> = s.masks.into_iter().collect();
     let mut masks = Vec::with_capacity(engine.layers.len());
     for l in &engine.layers {
@@ -310,6 +394,7 @@ async fn resume_point(engine: &Arc<Engine>, s: Committed) -> Result<StartPoint, 
         history,
         probe_points,
         final_probe: l.final_probe,
+        finished: ended,
     })
 }
 

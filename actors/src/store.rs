@@ -358,6 +358,7 @@ mod tests {
             iteration: it,
             stored_iterations: it,
             reason: None,
+            stop_reason: None,
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use protocol::{IterationRecord, ProbePoint, RunMeta, RunState, RunSummary, StopReason};
+use protocol::{IterationRecord, ProbePoint, RunMeta, RunState, RunStatus, RunSummary, StopReason};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::field::Empty;
 use tracing::{info_span, Instrument};
@@ -49,6 +49,9 @@ pub struct StartPoint {
     /// The final model's probe point stored by a process that already finished this
     /// run (reused when the run finishes again at the same iteration).
     pub final_probe: Option<ProbePoint>,
+    /// The loop of a resumed run had already ended this way (the process stopped
+    /// during the final evaluation): it ends again at once, with the same reason.
+    pub finished: Option<StopReason>,
 }
 
 /// How a run ended: its summary, and for a failure whether running it again may help.
@@ -73,6 +76,7 @@ pub struct SupervisorState {
     crew: Crew,
     state: LoopState,
     reply: Option<RpcReplyPort<Ended>>,
+    finished: Option<StopReason>,
 }
 
 impl Supervisor {
@@ -118,6 +122,7 @@ impl Actor for Supervisor {
             crew,
             state,
             reply: None,
+            finished: start.finished,
         })
     }
 
@@ -230,7 +235,7 @@ impl Supervisor {
             baseline_ppl: state.baseline_ppl,
             next_iteration: state.iteration,
         });
-        Ok(None)
+        Ok(st.finished)
     }
 
     /// One iteration, as the root span of its own trace; see [`crate::pipeline`].
@@ -284,7 +289,10 @@ impl Supervisor {
                 }
                 note
             });
-            let status = state.status(terminal, Some(note));
+            let status = RunStatus {
+                stop_reason: Some(reason),
+                ..state.status(terminal, Some(note))
+            };
             let _ = crew
                 .ask(&CHECKPOINTER, &None, |r| CheckpointerMsg::SetStatus {
                     status: status.clone(),

@@ -59,6 +59,10 @@ pub struct RunRecord {
     /// written before this field existed.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// A failed run may succeed when submitted again (its planner service failed:
+    /// HTTP 429, a timeout, an unusable answer); `false` for every other ending.
+    #[serde(default)]
+    pub retryable: bool,
 }
 
 /// How a run ended, as the scheduler reports it.
@@ -68,6 +72,8 @@ pub struct Ending {
     pub stop_reason: Option<StopReason>,
     pub sparsity: Option<f64>,
     pub final_ppl: Option<FinalPpl>,
+    /// See [`RunRecord::retryable`].
+    pub retryable: bool,
 }
 
 /// Result of a cancel request.
@@ -133,6 +139,7 @@ impl Job {
             reason: r.reason.clone(),
             stop_reason: r.stop_reason,
             cancel_requested: r.cancel_requested,
+            retryable: r.retryable,
             resumes: r.resumes,
             target_sparsity: r.target_sparsity,
             sparsity: r
@@ -269,6 +276,7 @@ impl Registry {
             final_sparsity: None,
             final_ppl: None,
             cancel_requested: false,
+            retryable: false,
         });
         let view = job.view();
         inner.jobs.insert(id, job);
@@ -419,6 +427,7 @@ impl Registry {
         j.record.stop_reason = e.stop_reason;
         j.record.final_sparsity = e.sparsity.or(j.record.final_sparsity);
         j.record.final_ppl = e.final_ppl;
+        j.record.retryable = e.retryable;
         j.record.finished_unix = Some(now_unix());
         j.publish(JobEvent::End(j.view()));
     }

@@ -75,6 +75,7 @@ async fn execute(
                 stop_reason: Some(StopReason::Failed),
                 sparsity: None,
                 final_ppl: None,
+                retryable: false,
             })
         }
     };
@@ -98,7 +99,7 @@ async fn discard_if_never_started(shared: &Shared, id: &str) {
     let dir = runs_dir(shared).join(id);
     if !dir.exists()
         || !matches!(
-            read_checkpoint(&actors::run::db_dir(&dir), id).await,
+            read_checkpoint(&actors::folder::db_dir(&dir), id).await,
             Ok(None)
         )
     {
@@ -151,10 +152,24 @@ async fn prepare_and_run(
     };
     // A task of its own, so a panic anywhere in the run fails this run only.
     let started = std::time::Instant::now();
-    let out = tokio::spawn(actors::run_pruning(cfg, opts))
+    let out = match tokio::spawn(actors::run_pruning(cfg, opts))
         .await
         .map_err(|e| format!("the run crashed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    {
+        Ok(out) => out,
+        // Killed after its outputs were written, before this record was: it ended.
+        Err(actors::RunError::Finished { reason, .. }) => {
+            return Ok(Some(Ending {
+                state: JobState::Finished,
+                reason: Some(stop_name(reason)),
+                stop_reason: Some(reason),
+                sparsity: None,
+                final_ppl: None,
+                retryable: false,
+            }))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     if out.summary.stop_reason == StopReason::Interrupted {
         return Ok(None);
     }
@@ -174,6 +189,7 @@ async fn prepare_and_run(
             pruned: f.pruned_ppl,
             tokens_scored: f.tokens_scored,
         }),
+        retryable: out.failure_kind == Some(actors::FailureKind::Retryable),
     }))
 }
 
@@ -226,6 +242,7 @@ async fn read_checkpoint(
             }),
             sparsity: None,
             final_ppl: None,
+            retryable: false,
         })
     });
     Ok(Some((history, ended)))

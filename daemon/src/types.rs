@@ -52,6 +52,10 @@ pub struct RunView {
     pub stop_reason: Option<StopReason>,
     /// A cancel was asked for and takes effect after the iteration in progress.
     pub cancel_requested: bool,
+    /// A failed run may succeed when submitted again (its planner service failed:
+    /// HTTP 429, a timeout, an unusable answer).
+    #[serde(default)]
+    pub retryable: bool,
     /// Times the run was resumed after a daemon restart.
     pub resumes: u32,
     pub target_sparsity: f64,

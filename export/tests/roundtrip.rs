@@ -326,7 +326,7 @@ fn sparse_file_with_a_wrong_version_is_refused() {
 fn masks_file_round_trips_and_rejects_truncation() {
     let ck = checkpoint(Architecture::Llama, "f32");
     let masks = half_masks(&ck, 10);
-    // The layout of `actors::run::masks_file`.
+    // The layout of `protocol::masks_file`.
     let mut bytes = b"SCMK".to_vec();
     bytes.extend((masks.len() as u32).to_le_bytes());
     for (name, m) in &masks {

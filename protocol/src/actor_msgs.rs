@@ -158,6 +158,9 @@ pub struct RunStatus {
     pub stored_iterations: u32,
     /// Why a run failed or stopped, when it did.
     pub reason: Option<String>,
+    /// How the loop ended, once it did (a resume of a finished run keeps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Why the loop ended.
@@ -175,6 +178,21 @@ pub enum StopReason {
     /// The process is shutting down: the loop stopped between iterations without a
     /// terminal state, so a resume continues from the last committed iteration.
     Interrupted,
+}
+
+impl std::fmt::Display for StopReason {
+    /// The serde name (`target_reached`), as every JSON output spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TargetReached => "target_reached",
+            Self::PlannerStopped => "planner_stopped",
+            Self::MaxIterations => "max_iterations",
+            Self::NoAcceptablePlan => "no_acceptable_plan",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
+        })
+    }
 }
 
 /// What `run_pruning` returns: the run's outcome and its iteration memory.
@@ -289,5 +307,25 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((t.profiler_ms, t.total_ms()), (4, 10));
+    }
+}
+
+#[cfg(test)]
+mod stop_reason_tests {
+    use super::StopReason;
+
+    #[test]
+    fn display_is_the_serde_name() {
+        for r in [
+            StopReason::TargetReached,
+            StopReason::PlannerStopped,
+            StopReason::MaxIterations,
+            StopReason::NoAcceptablePlan,
+            StopReason::Failed,
+            StopReason::Cancelled,
+            StopReason::Interrupted,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.to_string());
+        }
     }
 }

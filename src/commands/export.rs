@@ -5,7 +5,7 @@
 //! `--resume` does), so a killed run exports what it had committed.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use export::{ExportDtype, ExportOptions};
@@ -75,7 +75,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let run = actors::RunFolder::find(&run_dir.to_string_lossy(), &args.runs_dir)?.pruned_model()?;
+    let run =
+        actors::RunFolder::find(&run_dir.to_string_lossy(), &args.runs_dir)?.pruned_model()?;
     let model = run.config.model.path.clone();
     let committed_iterations = run.committed_iterations();
     let masks: HashMap<String, Mask> = run.mask_map();

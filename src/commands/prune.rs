@@ -183,7 +183,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         on_progress(&bar, e, target);
     });
     let start = Instant::now();
-    let out = actors::run_pruning_blocking(
+    let out = match actors::run_pruning_blocking(
         cfg,
         RunOptions {
             resume: args.resume.clone(),
@@ -194,7 +194,17 @@ pub fn run(args: PruneArgs) -> Result<()> {
             faults: actors::Faults::from_env(),
             ..Default::default()
         },
-    )?;
+    ) {
+        Ok(out) => out,
+        // `--resume` of a run that finished and wrote its outputs: nothing to redo.
+        Err(e @ actors::RunError::Finished { .. }) => {
+            bar.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finish_and_clear();
+            return common::print(&e.to_string());
+        }
+        Err(e) => return Err(e.into()),
+    };
     bar.lock()
         .unwrap_or_else(|p| p.into_inner())
         .finish_and_clear();

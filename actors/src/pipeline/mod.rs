@@ -174,6 +174,7 @@ impl LoopState {
             iteration: self.iteration,
             stored_iterations: self.stored_iterations,
             reason,
+            stop_reason: None,
         }
     }
 }
