@@ -3,12 +3,18 @@
 //! with the optimal brain surgeon correction, so the layer output `W X` moves as
 //! little as possible. `H = XᵀX / n + δ·I` with δ = 1 % of the mean diagonal; the
 //! upper Cholesky factor `U` of `H⁻¹` (`UᵀU = H⁻¹`) supplies every update, as in the
-//! reference `sparsegpt.py`.
+//! reference `sparsegpt.py`. The reference's `H = 2XXᵀ/n` (a running average over
+//! samples) differs from ours by a constant factor only, and since the damping is
+//! relative to the mean diagonal, the factor cancels out of every mask and update.
+//! The reference computes in f32; we accumulate the Gram and factor in f64.
 //!
 //! Layout: `w` is `[rows, cols]` row-major f64. Given the block masks, every row is
 //! independent (its updates only read `U`), so rows run in parallel. The unstructured
-//! mask of a block is chosen over all its rows at the block start (exactly
-//! `round(rows · block_cols · sparsity)` weights, ties by flat index); N:M masks are
+//! mask of a block is chosen over the whole `[rows × block]` tile at the block start,
+//! as the reference's `prunen == 0` path (exactly `round(rows · block_cols ·
+//! sparsity)` weights, ties by flat index; the reference prunes every weight up to
+//! and including the sorted tile's element `int(n · sparsity)`, i.e. one more, plus
+//! ties); N:M masks are
 //! chosen per row in each group of M columns, just before the group is processed.
 
 use std::collections::{BTreeMap, HashMap};
