@@ -33,7 +33,7 @@ pub fn calibration_stats(model: &Model, windows: &[Vec<u32>]) -> Result<HashMap<
     let run = || -> Result<()> {
         for w in windows.iter().filter(|w| !w.is_empty()) {
             let t = Tensor::new(w.as_slice(), model.device())?.unsqueeze(0)?;
-            model.forward(&t)?;
+            model.forward_hidden(&t)?;
         }
         Ok(())
     };

@@ -13,19 +13,24 @@
 //! updated dense weights. [`Pruned::overlay`] turns either into a
 //! [`model::WeightOverlay`], so the dense model is never modified.
 //!
-//! Statistics are collected once on the dense model (one-shot), not layer by layer
-//! on the already-pruned prefix as the Wanda and SparseGPT papers do: on a CPU the
-//! sequential variant costs one calibration pass per block.
+//! Calibration ([`Calibration`]): by default Wanda, OWL and SparseGPT calibrate
+//! **sequentially** as their reference code does (`sequential.rs`: block `i`'s
+//! statistics come from inputs that passed through the already pruned blocks before
+//! it; about two forward passes in all). The `-oneshot` variants (`wanda-oneshot`,
+//! `owl-oneshot`, `sparsegpt-oneshot`, `wanda-2:4-oneshot`, …) collect every layer's
+//! statistics in one pass of the dense model instead; they are kept for comparison.
 
 mod calib;
 mod error;
 pub mod owl;
+mod sequential;
 pub mod sparsegpt;
+mod wanda;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use kernels::Mask;
 use model::{Model, WeightOverlay};
 
@@ -33,24 +38,40 @@ pub use calib::{calibration_stats, calibration_windows};
 pub use error::{BaselineError, Result};
 pub use owl::{outlier_ratio, owl_allocation, OwlOptions};
 
-/// Score used by the N:M variants.
+/// How a method gathers its activation statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Score {
-    Magnitude,
-    Wanda,
+pub enum Calibration {
+    /// Block by block on the already pruned prefix, as the reference implementations.
+    Sequential,
+    /// One pass of the dense model for every layer at once (names ending `-oneshot`).
+    OneShot,
 }
 
 /// A baseline pruning method.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Method {
     Magnitude,
-    Wanda,
-    NM { score: Score, n: usize, m: usize },
-    Owl(OwlOptions),
-    SparseGpt { nm: Option<(usize, usize)> },
+    /// Magnitude N:M (no calibration).
+    MagnitudeNM {
+        n: usize,
+        m: usize,
+    },
+    /// Wanda per output row at the target, or N:M on Wanda scores.
+    Wanda {
+        nm: Option<(usize, usize)>,
+        calibration: Calibration,
+    },
+    Owl {
+        options: OwlOptions,
+        calibration: Calibration,
+    },
+    SparseGpt {
+        nm: Option<(usize, usize)>,
+        calibration: Calibration,
+    },
 }
 
-/// Every method `secateur compare` runs, by name.
+/// Every method `secateur compare --methods all` runs, by name.
 pub const ALL_METHODS: &[&str] = &[
     "magnitude",
     "wanda",
@@ -62,37 +83,40 @@ pub const ALL_METHODS: &[&str] = &[
     "sparsegpt",
 ];
 
+/// The one-shot (dense statistics) variants of the calibrated methods.
+pub const ONESHOT_METHODS: &[&str] = &["wanda-oneshot", "owl-oneshot", "sparsegpt-oneshot"];
+
+const ONESHOT: &str = "-oneshot";
+
+fn parse_nm(s: &str, pattern: &str) -> Result<(usize, usize)> {
+    let (n, m) = pattern.split_once(':').ok_or_else(|| unknown(s))?;
+    match (n.parse::<usize>(), m.parse::<usize>()) {
+        (Ok(n), Ok(m)) if n > 0 && n < m => Ok((n, m)),
+        _ => Err(unknown(s)),
+    }
+}
+
 impl FromStr for Method {
     type Err = BaselineError;
+    /// `base[-N:M][-oneshot]`, e.g. `wanda`, `sparsegpt-2:4`, `owl-oneshot`.
     fn from_str(s: &str) -> Result<Self> {
-        let (base, pattern) = match s.split_once('-') {
-            Some((b, p)) => (b, Some(p)),
-            None => (s, None),
+        let (rest, calibration) = match s.strip_suffix(ONESHOT) {
+            Some(r) => (r, Calibration::OneShot),
+            None => (s, Calibration::Sequential),
         };
-        let nm = pattern
-            .map(|p| {
-                let (n, m) = p.split_once(':').ok_or_else(|| unknown(s))?;
-                match (n.parse::<usize>(), m.parse::<usize>()) {
-                    (Ok(n), Ok(m)) if n > 0 && n < m => Ok((n, m)),
-                    _ => Err(unknown(s)),
-                }
-            })
-            .transpose()?;
-        Ok(match (base, nm) {
-            ("magnitude", None) => Self::Magnitude,
-            ("wanda", None) => Self::Wanda,
-            ("magnitude", Some((n, m))) => Self::NM {
-                score: Score::Magnitude,
-                n,
-                m,
+        let (base, nm) = match rest.split_once('-') {
+            Some((b, p)) => (b, Some(parse_nm(s, p)?)),
+            None => (rest, None),
+        };
+        Ok(match (base, nm, calibration) {
+            ("magnitude", None, Calibration::Sequential) => Self::Magnitude,
+            ("magnitude", Some((n, m)), Calibration::Sequential) => Self::MagnitudeNM { n, m },
+            ("wanda", nm, calibration) => Self::Wanda { nm, calibration },
+            ("owl", None, calibration) => Self::Owl {
+                options: OwlOptions::default(),
+                calibration,
             },
-            ("wanda", Some((n, m))) => Self::NM {
-                score: Score::Wanda,
-                n,
-                m,
-            },
-            ("owl", None) => Self::Owl(OwlOptions::default()),
-            ("sparsegpt", nm) => Self::SparseGpt { nm },
+            ("sparsegpt", nm, calibration) => Self::SparseGpt { nm, calibration },
             _ => return Err(unknown(s)),
         })
     }
@@ -100,43 +124,41 @@ impl FromStr for Method {
 
 fn unknown(s: &str) -> BaselineError {
     BaselineError::Argument(format!(
-        "unknown pruning method `{s}` (known: {}, sparsegpt-N:M)",
-        ALL_METHODS.join(", ")
+        "unknown pruning method `{s}` (known: {}, sparsegpt-N:M, and {})",
+        ALL_METHODS.join(", "),
+        ONESHOT_METHODS.join(", ")
     ))
 }
 
 impl Method {
     pub fn name(&self) -> String {
+        let pattern =
+            |nm: &Option<(usize, usize)>| nm.map_or(String::new(), |(n, m)| format!("-{n}:{m}"));
+        let suffix = |c: &Calibration| {
+            if *c == Calibration::OneShot {
+                ONESHOT
+            } else {
+                ""
+            }
+        };
         match self {
             Self::Magnitude => "magnitude".into(),
-            Self::Wanda => "wanda".into(),
-            Self::NM { score, n, m } => {
-                let s = if *score == Score::Wanda {
-                    "wanda"
-                } else {
-                    "magnitude"
-                };
-                format!("{s}-{n}:{m}")
+            Self::MagnitudeNM { n, m } => format!("magnitude-{n}:{m}"),
+            Self::Wanda { nm, calibration } => {
+                format!("wanda{}{}", pattern(nm), suffix(calibration))
             }
-            Self::Owl(_) => "owl".into(),
-            Self::SparseGpt { nm: None } => "sparsegpt".into(),
-            Self::SparseGpt { nm: Some((n, m)) } => format!("sparsegpt-{n}:{m}"),
+            Self::Owl { calibration, .. } => format!("owl{}", suffix(calibration)),
+            Self::SparseGpt { nm, calibration } => {
+                format!("sparsegpt{}{}", pattern(nm), suffix(calibration))
+            }
         }
     }
 
-    /// Whether the method needs activation statistics (Σx²) from calibration data.
+    /// Whether the method needs calibration data.
     pub fn needs_stats(&self) -> bool {
-        !matches!(
-            self,
-            Self::Magnitude
-                | Self::NM {
-                    score: Score::Magnitude,
-                    ..
-                }
-        )
+        !matches!(self, Self::Magnitude | Self::MagnitudeNM { .. })
     }
 }
-
 /// The result of a baseline: a mask per prunable layer and, for SparseGPT, the
 /// updated weights (already zero where pruned).
 #[derive(Debug, Clone, Default)]
@@ -186,65 +208,68 @@ pub fn prune(model: &Model, method: &Method, target: f64, windows: &[Vec<u32>]) 
             "target sparsity {target} must be in [0, 1)"
         )));
     }
-    if let Method::SparseGpt { nm } = method {
-        return sparsegpt::prune_model(
-            model,
-            target,
-            *nm,
-            windows,
-            &sparsegpt::SparseGptOptions::default(),
-        );
-    }
-    let stats = if method.needs_stats() {
-        Some(calibration_stats(model, windows)?)
-    } else {
-        None
-    };
     let layers = model.prunable_layers();
-    let allocation = match method {
-        Method::Owl(opts) => Some(owl_allocation(
-            model,
-            stats.as_ref().expect("owl needs stats"),
-            target,
-            opts,
-        )?),
-        _ => None,
-    };
-    let mut out = Pruned::default();
-    for layer in layers {
-        let w = model.layer_weight(&layer.name)?;
-        let scores = match (method, &stats) {
-            (
-                Method::Magnitude
-                | Method::NM {
-                    score: Score::Magnitude,
-                    ..
-                },
-                _,
-            ) => kernels::magnitude_scores(&w)?,
-            (_, Some(stats)) => {
-                let sq = stats.get(&layer.name).ok_or_else(|| {
-                    BaselineError::Argument(format!("no calibration statistics for {}", layer.name))
-                })?;
-                kernels::wanda_scores(&w, &sq.to_dtype(DType::F32)?)?
+    match method {
+        Method::Magnitude => wanda::magnitude(model, &layers, wanda::Rule::Layer(target)),
+        Method::MagnitudeNM { n, m } => wanda::magnitude(model, &layers, wanda::Rule::NM(*n, *m)),
+        Method::Wanda { nm, calibration } => {
+            let rule = nm.map_or(wanda::Rule::Rows(target), |(n, m)| wanda::Rule::NM(n, m));
+            match calibration {
+                Calibration::OneShot => {
+                    let stats = calibration_stats(model, windows)?;
+                    wanda::wanda(model, &layers, &stats, |_| rule)
+                }
+                Calibration::Sequential => sequential::prune_sequential(
+                    model,
+                    windows,
+                    sequential::Collect::SumSq,
+                    |_, layers, stats| wanda::wanda(model, layers, &stats.sum_sq, |_| rule),
+                ),
             }
-            (_, None) => unreachable!("needs_stats() covers every score but magnitude"),
-        };
-        let ones = Mask::ones(layer.out_features, layer.in_features);
-        let mask = match method {
-            Method::Magnitude => kernels::prune_layer_incremental(&scores, &ones, target)?,
-            Method::Wanda => kernels::prune_rows_incremental(&scores, &ones, target)?,
-            Method::NM { n, m, .. } => kernels::nm_mask(&scores, *n, *m)?,
-            Method::Owl(_) => {
-                let s = allocation
-                    .as_ref()
-                    .and_then(|a| a.for_layer(&layer.name))
-                    .unwrap_or(target);
-                kernels::prune_rows_incremental(&scores, &ones, s)?
+        }
+        Method::Owl {
+            options,
+            calibration,
+        } => owl_prune(model, &layers, options, *calibration, target, windows),
+        Method::SparseGpt { nm, calibration } => {
+            let opts = sparsegpt::SparseGptOptions::default();
+            match calibration {
+                Calibration::OneShot => sparsegpt::prune_model(model, target, *nm, windows, &opts),
+                Calibration::Sequential => {
+                    sparsegpt::prune_sequential(model, target, *nm, windows, &opts)
+                }
             }
-            Method::SparseGpt { .. } => unreachable!("handled above"),
-        };
-        out.masks.insert(layer.name, mask);
+        }
     }
-    Ok(out)
+}
+
+/// OWL as in luuyin/OWL `prune_wanda_outlier`: outlier ratios from one pass of the
+/// dense model (the reference's first, unpruned block-by-block pass computes exactly
+/// these statistics), then Wanda per row at each block's allocated sparsity, with
+/// sequential (default) or one-shot statistics.
+fn owl_prune(
+    model: &Model,
+    layers: &[model::LayerInfo],
+    options: &OwlOptions,
+    calibration: Calibration,
+    target: f64,
+    windows: &[Vec<u32>],
+) -> Result<Pruned> {
+    let dense = calibration_stats(model, windows)?;
+    let alloc = owl_allocation(model, &dense, target, options)?;
+    let block_rule = |i: usize| wanda::Rule::Rows(alloc.blocks[i]);
+    match calibration {
+        Calibration::OneShot => wanda::wanda(model, layers, &dense, |name| {
+            wanda::Rule::Rows(alloc.for_layer(name).unwrap_or(target))
+        }),
+        Calibration::Sequential => {
+            drop(dense);
+            sequential::prune_sequential(
+                model,
+                windows,
+                sequential::Collect::SumSq,
+                |i, layers, stats| wanda::wanda(model, layers, &stats.sum_sq, |_| block_rule(i)),
+            )
+        }
+    }
 }

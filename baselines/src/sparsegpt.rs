@@ -3,21 +3,28 @@
 //! with the optimal brain surgeon correction, so the layer output `W X` moves as
 //! little as possible. `H = XᵀX / n + δ·I` with δ = 1 % of the mean diagonal; the
 //! upper Cholesky factor `U` of `H⁻¹` (`UᵀU = H⁻¹`) supplies every update, as in the
-//! reference `sparsegpt.py`.
+//! reference `sparsegpt.py`. The reference's `H = 2XXᵀ/n` (a running average over
+//! samples) differs from ours by a constant factor only, and since the damping is
+//! relative to the mean diagonal, the factor cancels out of every mask and update.
+//! The reference computes in f32; we accumulate the Gram and factor in f64.
 //!
 //! Layout: `w` is `[rows, cols]` row-major f64. Given the block masks, every row is
 //! independent (its updates only read `U`), so rows run in parallel. The unstructured
-//! mask of a block is chosen over all its rows at the block start (exactly
-//! `round(rows · block_cols · sparsity)` weights, ties by flat index); N:M masks are
+//! mask of a block is chosen over the whole `[rows × block]` tile at the block start,
+//! as the reference's `prunen == 0` path (exactly `round(rows · block_cols ·
+//! sparsity)` weights, ties by flat index; the reference prunes every weight up to
+//! and including the sorted tile's element `int(n · sparsity)`, i.e. one more, plus
+//! ties); N:M masks are
 //! chosen per row in each group of M columns, just before the group is processed.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Tensor};
 use kernels::Mask;
-use model::Model;
+use model::{ActivationGram, LayerInfo, Model};
 use rayon::prelude::*;
 
+use crate::sequential::{self, gram_source, Collect};
 use crate::{BaselineError, Pruned, Result};
 
 /// Dampening, block size and the memory allowed for Gram matrices at once.
@@ -200,23 +207,65 @@ pub fn prune_layer(
     Ok(kept)
 }
 
-/// The layer whose Gram stands for `name`'s: q/k/v read the same input, as do
-/// gate/up, so one Gram (and one `U`) serves each group.
-fn gram_source(name: &str) -> String {
-    for (from, to) in [
-        ("self_attn.k_proj", "self_attn.q_proj"),
-        ("self_attn.v_proj", "self_attn.q_proj"),
-        ("mlp.up_proj", "mlp.gate_proj"),
-    ] {
-        if let Some(prefix) = name.strip_suffix(from) {
-            return format!("{prefix}{to}");
+/// SparseGPT on `layers` from their inputs' Grams (`source name → Gram`, see
+/// [`gram_source`]): one inverse Hessian factor per distinct input, then
+/// [`prune_layer`] on each layer. Returns masks and updated weights (model dtype).
+fn prune_with_grams(
+    model: &Model,
+    layers: &[LayerInfo],
+    grams: &HashMap<String, ActivationGram>,
+    sparsity: f64,
+    nm: Option<(usize, usize)>,
+    opts: &SparseGptOptions,
+) -> Result<Pruned> {
+    let mut out = Pruned::default();
+    let mut factors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for l in layers {
+        let src = gram_source(&l.name);
+        let g = grams
+            .get(&src)
+            .ok_or_else(|| BaselineError::Argument(format!("no calibration Gram for {src}")))?;
+        let (rows, cols) = (l.out_features, l.in_features);
+        let mut w: Vec<f64> = model
+            .layer_weight(&l.name)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
+        let gram: Vec<f64> = g.gram.flatten_all()?.to_vec1()?;
+        let h = damped_hessian(&gram, g.tokens, cols, &mut w, opts.damp);
+        if !factors.contains_key(&src) {
+            factors.insert(src.clone(), inverse_hessian_factor(h, cols)?);
         }
+        let kept = prune_layer(&mut w, rows, cols, &factors[&src], sparsity, nm, opts.block)?;
+        out.masks
+            .insert(l.name.clone(), Mask::from_bools(rows, cols, &kept)?);
+        // In the model's dtype: an overlay weight must match it (bf16 on a GPU).
+        let t = Tensor::from_vec(w, (rows, cols), model.device())?.to_dtype(model.dtype())?;
+        out.weights.insert(l.name.clone(), t);
     }
-    name.to_string()
+    Ok(out)
 }
 
-/// SparseGPT on every prunable layer, blocks of layers per calibration pass so at most
-/// `gram_budget_bytes` of Gram matrices exist at once.
+/// SparseGPT with sequential calibration (the default `sparsegpt`): each block's
+/// Grams come from inputs that passed through the already pruned and updated blocks
+/// before it, as in IST-DASLab/sparsegpt `llama_sequential` and locuslab/wanda
+/// `prune_sparsegpt` (all seven linears of a block calibrated in one pass of the block).
+pub fn prune_sequential(
+    model: &Model,
+    sparsity: f64,
+    nm: Option<(usize, usize)>,
+    windows: &[Vec<u32>],
+    opts: &SparseGptOptions,
+) -> Result<Pruned> {
+    let sparsity = nm.map_or(sparsity, |(n, m)| n as f64 / m as f64);
+    sequential::prune_sequential(model, windows, Collect::Gram, |_, layers, stats| {
+        prune_with_grams(model, layers, &stats.grams, sparsity, nm, opts)
+    })
+}
+
+/// One-shot SparseGPT (`sparsegpt-oneshot`): every layer's Gram from the dense model,
+/// blocks of layers per calibration pass so at most `gram_budget_bytes` of Gram
+/// matrices exist at once.
 pub fn prune_model(
     model: &Model,
     sparsity: f64,
@@ -230,8 +279,20 @@ pub fn prune_model(
         ));
     }
     let sparsity = nm.map_or(sparsity, |(n, m)| n as f64 / m as f64);
-    let layers = model.prunable_layers();
-    let mut groups: Vec<Vec<model::LayerInfo>> = vec![Vec::new()];
+    let mut out = Pruned::default();
+    for group in gram_groups(model.prunable_layers(), opts.gram_budget_bytes) {
+        let grams = dense_grams(model, &group, windows)?;
+        let part = prune_with_grams(model, &group, &grams, sparsity, nm, opts)?;
+        out.masks.extend(part.masks);
+        out.weights.extend(part.weights);
+    }
+    Ok(out)
+}
+
+/// Consecutive groups of layers whose Grams fit in `budget` bytes together (a layer
+/// sharing its source's Gram costs nothing, so a group never splits q from k/v).
+fn gram_groups(layers: Vec<LayerInfo>, budget: usize) -> Vec<Vec<LayerInfo>> {
+    let mut groups: Vec<Vec<LayerInfo>> = vec![Vec::new()];
     let mut bytes = 0;
     for l in layers {
         let need = if gram_source(&l.name) == l.name {
@@ -239,7 +300,7 @@ pub fn prune_model(
         } else {
             0
         };
-        if bytes + need > opts.gram_budget_bytes && !groups.last().is_some_and(Vec::is_empty) {
+        if bytes + need > budget && !groups.last().is_some_and(Vec::is_empty) {
             groups.push(Vec::new());
             bytes = 0;
         }
@@ -248,57 +309,39 @@ pub fn prune_model(
             g.push(l);
         }
     }
-    let mut out = Pruned::default();
-    for group in groups.iter().filter(|g| !g.is_empty()) {
-        let sources: Vec<String> = {
-            let mut s: Vec<String> = group.iter().map(|l| gram_source(&l.name)).collect();
-            s.dedup();
-            s
-        };
-        for s in &sources {
-            model.set_gram_enabled(s, true)?;
-        }
-        let pass = windows
-            .iter()
-            .filter(|w| !w.is_empty())
-            .try_for_each(|w| -> Result<()> {
-                let t = Tensor::new(w.as_slice(), model.device())?.unsqueeze(0)?;
-                model.forward(&t)?;
-                Ok(())
-            });
-        for s in &sources {
-            model.set_gram_enabled(s, false)?;
-        }
-        pass?;
-        let mut grams = HashMap::new();
-        for s in &sources {
-            let g = model.take_gram(s)?.ok_or_else(|| {
-                BaselineError::Argument(format!("no calibration tokens reached {s}"))
-            })?;
-            grams.insert(s.clone(), g);
-        }
-        let mut factors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for l in group {
-            let src = gram_source(&l.name);
-            let g = &grams[&src];
-            let (rows, cols) = (l.out_features, l.in_features);
-            let mut w: Vec<f64> = model
-                .layer_weight(&l.name)?
-                .to_dtype(DType::F64)?
-                .flatten_all()?
-                .to_vec1()?;
-            let gram: Vec<f64> = g.gram.flatten_all()?.to_vec1()?;
-            let h = damped_hessian(&gram, g.tokens, cols, &mut w, opts.damp);
-            if !factors.contains_key(&src) {
-                factors.insert(src.clone(), inverse_hessian_factor(h, cols)?);
-            }
-            let kept = prune_layer(&mut w, rows, cols, &factors[&src], sparsity, nm, opts.block)?;
-            out.masks
-                .insert(l.name.clone(), Mask::from_bools(rows, cols, &kept)?);
-            // In the model's dtype: an overlay weight must match it (bf16 on a GPU).
-            let t = Tensor::from_vec(w, (rows, cols), model.device())?.to_dtype(model.dtype())?;
-            out.weights.insert(l.name.clone(), t);
-        }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+/// The Grams of `group`'s inputs from one pass of the dense model over `windows`.
+fn dense_grams(
+    model: &Model,
+    group: &[LayerInfo],
+    windows: &[Vec<u32>],
+) -> Result<HashMap<String, ActivationGram>> {
+    let mut sources: Vec<String> = group.iter().map(|l| gram_source(&l.name)).collect();
+    sources.dedup();
+    for s in &sources {
+        model.set_gram_enabled(s, true)?;
     }
-    Ok(out)
+    let pass = windows
+        .iter()
+        .filter(|w| !w.is_empty())
+        .try_for_each(|w| -> Result<()> {
+            let t = Tensor::new(w.as_slice(), model.device())?.unsqueeze(0)?;
+            model.forward_hidden(&t)?;
+            Ok(())
+        });
+    for s in &sources {
+        model.set_gram_enabled(s, false)?;
+    }
+    pass?;
+    let mut grams = HashMap::new();
+    for s in sources {
+        let g = model
+            .take_gram(&s)?
+            .ok_or_else(|| BaselineError::Argument(format!("no calibration tokens reached {s}")))?;
+        grams.insert(s, g);
+    }
+    Ok(grams)
 }

@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use baselines::sparsegpt::{cholesky, inverse_hessian_factor, prune_layer};
-use baselines::{owl, prune, Method, ALL_METHODS};
+use baselines::{owl, prune, Method, ALL_METHODS, ONESHOT_METHODS};
 use kernels::Mask;
 use model::testing::{random_weights, tiny_config};
 use model::{Architecture, Model};
@@ -169,10 +169,12 @@ fn windows() -> Vec<Vec<u32>> {
 fn every_method_on_a_tiny_model_hits_the_target() {
     let m = tiny_model();
     let cal = windows();
-    for name in ALL_METHODS
-        .iter()
-        .chain(&["sparsegpt-2:4", "sparsegpt-4:8"])
-    {
+    for name in ALL_METHODS.iter().chain(ONESHOT_METHODS).chain(&[
+        "sparsegpt-2:4",
+        "sparsegpt-4:8",
+        "wanda-2:4-oneshot",
+        "sparsegpt-2:4-oneshot",
+    ]) {
         let method: Method = name.parse().unwrap();
         assert_eq!(&method.name(), name);
         let p = prune(&m, &method, 0.5, &cal).unwrap();
@@ -182,7 +184,8 @@ fn every_method_on_a_tiny_model_hits_the_target() {
             "{name}: {}",
             p.sparsity()
         );
-        if let Some(pattern) = name.split_once('-').map(|(_, p)| p) {
+        let base = name.trim_end_matches("-oneshot");
+        if let Some(pattern) = base.split_once('-').map(|(_, p)| p) {
             let (n, mm) = pattern.split_once(':').unwrap();
             for mask in p.masks.values() {
                 assert_nm(mask, n.parse().unwrap(), mm.parse().unwrap());
@@ -222,20 +225,36 @@ fn every_method_on_a_tiny_model_hits_the_target() {
         assert_eq!(changed, name.starts_with("sparsegpt"), "{name}");
     }
     assert!("wanda-4:2".parse::<Method>().is_err());
+    assert!("magnitude-oneshot".parse::<Method>().is_err());
+    assert!("owl-2:4".parse::<Method>().is_err());
+    assert!("wanda-oneshot-2:4".parse::<Method>().is_err());
     assert!("sgd"
         .parse::<Method>()
         .unwrap_err()
         .to_string()
         .contains("known: magnitude"));
-    assert!(prune(&m, &Method::Wanda, 0.5, &[]).is_err());
+    for name in [
+        "wanda",
+        "wanda-oneshot",
+        "owl",
+        "sparsegpt",
+        "sparsegpt-oneshot",
+    ] {
+        assert!(
+            prune(&m, &name.parse().unwrap(), 0.5, &[]).is_err(),
+            "{name}"
+        );
+    }
 }
 
 #[test]
 fn wanda_prunes_each_row_to_the_target() {
     let m = tiny_model();
-    let p = prune(&m, &Method::Wanda, 0.5, &windows()).unwrap();
-    for mask in p.masks.values() {
-        assert!(mask.pruned_per_row().iter().all(|&c| c == mask.cols() / 2));
+    for name in ["wanda", "wanda-oneshot"] {
+        let p = prune(&m, &name.parse().unwrap(), 0.5, &windows()).unwrap();
+        for mask in p.masks.values() {
+            assert!(mask.pruned_per_row().iter().all(|&c| c == mask.cols() / 2));
+        }
     }
 }
 
@@ -265,12 +284,14 @@ fn owl_allocations_average_to_the_target_within_bounds() {
     let cal = windows();
     let stats = baselines::calibration_stats(&m, &cal).unwrap();
     let alloc = owl::owl_allocation(&m, &stats, 0.5, &owl::OwlOptions::default()).unwrap();
-    let p = prune(&m, &Method::Owl(owl::OwlOptions::default()), 0.5, &cal).unwrap();
-    for (name, mask) in &p.masks {
-        let want = alloc.for_layer(name).unwrap();
-        assert!(
-            (mask.sparsity() - want).abs() <= 0.5 / mask.cols() as f64 + 1e-9,
-            "{name}"
-        );
+    for method in ["owl", "owl-oneshot"] {
+        let p = prune(&m, &method.parse().unwrap(), 0.5, &cal).unwrap();
+        for (name, mask) in &p.masks {
+            let want = alloc.for_layer(name).unwrap();
+            assert!(
+                (mask.sparsity() - want).abs() <= 0.5 / mask.cols() as f64 + 1e-9,
+                "{method} {name}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod bench;
+mod blockwise;
 pub mod chat;
 mod decoder;
 pub mod error;

@@ -32,17 +32,21 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 0.5)]
     sparsity: f64,
     /// Methods, comma-separated, or `all` (magnitude, wanda, magnitude-2:4, wanda-2:4,
-    /// magnitude-4:8, wanda-4:8, owl, sparsegpt).
+    /// magnitude-4:8, wanda-4:8, owl, sparsegpt). Wanda, OWL and SparseGPT calibrate
+    /// sequentially (block by block on the pruned prefix, as their reference code);
+    /// append `-oneshot` (wanda-oneshot, owl-oneshot, sparsegpt-oneshot) for one pass
+    /// of dense statistics instead.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     methods: Vec<String>,
     /// Calibration text (`FILE.jsonl:FIELD`, plain text or C4 json[.gz]).
     #[arg(long, default_value = "assets/data/xsum/test.jsonl:document")]
     calib: String,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 32)]
+    /// Calibration windows (consecutive windows of the tokenised text). 16 × 256 is
+    /// the default preset's calibration, so baselines and agent see the same amount.
+    #[arg(long, default_value_t = 16)]
     calib_samples: usize,
     /// Tokens per calibration window.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 256)]
     calib_len: usize,
     /// Perplexity text (must not be the calibration text).
     #[arg(long, default_value = config::assets::PPL_TEXT_SPEC)]
