@@ -311,7 +311,7 @@ pub fn obs_saliency(
 /// weights on inputs with Gram `Σ xᵀx` over `tokens` tokens. With `b` all zero it is the
 /// layer's output energy, the natural scale for [`obs_saliency`].
 pub fn output_error(a: &[f32], b: &[f32], gram: &[f64], tokens: u64, cols: usize) -> Result<f64> {
-    if a.len() != b.len() || cols == 0 || !a.len().is_multiple_of(cols) {
+    if a.len() != b.len() || cols == 0 || a.len() % cols != 0 {
         return Err(KernelError::Shape(format!(
             "weights of {} and {} values for {cols} columns",
             a.len(),

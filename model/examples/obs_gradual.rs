@@ -89,7 +89,7 @@ fn main() -> Res<()> {
             p
         }
     };
-    let report = |name: &str, s: f64, state: &State, t: Instant| -> Res<()> {
+    let report = |name: &str, _s: f64, state: &State, t: Instant| -> Res<()> {
         let p = ppl(&ctx, Some(&overlay(state)?))?;
         println!(
             "| {name} | {sel:?} | {:.4} | {p:.3} | {:.3} | {:.0} |",
@@ -395,7 +395,7 @@ fn allocate(
         .map(|l| l.out_features * l.in_features)
         .sum();
     let pruned: usize = state.masks.values().map(Mask::count_pruned).sum();
-    let mut budget = (global * total as f64).round() as f64 - pruned as f64;
+    let mut budget = (global * total as f64).round() - pruned as f64;
     // Per layer: current sparsity, costs at δ = CHUNK, 2·CHUNK, …, and chunks given.
     let mut costs: Vec<(f64, Vec<f64>, usize)> = Vec::new();
     for l in &ctx.layers {
