@@ -21,6 +21,11 @@
 //! share gate's), then `obs_prune` of every layer from its mask to its new target.
 //! `gradual-dense` re-solves each step from the dense weights (current inputs, forced
 //! current mask) instead of from the current repaired weights.
+//!
+//! Measured 2026-12-06 on a shared 2-core CPU (dense QuAC PPL 30.026 over 60 × 512
+//! tokens): one-shot per-row 63.76 (2.124×) at 50 %, 136.81 (4.556×) at 60 %; one-shot
+//! tile 68.77 at 50 %; gradual uniform (0.1 steps) 62.68 (2.088×) at 50 %; alloc-rel
+//! 81.13 (2.702×) at 50 %: the relative-energy normalisation misallocates.
 
 use std::collections::HashMap;
 use std::time::Instant;
