@@ -32,6 +32,7 @@ mod delta;
 mod device;
 mod error;
 mod mask;
+pub mod obs;
 pub mod prune;
 pub mod reference;
 mod select;
@@ -46,6 +47,9 @@ mod cuda;
 pub use delta::MaskDelta;
 pub use error::{KernelError, Result};
 pub use mask::Mask;
+pub use obs::{
+    hessian_factor, obs_prune, obs_saliency, output_error, InverseHessian, Selection, DEFAULT_BLOCK,
+};
 pub use prune::{
     magnitude_mask_per_layer, magnitude_mask_per_row, magnitude_scores, nm_mask,
     prune_layer_incremental, prune_rows_incremental, wanda_prune_rows, wanda_scores,
