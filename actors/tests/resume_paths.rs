@@ -38,7 +38,9 @@ async fn a_finished_run_resumes_to_the_same_stop_reason_and_then_says_it_is_fini
     );
     // Killed during the final evaluation (no outputs yet): the resume ends the same way,
     // with the same masks and no new iteration.
-    let again = run_pruning(cfg.clone(), opts(Some("fin"), "fin")).await.unwrap();
+    let again = run_pruning(cfg.clone(), opts(Some("fin"), "fin"))
+        .await
+        .unwrap();
     assert_eq!(again.summary.state, RunState::Finished);
     assert_eq!(again.summary.stop_reason, StopReason::TargetReached);
     assert_eq!(again.summary.records.len(), first.summary.records.len());
@@ -83,9 +85,14 @@ async fn a_run_recorded_before_its_baseline_resumes_from_iteration_one() {
         .unwrap()
         .create_run(&meta, &status)
         .unwrap();
-    let resumed = run_pruning(cfg, opts(Some("early"), "early")).await.unwrap();
+    let resumed = run_pruning(cfg, opts(Some("early"), "early"))
+        .await
+        .unwrap();
     assert_eq!(resumed.summary.started_at_iteration, 1);
     assert_eq!(resumed.summary.stop_reason, reference.summary.stop_reason);
     assert_eq!(resumed.summary.baseline_ppl, reference.summary.baseline_ppl);
-    assert_eq!(resumed.masks, reference.masks, "same run as an uninterrupted one");
+    assert_eq!(
+        resumed.masks, reference.masks,
+        "same run as an uninterrupted one"
+    );
 }
