@@ -138,7 +138,9 @@ pub struct RunMeta {
     pub config_toml: String,
     /// Seconds since the Unix epoch.
     pub created_unix: u64,
-    /// PPL₀ of the dense model on the held-out slice.
+    /// PPL₀ of the dense model on the held-out slice; NaN (stored as JSON `null`)
+    /// while a new run is recorded but its baseline not yet measured.
+    #[serde(deserialize_with = "nan_from_null")]
     pub baseline_ppl: f64,
     /// Prunable layers in model order, with their shapes `[out, in]`.
     pub layers: Vec<(String, [usize; 2])>,
@@ -146,6 +148,11 @@ pub struct RunMeta {
     /// the probe is on. Absent in runs stored before the probe existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_probe: Option<ProbePoint>,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, read back here as NaN.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The run's position in its state machine, rewritten at each step.
@@ -327,5 +334,29 @@ mod stop_reason_tests {
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), r.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod run_meta_tests {
+    use super::RunMeta;
+
+    #[test]
+    fn a_meta_without_baseline_round_trips() {
+        let meta = RunMeta {
+            run_id: "r".into(),
+            config_toml: String::new(),
+            created_unix: 0,
+            baseline_ppl: f64::NAN,
+            layers: vec![("a".into(), [2, 3])],
+            baseline_probe: None,
+        };
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(json.contains("\"baseline_ppl\":null"), "{json}");
+        let back: RunMeta = serde_json::from_str(&json).unwrap();
+        assert!(back.baseline_ppl.is_nan());
+        assert_eq!(back.layers, meta.layers);
+        let measured: RunMeta = serde_json::from_str(&json.replace("null", "12.5")).unwrap();
+        assert_eq!(measured.baseline_ppl, 12.5);
     }
 }
