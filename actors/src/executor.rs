@@ -109,7 +109,8 @@ impl Actor for Executor {
                 let _ = reply.send(out);
             }
             ExecutorMsg::Sparsity { reply } => {
-                let _ = reply.send(committed.layer_sparsity());
+                // Counts every layer's bits: a blocking thread's work, like `Masks`.
+                let _ = reply.send(blocking(move || committed.layer_sparsity()).await);
             }
             ExecutorMsg::Masks { reply } => {
                 let _ = reply.send(blocking(move || committed.final_masks()).await);

@@ -50,28 +50,10 @@ impl Default for SparseGptOptions {
 }
 
 /// In-place lower Cholesky factor of the symmetric `n × n` matrix `a` (row-major);
-/// the strict upper triangle is zeroed.
+/// the strict upper triangle is zeroed. The kernels crate's factorisation, with this
+/// crate's error.
 pub fn cholesky(a: &mut [f64], n: usize) -> Result<()> {
-    for j in 0..n {
-        let (head, tail) = a.split_at_mut((j + 1) * n);
-        let row_j = &mut head[j * n..];
-        let d = row_j[j] - row_j[..j].iter().map(|v| v * v).sum::<f64>();
-        if d.is_nan() || d <= 0.0 {
-            return Err(BaselineError::Numerics(format!(
-                "matrix is not positive definite (pivot {j} is {d:e})"
-            )));
-        }
-        row_j[j] = d.sqrt();
-        let row_j: &[f64] = row_j;
-        tail.par_chunks_mut(n).for_each(|row_i| {
-            let dot: f64 = row_i[..j].iter().zip(&row_j[..j]).map(|(a, b)| a * b).sum();
-            row_i[j] = (row_i[j] - dot) / row_j[j];
-        });
-    }
-    for i in 0..n {
-        a[i * n + i + 1..(i + 1) * n].fill(0.0);
-    }
-    Ok(())
+    kernels::obs::cholesky_lower(a, n).map_err(|e| BaselineError::Numerics(e.to_string()))
 }
 
 /// Upper Cholesky factor `U` of `H⁻¹` (`UᵀU = H⁻¹`) for the damped Gram `h`.

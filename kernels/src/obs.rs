@@ -36,7 +36,7 @@ mod factor;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-pub use factor::{hessian_factor, InverseHessian};
+pub use factor::{cholesky_lower, hessian_factor, InverseHessian};
 
 use crate::{KernelError, Mask, Result};
 

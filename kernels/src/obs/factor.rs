@@ -115,7 +115,7 @@ pub fn hessian_factor(gram: &[f64], tokens: u64, cols: usize, damp: f64) -> Resu
 /// In-place lower Cholesky factor of the symmetric positive definite `a` (row-major);
 /// the strict upper triangle is zeroed. Row-oriented so every inner product is over
 /// contiguous memory.
-pub(crate) fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
+pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
     for j in 0..n {
         let (head, tail) = a.split_at_mut((j + 1) * n);
         let row_j = &mut head[j * n..];
