@@ -1,8 +1,11 @@
 //! The Checkpointer actor: the run's durable memory in sled ([`crate::store`]). It
 //! stores the run (config, baseline), the state machine, every finished iteration (plan,
 //! verdicts, outcome, prompts and responses) and each committed iteration's mask delta
-//! — never weight copies — and the knowledge probe's points. Each iteration is one
-//! transaction + flush.
+//! and the knowledge probe's points. Each iteration is one transaction + flush. With
+//! `pruning.repair = "obs"` a commit also stores the touched layers' repaired weights
+//! as files beside the database ([`WeightFiles`]): written before the transaction,
+//! superseded versions removed after it, so a kill at any point leaves the weights of
+//! the last committed iteration readable.
 //!
 //! Write errors are replied, not raised: the Supervisor then stops the run as `failed`
 //! with the reason (the database may be unusable, so nothing more is attempted).
@@ -15,12 +18,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::ActorError;
 use crate::faults::Faults;
+use crate::folder::{FolderError, WeightFiles};
+use crate::repair::RepairedWeights;
 use crate::store::{LoadedRun, Store, StoreError};
 use crate::util::blocking;
 
 /// Immutable setup: where the database lives.
 pub struct Checkpointer {
     pub dir: PathBuf,
+    pub weight_files: WeightFiles,
     pub run_id: String,
     pub faults: Faults,
 }
@@ -39,11 +45,13 @@ pub enum CheckpointerMsg {
         status: RunStatus,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
-    /// Store a finished iteration with its deltas (empty on rollback) and the new
-    /// status atomically. Replies with the milliseconds spent.
+    /// Store a finished iteration with its deltas (empty on rollback), the committed
+    /// candidate's repaired weights when it has them, and the new status atomically.
+    /// Replies with the milliseconds spent.
     Commit {
         stored: Box<StoredIteration>,
         deltas: Vec<LayerDelta>,
+        repaired: Option<RepairedWeights>,
         status: RunStatus,
         reply: RpcReplyPort<Result<u64, ActorError>>,
     },
@@ -111,6 +119,7 @@ impl Actor for Checkpointer {
             CheckpointerMsg::Commit {
                 stored,
                 deltas,
+                repaired,
                 status,
                 reply,
             } => {
@@ -123,8 +132,16 @@ impl Actor for Checkpointer {
                     return Ok(());
                 }
                 let start = Instant::now();
-                let out =
-                    blocking(move || store.commit_iteration(&run, &stored, &deltas, &status)).await;
+                let files = self.weight_files.clone();
+                let out = blocking(move || {
+                    let layers = match &repaired {
+                        Some(r) => write_weights(&files, it, r)?,
+                        None => Vec::new(),
+                    };
+                    store.commit_iteration(&run, &stored, &deltas, &status)?;
+                    files.retire(it, &layers).map_err(weights_error)
+                })
+                .await;
                 let _ = reply.send(
                     out.map(|()| start.elapsed().as_millis() as u64)
                         .map_err(ActorError::from),
@@ -133,4 +150,37 @@ impl Actor for Checkpointer {
         }
         Ok(())
     }
+}
+
+/// The repaired layers of iteration `it` as weight files (durable on return); their
+/// names, for retiring the versions they supersede once the iteration is committed.
+fn write_weights(
+    files: &WeightFiles,
+    it: u32,
+    repaired: &RepairedWeights,
+) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::with_capacity(repaired.masks.len());
+    for (layer, mask) in &repaired.masks {
+        let err = |reason: String| {
+            StoreError::Weights(format!("{}: `{layer}`: {reason}", files.dir().display()))
+        };
+        let w = repaired
+            .weights
+            .get(layer)
+            .ok_or_else(|| err("no repaired weight".into()))?;
+        let values: Vec<f32> = w
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(|e| err(e.to_string()))?;
+        files
+            .write(it, layer, mask, &values)
+            .map_err(weights_error)?;
+        names.push(layer.clone());
+    }
+    Ok(names)
+}
+
+fn weights_error(e: FolderError) -> StoreError {
+    StoreError::Weights(e.to_string())
 }

@@ -20,6 +20,7 @@ use crate::error::ActorError;
 use crate::evaluator::{Evaluator, EvaluatorMsg};
 use crate::executor::{Executor, ExecutorMsg};
 use crate::faults::Faults;
+use crate::folder::WeightFiles;
 use crate::planner::{Planner, PlannerMsg};
 use crate::profiler::{Profiler, ProfilerMsg};
 
@@ -32,6 +33,8 @@ pub struct CrewSpec {
     pub engine: Arc<Engine>,
     pub backend: Arc<dyn PlannerBackend>,
     pub db_dir: PathBuf,
+    /// Where the Checkpointer stores repaired weights (`pruning.repair = "obs"`).
+    pub weight_files: WeightFiles,
     pub run_id: String,
     pub faults: Faults,
     /// Concurrent candidate evaluations; at least 1.
@@ -253,6 +256,8 @@ impl CrewSpec {
     fn executor(&self) -> Executor {
         Executor {
             engine: self.engine.clone(),
+            repair: self.cfg.pruning.repair,
+            damp: self.cfg.pruning.repair_damp,
         }
     }
 
@@ -267,6 +272,7 @@ impl CrewSpec {
     fn checkpointer(&self) -> Checkpointer {
         Checkpointer {
             dir: self.db_dir.clone(),
+            weight_files: self.weight_files.clone(),
             run_id: self.run_id.clone(),
             faults: self.faults.clone(),
         }

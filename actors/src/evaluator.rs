@@ -4,8 +4,9 @@
 //!
 //! A candidate is evaluated through a `WeightOverlay` holding, for the layers its plan
 //! touched only, keep bits (committed mask + the candidate's delta) that the forward
-//! applies to the model's stored weights one layer at a time; every other layer is
-//! shared with the committed model. With K > 1 candidates a pool of worker
+//! applies to the model's stored weights one layer at a time, or the candidate's
+//! repaired weights when the Executor repairs; every other layer is shared with the
+//! committed model. With K > 1 candidates a pool of worker
 //! threads (one per candidate, at most `workers` at a time) scores them concurrently on
 //! the one shared model.
 
@@ -21,7 +22,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::engine::Engine;
 use crate::error::ActorError;
 use crate::faults::Faults;
+use crate::repair::RepairedWeights;
 use crate::util::blocking;
+
+/// A candidate as the Evaluator scores it: its masks, and its repaired weights when
+/// the Executor repairs.
+pub type Scored = (CandidateMasks, Option<RepairedWeights>);
 
 /// Immutable setup.
 pub struct Evaluator {
@@ -40,14 +46,14 @@ pub enum EvaluatorMsg {
     /// One score per candidate (same order), plus the milliseconds spent.
     Evaluate {
         iteration: u32,
-        candidates: Vec<CandidateMasks>,
+        candidates: Vec<Scored>,
         reply: RpcReplyPort<Result<(Vec<CandidateScore>, u64), ActorError>>,
     },
     /// Knowledge probe of the committed model, or of the committed model with
     /// `candidate`'s delta (the candidate about to be committed). An error when the
     /// probe is off.
     Probe {
-        candidate: Option<Box<CandidateMasks>>,
+        candidate: Option<Box<Scored>>,
         reply: RpcReplyPort<Result<ProbeScore, ActorError>>,
     },
 }
@@ -105,7 +111,7 @@ impl Actor for Evaluator {
 /// Score every candidate, `workers` at a time, each on its own thread.
 fn evaluate_all(
     engine: &Engine,
-    candidates: &[CandidateMasks],
+    candidates: &[Scored],
     workers: usize,
 ) -> Result<Vec<CandidateScore>, ActorError> {
     let mut scores = Vec::with_capacity(candidates.len());
@@ -130,8 +136,8 @@ fn evaluate_all(
     Ok(scores)
 }
 
-fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, ActorError> {
-    let overlay = overlay(engine, c)?;
+fn score(engine: &Engine, (c, repaired): &Scored) -> Result<CandidateScore, ActorError> {
+    let overlay = candidate_overlay(engine, c, repaired.as_ref())?;
     Ok(CandidateScore {
         id: c.id,
         ppl: held_out_ppl(engine, Some(&overlay))?,
@@ -142,13 +148,28 @@ fn score(engine: &Engine, c: &CandidateMasks) -> Result<CandidateScore, ActorErr
 /// The probe of the committed model, plus `candidate`'s keep bits through the same
 /// lazy overlay its PPL was scored with: the point describes exactly the model the
 /// commit is about to produce, so it can be stored in that iteration's transaction.
-fn probe(engine: &Engine, candidate: Option<&CandidateMasks>) -> Result<ProbeScore, ActorError> {
+fn probe(engine: &Engine, candidate: Option<&Scored>) -> Result<ProbeScore, ActorError> {
     let set = engine.probe.as_ref().ok_or_else(|| {
         ActorError::Setup("knowledge probe requested, but evaluation.probe.every is 0".into())
     })?;
-    let overlay = candidate.map(|c| overlay(engine, c)).transpose()?;
+    let overlay = candidate
+        .map(|(c, w)| candidate_overlay(engine, c, w.as_ref()))
+        .transpose()?;
     set.score(&engine.model, overlay.as_ref())
         .map_err(ActorError::Model)
+}
+
+/// The overlay a candidate is scored with: its repaired weights (full tensors of the
+/// touched layers) when it has them, else its keep bits ([`overlay`]).
+fn candidate_overlay(
+    engine: &Engine,
+    c: &CandidateMasks,
+    repaired: Option<&RepairedWeights>,
+) -> Result<WeightOverlay, ActorError> {
+    match repaired {
+        Some(r) => Ok(r.weights.clone()),
+        None => overlay(engine, c),
+    }
 }
 
 /// The candidate's touched layers as lazy mask entries: committed bits (the model's

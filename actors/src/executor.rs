@@ -1,5 +1,7 @@
 //! The Executor actor (Algorithm 1 lines 16–18): applies candidate plans to the
-//! committed masks with incremental per-row Wanda pruning, and commits the chosen one.
+//! committed masks with incremental per-row Wanda pruning (`pruning.repair = "none"`)
+//! or with the OBS update that also repairs the kept weights ([`crate::repair`],
+//! `"obs"`), and commits the chosen one.
 //!
 //! The committed state belongs to the model ([`crate::state`]); the Executor is its
 //! only writer. A commit prunes the model in place (`Model::prune_in_place`): the
@@ -22,12 +24,24 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::engine::Engine;
 use crate::error::{ActorError, Result};
+use crate::repair::{repair_all, RepairedWeights};
 use crate::state::PruningState;
 use crate::util::blocking;
 
-/// Immutable setup: the shared engine.
+/// Immutable setup: the shared engine and what to do to the kept weights.
 pub struct Executor {
     pub engine: Arc<Engine>,
+    pub repair: config::Repair,
+    /// The repair's Hessian dampening (`pruning.repair_damp`).
+    pub damp: f64,
+}
+
+/// One executed candidate: its masks, and its repaired weights when the Executor
+/// repairs (`None` with `pruning.repair = "none"`).
+#[derive(Clone)]
+pub struct Executed {
+    pub masks: CandidateMasks,
+    pub weights: Option<RepairedWeights>,
 }
 
 /// Messages the Executor answers.
@@ -38,7 +52,7 @@ pub enum ExecutorMsg {
     Apply {
         plans: Vec<(CandidateId, Plan)>,
         act_sum_sq: Arc<Vec<Vec<f32>>>,
-        reply: RpcReplyPort<Result<(Vec<CandidateMasks>, u64)>>,
+        reply: RpcReplyPort<Result<(Vec<Executed>, u64)>>,
     },
     /// Make the pending candidate `id` the committed state.
     Commit {
@@ -58,7 +72,7 @@ pub enum ExecutorMsg {
 /// Mutable state: the candidates of the iteration in progress.
 pub struct ExecutorState {
     committed: PruningState,
-    pending: HashMap<CandidateId, Arc<CandidateMasks>>,
+    pending: HashMap<CandidateId, Arc<Executed>>,
 }
 
 impl Actor for Executor {
@@ -92,17 +106,47 @@ impl Actor for Executor {
             } => {
                 let start = Instant::now();
                 let engine = self.engine.clone();
-                let out =
-                    blocking(move || apply_all(&engine, &committed, &act_sum_sq, plans)).await;
+                let (repair, damp) = (self.repair, self.damp);
+                // The previous iteration's candidates (and their weights) go first.
+                state.pending.clear();
+                let out = blocking(move || match repair {
+                    config::Repair::None => {
+                        apply_all(&engine, &committed, &act_sum_sq, plans).map(|c| {
+                            c.into_iter()
+                                .map(|masks| Executed {
+                                    masks,
+                                    weights: None,
+                                })
+                                .collect()
+                        })
+                    }
+                    config::Repair::Obs => repair_all(&engine, &committed, plans, damp).map(|c| {
+                        c.into_iter()
+                            .map(|(masks, w)| Executed {
+                                masks,
+                                weights: Some(w),
+                            })
+                            .collect::<Vec<_>>()
+                    }),
+                })
+                .await;
                 state.pending = match &out {
-                    Ok(c) => c.iter().map(|c| (c.id, Arc::new(c.clone()))).collect(),
+                    Ok(c) => c
+                        .iter()
+                        .map(|c| (c.masks.id, Arc::new(c.clone())))
+                        .collect(),
                     Err(_) => HashMap::new(),
                 };
                 let _ = reply.send(out.map(|c| (c, start.elapsed().as_millis() as u64)));
             }
             ExecutorMsg::Commit { id, reply } => {
                 let out = match state.pending.remove(&id) {
-                    Some(c) => blocking(move || committed.commit(&c)).await,
+                    Some(c) => {
+                        blocking(move || {
+                            committed.commit(&c.masks, c.weights.as_ref().map(|w| &w.weights))
+                        })
+                        .await
+                    }
                     None => Err(ActorError::UnknownCandidate(id)),
                 };
                 state.pending.clear();

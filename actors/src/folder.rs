@@ -4,7 +4,7 @@
 //! `report.md`, `iterations.png`, `layers.png`). Prune, resume, export, compare and the
 //! daemon all go through [`RunFolder`], so the layout is written down once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::Config;
@@ -12,6 +12,10 @@ use kernels::{Mask, MaskDelta};
 use protocol::{LayerDelta, RunSummary};
 
 use crate::store::{LoadedRun, Store, StoreError};
+
+pub mod weights;
+
+pub use weights::WeightFiles;
 
 /// What can go wrong with a run folder.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,8 @@ pub enum FolderError {
         layer: String,
         reason: String,
     },
+    #[error("{}: repaired weights: {reason}", path.display())]
+    Weights { path: PathBuf, reason: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -57,6 +63,10 @@ pub struct Committed {
     pub run: LoadedRun,
     pub config: Config,
     pub masks: LayerMasks,
+    /// Repaired layers (`pruning.repair = "obs"`): layer name → the committed weight,
+    /// `[rows, cols]` row-major f32, zero where pruned. Other layers are the source
+    /// checkpoint's weights times their mask.
+    pub weights: HashMap<String, Vec<f32>>,
     /// Mask-delta bytes of each committed iteration, in order.
     pub delta_bytes: Vec<u64>,
 }
@@ -117,6 +127,11 @@ impl RunFolder {
         db_dir(&self.dir)
     }
 
+    /// The repaired weights of the run's commits.
+    pub fn weight_files(&self) -> WeightFiles {
+        WeightFiles::new(&self.dir)
+    }
+
     pub fn has_checkpoint(&self) -> bool {
         self.db_dir().is_dir()
     }
@@ -148,10 +163,24 @@ impl RunFolder {
                 reason: e.to_string(),
             })?;
         let (masks, delta_bytes) = committed_masks(&self.id, &run)?;
+        let last = run
+            .iterations
+            .iter()
+            .filter(|s| s.committed.is_some())
+            .map(|s| s.record.outcome.iteration)
+            .max();
+        let weights = match last {
+            Some(last) => {
+                let by_name: HashMap<String, Mask> = masks.iter().cloned().collect();
+                self.weight_files().load(last, &by_name)?
+            }
+            None => HashMap::new(),
+        };
         Ok(Committed {
             run,
             config,
             masks,
+            weights,
             delta_bytes,
         })
     }
@@ -213,15 +242,20 @@ pub fn committed_masks(id: &str, run: &LoadedRun) -> Result<(LayerMasks, Vec<u64
         .enumerate()
         .map(|(i, (n, _))| (n.clone(), i))
         .collect();
-    let committed: HashSet<u32> = run
+    // Committed iterations and the repaired-weight bytes each stored beside the deltas.
+    let committed: HashMap<u32, u64> = run
         .iterations
         .iter()
         .filter(|s| s.committed.is_some())
-        .map(|s| s.record.outcome.iteration)
+        .map(|s| (s.record.outcome.iteration, s.weight_bytes))
         .collect();
     let mut delta_bytes = Vec::new();
-    for (it, deltas) in run.deltas.iter().filter(|(it, _)| committed.contains(it)) {
-        let mut bytes = 0u64;
+    for (it, deltas) in run
+        .deltas
+        .iter()
+        .filter(|(it, _)| committed.contains_key(it))
+    {
+        let mut bytes = committed[it];
         for d in deltas {
             let bad = |reason: String| FolderError::Delta {
                 run: id.to_string(),

@@ -34,6 +34,7 @@ pub mod pipeline;
 pub mod planner;
 pub mod probe_set;
 pub mod profiler;
+pub mod repair;
 pub mod run;
 pub mod state;
 pub mod store;

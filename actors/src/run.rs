@@ -7,6 +7,7 @@
 //! order and prunes the model to them, restores the iteration memory and the last
 //! gradients, and continues at the next iteration.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use config::Config;
@@ -217,6 +218,7 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
             engine: engine.clone(),
             backend,
             db_dir: folder.db_dir(),
+            weight_files: folder.weight_files(),
             run_id: run_id.clone(),
             faults: opts.faults.clone(),
             workers: opts.eval_workers.unwrap_or(cfg.pruning.candidates).max(1),
@@ -364,9 +366,13 @@ async fn resume_point(engine: &Arc<Engine>, s: Committed) -> Result<StartPoint, 
         )));
     }
     let state = PruningState::new(engine.clone());
-    blocking(move || state.restore(&masks))
-        .await
-        .map_err(|e| RunError::Setup(e.to_string()))?;
+    let (weights, eng) = (s.weights, engine.clone());
+    blocking(move || {
+        let weights = repaired_tensors(&eng, weights)?;
+        state.restore(&masks, &weights).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(RunError::Setup)?;
     let l = s.run;
     let history: Vec<IterationRecord> = l.iterations.iter().map(|s| s.record.clone()).collect();
     let current_ppl = history
@@ -396,6 +402,31 @@ async fn resume_point(engine: &Arc<Engine>, s: Committed) -> Result<StartPoint, 
         final_probe: l.final_probe,
         finished: ended,
     })
+}
+
+/// A resumed run's stored repaired weights as tensors in the model's dtype and on its
+/// device (f32 values from bf16 weights convert back exactly).
+fn repaired_tensors(
+    engine: &Engine,
+    weights: HashMap<String, Vec<f32>>,
+) -> Result<HashMap<String, candle_core::Tensor>, String> {
+    let model = &engine.model;
+    weights
+        .into_iter()
+        .map(|(name, values)| {
+            let info = engine
+                .layers
+                .iter()
+                .find(|l| l.name == name)
+                .ok_or_else(|| format!("stored weights for unknown layer `{name}`"))?;
+            let shape = (info.out_features, info.in_features);
+            let t = candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
+                .and_then(|t| t.to_dtype(model.dtype()))
+                .and_then(|t| t.to_device(model.device()))
+                .map_err(|e| format!("stored weights of `{name}`: {e}"))?;
+            Ok((name, t))
+        })
+        .collect()
 }
 
 /// The dense model's PPL on `[evaluation.final]`: the stored value of a resumed run,

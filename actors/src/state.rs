@@ -5,9 +5,12 @@
 //! (restore at start, commit a candidate); everyone else reads through it or through
 //! the model's own accessors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use candle_core::Tensor;
 use kernels::{Mask, MaskDelta};
+use model::WeightOverlay;
 use protocol::{CandidateMasks, LayerDelta};
 
 use crate::engine::Engine;
@@ -77,20 +80,28 @@ impl PruningState {
             .collect()
     }
 
-    /// Start from stored masks (a resumed run): prune the model in place to them, only
-    /// the layers with pruned weights. Heavy: call from a blocking thread.
-    pub fn restore(&self, masks: &[Mask]) -> Result<()> {
+    /// Start from stored masks and repaired weights (a resumed run): the layers with
+    /// stored weights take them, the other layers with pruned weights are pruned in
+    /// place. Heavy: call from a blocking thread.
+    pub fn restore(&self, masks: &[Mask], weights: &HashMap<String, Tensor>) -> Result<()> {
         for (info, mask) in self.engine.layers.iter().zip(masks) {
-            if mask.count_pruned() > 0 {
-                self.prune_in_place(&info.name, mask)?;
+            match weights.get(&info.name) {
+                Some(w) => self.replace(&info.name, w, mask)?,
+                None if mask.count_pruned() > 0 => self.prune_in_place(&info.name, mask)?,
+                None => {}
             }
         }
         self.settle()
     }
 
     /// Make `candidate` the committed state: each touched layer's committed mask plus
-    /// the candidate's delta, pruned in place. Heavy: call from a blocking thread.
-    pub fn commit(&self, candidate: &CandidateMasks) -> Result<()> {
+    /// the candidate's delta, pruned in place, with the candidate's repaired weights
+    /// when it has them. Heavy: call from a blocking thread.
+    pub fn commit(
+        &self,
+        candidate: &CandidateMasks,
+        repaired: Option<&WeightOverlay>,
+    ) -> Result<()> {
         for d in &candidate.deltas {
             let i = self.index(&d.layer)?;
             let mut mask = (*self.mask(i)?).clone();
@@ -99,7 +110,10 @@ impl PruningState {
             MaskDelta::from_bytes(&d.bytes)
                 .and_then(|delta| delta.apply_to(&mut mask))
                 .map_err(err)?;
-            self.prune_in_place(&d.layer, &mask)?;
+            match repaired.and_then(|w| w.get(&d.layer)) {
+                Some(w) => self.replace(&d.layer, w, &mask)?,
+                None => self.prune_in_place(&d.layer, &mask)?,
+            }
         }
         // The pruned weights are read next by other threads (streams).
         self.settle()
@@ -119,6 +133,13 @@ impl PruningState {
             .model
             .prune_in_place(name, mask)
             .map_err(|e| ActorError::Model(format!("mask `{name}`: {e}")))
+    }
+
+    fn replace(&self, name: &str, weight: &Tensor, mask: &Mask) -> Result<()> {
+        self.engine
+            .model
+            .replace_pruned(name, weight, mask)
+            .map_err(|e| ActorError::Model(format!("repaired weight `{name}`: {e}")))
     }
 
     fn settle(&self) -> Result<()> {

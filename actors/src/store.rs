@@ -37,6 +37,9 @@ pub enum StoreError {
     UnknownRun(String),
     #[error("checkpoint database: injected write failure at iteration {0}")]
     Injected(u32),
+    /// The repaired-weight files beside the database (the message names the file).
+    #[error("checkpoint weights: {0}")]
+    Weights(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -348,6 +351,7 @@ mod tests {
             profiles: vec![],
             timings: ActorTimings::default(),
             delta_bytes: 3,
+            weight_bytes: 0,
             probe: None,
         }
     }

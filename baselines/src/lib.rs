@@ -186,7 +186,7 @@ impl Pruned {
         let mut overlay = WeightOverlay::new();
         for (name, mask) in &self.masks {
             let w = match self.weights.get(name) {
-                Some(w) => w.to_dtype(model.dtype())?,
+                Some(w) => w.to_dtype(model.dtype())?.to_device(model.device())?,
                 None => {
                     let dense = model.layer_weight(name)?;
                     let keep = mask.to_tensor(dense.dtype(), dense.device())?;

@@ -30,7 +30,7 @@ pub use planning::{HeuristicConfig, PromptConfig};
 pub use protocol;
 pub use sections::{
     CalibrationConfig, Device, EvaluationConfig, FinalPplConfig, ModelConfig, ProbeConfig,
-    ProbeStyle, PruningConfig, RunConfig, MAX_CANDIDATES,
+    ProbeStyle, PruningConfig, Repair, RunConfig, MAX_CANDIDATES,
 };
 
 /// The whole configuration of a run.

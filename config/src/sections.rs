@@ -336,6 +336,33 @@ pub struct PruningConfig {
     /// Candidate plans the planner proposes per iteration (K); each surviving one is
     /// evaluated and the best within τ is committed.
     pub candidates: usize,
+    /// What the Executor does to the weights it keeps when it prunes a layer further.
+    pub repair: Repair,
+    /// Dampening of the repair's Hessian: this fraction of its mean diagonal is added
+    /// to the diagonal (SparseGPT's `percdamp`, 0.01).
+    pub repair_damp: f64,
+}
+
+/// `pruning.repair`: the Executor's weight update when it prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Repair {
+    /// Masks only: the kept weights keep their values (per-row Wanda selection).
+    #[default]
+    None,
+    /// OBS/SparseGPT update: the layer's new pruned weights are chosen by the OBS key
+    /// and the kept ones updated so the layer's output on the calibration inputs,
+    /// computed block by block through the already repaired blocks, moves least.
+    Obs,
+}
+
+impl Repair {
+    pub fn name(self) -> &'static str {
+        match self {
+            Repair::None => "none",
+            Repair::Obs => "obs",
+        }
+    }
 }
 
 impl Default for PruningConfig {
@@ -347,6 +374,8 @@ impl Default for PruningConfig {
             gradient_every: 3,
             sensitivity_percentile: 10.0,
             candidates: 1,
+            repair: Repair::None,
+            repair_damp: 0.01,
         }
     }
 }
@@ -382,5 +411,6 @@ impl PruningConfig {
             1,
             MAX_CANDIDATES as u64,
         );
+        c.open_closed("pruning.repair_damp", self.repair_damp, 0.0, 1.0);
     }
 }

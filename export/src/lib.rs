@@ -30,7 +30,7 @@ use kernels::Mask;
 use model::Checkpoint;
 
 pub use hf::{config_json, DEFAULT_SHARD_BYTES};
-pub use masks::{apply_masks, read_masks_file};
+pub use masks::{apply_masks, read_masks_file, replace_weights};
 
 /// Storage dtype of exported floating-point weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

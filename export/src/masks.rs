@@ -7,6 +7,38 @@ use kernels::{Mask, MaskDelta};
 
 use crate::{ExportError, Result};
 
+/// Replace the weights of `ckpt`'s repaired layers (layer name → `[out, in]` row-major
+/// f32 values, as a run with `pruning.repair = "obs"` stores them) before the masks are
+/// applied, so every export format carries the repaired values, not `W ⊙ M` of the
+/// source. A layer the checkpoint lacks or a value count that disagrees with its shape
+/// is an error naming the layer.
+pub fn replace_weights(
+    tensors: &mut HashMap<String, Tensor>,
+    weights: HashMap<String, Vec<f32>>,
+) -> Result<()> {
+    for (layer, values) in weights {
+        let name = format!("{layer}.weight");
+        let err = |reason: String| ExportError::Mask {
+            layer: layer.clone(),
+            reason,
+        };
+        let source = tensors
+            .get(&name)
+            .ok_or_else(|| err(format!("the checkpoint has no tensor `{name}`")))?;
+        let (rows, cols) = source.dims2().map_err(|e| err(e.to_string()))?;
+        if values.len() != rows * cols {
+            return Err(err(format!(
+                "{} repaired values, `{name}` is {rows}x{cols}",
+                values.len()
+            )));
+        }
+        let t = Tensor::from_vec(values, (rows, cols), source.device())
+            .map_err(|e| err(e.to_string()))?;
+        tensors.insert(name, t);
+    }
+    Ok(())
+}
+
 /// Dense tensors with every mask applied to `<layer>.weight` (pruned entries become
 /// exact zeros, as `Model::set_mask` computes `W ⊙ M`). A mask naming a missing tensor
 /// or disagreeing with its shape is an error, never silently skipped.

@@ -162,6 +162,12 @@ impl PrunableLinear {
     /// pruned; repeating the same mask is a no-op). Refused while a non-destructive mask
     /// is committed (its cached `W ⊙ M` would go stale): clear it first.
     pub fn prune_in_place(&self, keep: &Mask) -> Result<()> {
+        self.commit_pruned(keep, None)
+    }
+
+    /// Record `keep` and store `weight` (already `⊙ keep`), or `stored ⊙ keep` when
+    /// `None`, under the locks, after the shape, committed-mask and monotony checks.
+    fn commit_pruned(&self, keep: &Mask, weight: Option<Tensor>) -> Result<()> {
         if (keep.rows(), keep.cols()) != self.shape {
             return Err(ModelError::WeightShape {
                 tensor: format!("in-place mask of {}", self.name),
@@ -192,11 +198,48 @@ pruned in place; pruned weights stay pruned (their values are gone)",
                 )));
             }
         }
-        let masked = keep.apply_fast(&self.stored())?;
+        let masked = match weight {
+            Some(w) => w,
+            None => keep.apply_fast(&self.stored())?,
+        };
         *self.weight.write().unwrap_or_else(PoisonError::into_inner) = masked;
         *pruned = Some(Arc::new(keep.clone()));
         drop(committed);
         Ok(())
+    }
+
+    /// Set the stored weight to `weight ⊙ keep` (new values for the kept weights, e.g.
+    /// an OBS repair) and record `keep`, with the rules of [`Self::prune_in_place`]:
+    /// `[out, in]` on the stored weight's dtype and device, monotone against the
+    /// previous keep bits, refused while a non-destructive mask is committed. NaN or
+    /// infinite kept values are refused (they would poison every later forward).
+    pub fn replace_pruned(&self, weight: &Tensor, keep: &Mask) -> Result<()> {
+        let stored = self.stored();
+        if weight.dims() != stored.dims() {
+            return Err(ModelError::WeightShape {
+                tensor: format!("replacement weight of {}", self.name),
+                expected: stored.dims().to_vec(),
+                actual: weight.dims().to_vec(),
+            });
+        }
+        let masked = keep.apply_fast(
+            &weight
+                .to_device(stored.device())?
+                .to_dtype(stored.dtype())?,
+        )?;
+        let finite = masked
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err(ModelError::InvalidArgument(format!(
+                "replacement weight of {} holds NaN or infinite values",
+                self.name
+            )));
+        }
+        self.commit_pruned(keep, Some(masked))
     }
 
     /// Commit (or with `None` clear) a non-destructive mask. The mask must be

@@ -291,6 +291,13 @@ impl Model {
         self.linear(name)?.prune_in_place(keep)
     }
 
+    /// Replace layer `name`'s stored weight by `weight ⊙ keep` and record `keep`: a
+    /// pruning step that also updated the kept weights (see
+    /// [`PrunableLinear::replace_pruned`]).
+    pub fn replace_pruned(&self, name: &str, weight: &Tensor, keep: &Mask) -> Result<()> {
+        self.linear(name)?.replace_pruned(weight, keep)
+    }
+
     /// The keep bits of layer `name`'s in-place pruning, `None` if it was never pruned
     /// in place. Shared, not copied: the model keeps its own handle.
     pub fn pruned_mask(&self, name: &str) -> Result<Option<Arc<Mask>>> {

@@ -339,3 +339,38 @@ fn owned_construction_equals_borrowed() {
         Some(ModelError::MissingWeight { ref tensor }) if tensor == "model.norm.weight"
     ));
 }
+
+#[test]
+fn replace_pruned_stores_new_kept_values_and_keeps_the_rules() {
+    let (w, m) = setup(Architecture::Llama);
+    let name = LAYERS[2];
+    let keep = bits(&m, name, 3, 3);
+    // New values for every weight; the pruned positions must still end up exactly 0.
+    let new = (&w[&format!("{name}.weight")] * 1.5).unwrap();
+    m.replace_pruned(name, &new, &keep).unwrap();
+    let stored = m.layer_weight(name).unwrap();
+    assert_eq!(max_diff(&stored, &keep.apply(&new).unwrap()), 0.0);
+    let mut by = w.clone();
+    by.insert(format!("{name}.weight"), keep.apply(&new).unwrap());
+    let want = Model::new(&tiny_config(Architecture::Llama), &by, &Device::Cpu).unwrap();
+    assert_eq!(
+        max_diff(
+            &m.forward(&tokens()).unwrap(),
+            &want.forward(&tokens()).unwrap()
+        ),
+        0.0
+    );
+    assert_eq!(m.pruned_mask(name).unwrap().as_deref(), Some(&keep));
+    // Monotone like prune_in_place: reviving pruned weights is refused, nothing changes.
+    let all = Mask::ones(keep.rows(), keep.cols());
+    let err = m.replace_pruned(name, &new, &all).unwrap_err().to_string();
+    assert!(err.contains("stay pruned"), "{err}");
+    assert_eq!(max_diff(&m.layer_weight(name).unwrap(), &stored), 0.0);
+    // Non-finite kept values and wrong shapes are refused.
+    let nan = new.affine(0.0, f64::NAN).unwrap();
+    let err = m.replace_pruned(name, &nan, &keep).unwrap_err().to_string();
+    assert!(err.contains("NaN"), "{err}");
+    let wrong = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+    assert!(m.replace_pruned(name, &wrong, &keep).is_err());
+    assert_eq!(max_diff(&m.layer_weight(name).unwrap(), &stored), 0.0);
+}

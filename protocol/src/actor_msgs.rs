@@ -122,6 +122,11 @@ pub struct StoredIteration {
     pub timings: ActorTimings,
     /// Bytes of mask delta stored for this iteration (0 on rollback).
     pub delta_bytes: u64,
+    /// Bytes of repaired weights stored beside the database for this iteration
+    /// (`pruning.repair = "obs"`; 0 on rollback, without repair, and in records written
+    /// before the repair existed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub weight_bytes: u64,
     /// The knowledge probe of the model committed after this iteration, when the
     /// probe was due (`evaluation.probe.every`). Stored in the iteration's
     /// transaction, so a resumed run keeps it; absent in records written before the
@@ -359,4 +364,8 @@ mod run_meta_tests {
         let measured: RunMeta = serde_json::from_str(&json.replace("null", "12.5")).unwrap();
         assert_eq!(measured.baseline_ppl, 12.5);
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use baselines::Pruned;
-use kernels::{Mask, MaskDelta};
+use candle_core::{Device, Tensor};
 
 /// Where the agent row's masks come from.
 pub enum AgentSource<'a> {
@@ -33,13 +33,8 @@ pub enum AgentSource<'a> {
 pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
     match source {
         AgentSource::Run(dir) => {
-            // Only committed iterations' deltas count.
             let run = actors::RunFolder::find(&dir.to_string_lossy(), Path::new(""))?;
-            let pruned = Pruned {
-                masks: run.pruned_model()?.mask_map().into_iter().collect(),
-                weights: BTreeMap::new(),
-            };
-            Ok((pruned, recorded_wall_seconds(dir)))
+            Ok((committed_model(&run)?, recorded_wall_seconds(dir)))
         }
         AgentSource::Loop {
             config,
@@ -73,23 +68,27 @@ pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
             }
             // The run folder gets its own report and masks.bin, like `prune` writes.
             out.write_outputs(seconds, super::common::peak_rss_bytes())?;
-            // The run's final masks are deltas from all-kept, one per layer.
-            let mut masks = BTreeMap::new();
-            for d in &out.masks {
-                let delta = MaskDelta::from_bytes(&d.bytes)?;
-                let mut mask = Mask::ones(delta.rows(), delta.cols());
-                delta.apply_to(&mut mask)?;
-                masks.insert(d.layer.clone(), mask);
-            }
-            Ok((
-                Pruned {
-                    masks,
-                    weights: BTreeMap::new(),
-                },
-                seconds,
-            ))
+            Ok((committed_model(&out.folder)?, seconds))
         }
     }
+}
+
+/// A run's committed model as compare evaluates it: only committed iterations' deltas
+/// count, and a run that repaired its kept weights brings them (not `W ⊙ M` of the
+/// dense weights).
+fn committed_model(run: &actors::RunFolder) -> Result<Pruned> {
+    let committed = run.pruned_model()?;
+    let mut weights = BTreeMap::new();
+    for (name, mask) in &committed.masks {
+        if let Some(values) = committed.weights.get(name) {
+            let t = Tensor::from_slice(values, (mask.rows(), mask.cols()), &Device::Cpu)?;
+            weights.insert(name.clone(), t);
+        }
+    }
+    Ok(Pruned {
+        masks: committed.masks.into_iter().collect(),
+        weights,
+    })
 }
 
 /// The prune config of the loop compare runs: the given file or the default preset, with

@@ -75,12 +75,16 @@ pub fn run(args: ExportArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let run =
+    let mut run =
         actors::RunFolder::find(&run_dir.to_string_lossy(), &args.runs_dir)?.pruned_model()?;
     let model = run.config.model.path.clone();
     let committed_iterations = run.committed_iterations();
+    let repaired = std::mem::take(&mut run.weights);
+    let repaired_layers = repaired.len();
     let masks: HashMap<String, Mask> = run.mask_map();
-    let ckpt = common::load(&model)?;
+    let mut ckpt = common::load(&model)?;
+    // A run that repaired its kept weights exports them, not the source's W ⊙ M.
+    export::replace_weights(&mut ckpt.tensors, repaired)?;
     let opts = ExportOptions {
         dtype,
         force: args.force,
@@ -98,10 +102,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let pruned: usize = masks.values().map(Mask::count_pruned).sum();
     let total: usize = masks.values().map(Mask::len).sum();
     common::print(&format!(
-        "exported run {} ({} committed iterations, {:.2}% of prunable weights pruned) from {} as {} to {}: {} weight bytes, {} bytes in all",
+        "exported run {} ({} committed iterations, {:.2}% of prunable weights pruned, {} repaired layers) from {} as {} to {}: {} weight bytes, {} bytes in all",
         run_dir.display(),
         committed_iterations,
         100.0 * pruned as f64 / total.max(1) as f64,
+        repaired_layers,
         model.display(),
         types,
         summary.dir.display(),

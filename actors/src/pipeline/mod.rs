@@ -39,6 +39,7 @@ use crate::engine::Engine;
 use crate::error::ActorError;
 use crate::events::{ProgressEvent, ProgressFn};
 use crate::faults::Faults;
+use crate::repair::RepairedWeights;
 
 pub use stages::Iteration;
 
@@ -99,6 +100,8 @@ pub struct Candidate {
     pub reviewed: ReviewedCandidate,
     /// Set by the execute stage, for executable candidates only.
     pub masks: Option<CandidateMasks>,
+    /// The repaired weights of the layers it touches, when the Executor repairs.
+    pub weights: Option<RepairedWeights>,
 }
 
 impl Candidate {

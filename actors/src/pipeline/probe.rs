@@ -10,16 +10,17 @@ use crate::crew::{Crew, CHECKPOINTER, EVALUATOR};
 use crate::error::ActorError;
 use crate::evaluator::EvaluatorMsg;
 use crate::probe_set::point;
+use crate::repair::RepairedWeights;
 
 /// Ask the Evaluator for a probe of the committed model, plus `candidate`'s delta
 /// when given (the candidate about to be committed).
 pub async fn measure(
     crew: &mut Crew,
     raw_grad: &Option<Vec<f64>>,
-    candidate: Option<&CandidateMasks>,
+    candidate: Option<(&CandidateMasks, Option<RepairedWeights>)>,
     (iteration, sparsity, ppl): (u32, f64, f64),
 ) -> Result<ProbePoint, ActorError> {
-    let candidate = candidate.map(|c| Box::new(c.clone()));
+    let candidate = candidate.map(|(c, w)| Box::new((c.clone(), w)));
     let score = crew
         .ask(&EVALUATOR, raw_grad, |r| EvaluatorMsg::Probe {
             candidate: candidate.clone(),

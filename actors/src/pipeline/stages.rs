@@ -220,6 +220,7 @@ impl<'a> Iteration<'a> {
                         score: None,
                     },
                     masks: None,
+                    weights: None,
                 });
             }
             if candidates.iter().any(|c| c.surviving_plan().is_some()) {
@@ -260,15 +261,16 @@ impl<'a> Iteration<'a> {
         span.record("candidates", int(masks.len()));
         span.record(
             "layers.touched",
-            int(masks.iter().map(|c| c.deltas.len()).sum::<usize>()),
+            int(masks.iter().map(|c| c.masks.deltas.len()).sum::<usize>()),
         );
         span.record(
             "weights.pruned",
-            int(masks.iter().map(|c| c.newly_pruned).sum::<u64>()),
+            int(masks.iter().map(|c| c.masks.newly_pruned).sum::<u64>()),
         );
         self.timings.executor_ms = exec_ms;
         for (&i, m) in executed.iter().zip(masks) {
-            candidates[i].masks = Some(m);
+            candidates[i].masks = Some(m.masks);
+            candidates[i].weights = m.weights;
         }
         Ok(executed)
     }
@@ -281,7 +283,10 @@ impl<'a> Iteration<'a> {
     ) -> Result<(), ActorError> {
         let masks: Vec<_> = executed
             .iter()
-            .filter_map(|&i| candidates[i].masks.clone())
+            .filter_map(|&i| {
+                let c = &candidates[i];
+                Some((c.masks.clone()?, c.weights.clone()))
+            })
             .collect();
         let (span, t) = (self.stage(Stage::Evaluate), self.t);
         let grad = self.state.raw_grad.clone();
@@ -363,9 +368,9 @@ impl<'a> Iteration<'a> {
         let start = Instant::now();
         let span = self.stage(Stage::Probe);
         let (sp, ppl) = committed_point(outcome);
-        let masks = chosen.and_then(|c| c.masks.as_ref());
+        let candidate = chosen.and_then(|c| Some((c.masks.as_ref()?, c.weights.clone())));
         let point = (self.t, sp, ppl);
-        let p = super::probe::measure(self.crew, &self.state.raw_grad, masks, point)
+        let p = super::probe::measure(self.crew, &self.state.raw_grad, candidate, point)
             .instrument(span.clone())
             .await?;
         span.record("accuracy", p.accuracy);
@@ -384,9 +389,15 @@ impl<'a> Iteration<'a> {
         record: IterationRecord,
         probe: Option<ProbePoint>,
     ) -> Next {
+        let repaired = chosen.and_then(|c| c.weights.clone());
         let chosen = chosen.and_then(|c| c.masks.as_ref());
         let deltas = chosen.map(|c| c.deltas.clone()).unwrap_or_default();
-        let delta_bytes: u64 = deltas.iter().map(|d| d.bytes.len() as u64).sum();
+        let mask_bytes: u64 = deltas.iter().map(|d| d.bytes.len() as u64).sum();
+        let weight_bytes = repaired
+            .as_ref()
+            .map_or(0, |r| crate::repair::stored_bytes(r));
+        // What the commit adds to the checkpoint: mask deltas and repaired weights.
+        let delta_bytes = mask_bytes + weight_bytes;
         let reviewed: Vec<_> = candidates.iter().map(|c| c.reviewed.clone()).collect();
         let stored = Box::new(StoredIteration {
             record: record.clone(),
@@ -396,7 +407,8 @@ impl<'a> Iteration<'a> {
             raw_grad: report.raw_grad,
             profiles: report.profiles,
             timings: self.timings,
-            delta_bytes,
+            delta_bytes: mask_bytes,
+            weight_bytes,
             probe: probe.clone(),
         });
         self.state.stored_iterations += 1;
@@ -411,6 +423,7 @@ impl<'a> Iteration<'a> {
             .ask(&CHECKPOINTER, &grad, |r| CheckpointerMsg::Commit {
                 stored: stored.clone(),
                 deltas: deltas.clone(),
+                repaired: repaired.clone(),
                 status: status.clone(),
                 reply: r,
             })
