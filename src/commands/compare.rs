@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ::eval::suite::{describe_suite, perplexity, run_suite, Sets, SuiteResult, SuiteSpec};
 use ::eval::verdict::Verdict;
 use ::eval::Target;
 use anyhow::{bail, Context, Result};
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common;
 use super::compare_agent::{agent_result, AgentSource};
-use super::eval::{describe_suite, perplexity, run_suite, Sets, SuiteArgs, SuiteResult};
+use super::eval::SuiteArgs;
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -93,7 +94,7 @@ struct CacheKey {
     ppl: String,
     ppl_tokens: usize,
     window: usize,
-    suite: SuiteArgs,
+    suite: SuiteSpec,
     /// `cpu` or `cuda:N`: the GPU's bf16 weights give other numbers than the CPU's f32.
     device: String,
 }
@@ -157,7 +158,7 @@ struct Table {
     ppl_text: String,
     ppl_tokens: usize,
     window: usize,
-    suite: SuiteArgs,
+    suite: SuiteSpec,
     mmlu_questions: Option<usize>,
     qa_questions: Option<usize>,
     dense_mmlu: Option<Verdict>,
@@ -175,8 +176,8 @@ struct Bench<'a> {
     ppl_tokens: &'a [u32],
     window: usize,
     sets: &'a Sets,
-    suite: &'a SuiteArgs,
-    quiet: bool,
+    suite: &'a SuiteSpec,
+    bars: common::Bars,
 }
 
 impl Bench<'_> {
@@ -194,7 +195,7 @@ impl Bench<'_> {
             self.ppl_tokens,
             self.window,
             method,
-            self.quiet,
+            &self.bars,
         )?;
         let target = Target {
             model: self.model,
@@ -203,7 +204,7 @@ impl Bench<'_> {
             template: self.template,
             stop_tokens: self.stops,
         };
-        let suite = run_suite(&target, self.sets, self.suite, method, self.quiet)?;
+        let suite = run_suite(&target, self.sets, self.suite, method, &self.bars)?;
         Ok(Row {
             method: method.into(),
             status: "ok".into(),
@@ -254,7 +255,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .collect::<Result<_, _>>()?
     };
     let path = common::model_path(args.model.clone())?;
-    let sets = args.suite.load()?;
+    let suite = args.suite.spec();
+    let sets = suite.load()?;
     let calib_texts = ::eval::data::read_texts(&args.calib, Some(args.calib_samples.max(1) * 4))?;
     let ppl_texts = ::eval::data::read_texts(&args.ppl, None)?;
     let device = args.device.resolve()?;
@@ -283,8 +285,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl_tokens: &ppl_tokens,
         window: args.window,
         sets: &sets,
-        suite: &args.suite,
-        quiet: args.json,
+        suite: &suite,
+        bars: common::Bars { quiet: args.json },
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
@@ -296,7 +298,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl: args.ppl.clone(),
         ppl_tokens: args.ppl_tokens,
         window: args.window,
-        suite: args.suite.clone(),
+        suite: suite.clone(),
         device: device::name(&device),
     };
     let cache_path = args.out.join("dense.json");
@@ -386,17 +388,11 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl_text: args.ppl.clone(),
         ppl_tokens: ppl_tokens.len(),
         window: args.window,
-        suite: args.suite.clone(),
+        suite,
         mmlu_questions: sets.mmlu.as_ref().map(|m| m.0.len()),
         qa_questions: sets.qa.as_ref().map(|q| q.0.len()),
-        dense_mmlu: detail
-            .mmlu
-            .as_ref()
-            .map(|m| Verdict::assess(m.accuracy, m.chance, m.questions)),
-        dense_qa: detail
-            .qa
-            .as_ref()
-            .map(|q| Verdict::assess(q.accuracy, 0.0, q.questions)),
+        dense_mmlu: detail.mmlu_verdict(),
+        dense_qa: detail.qa_verdict(),
         best_baseline: best.map(|b| b.method),
         rows,
     };
