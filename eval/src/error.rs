@@ -20,6 +20,30 @@ pub enum EvalError {
     /// Invalid arguments (e.g. more shots than the shot split holds).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A shot split smaller than the shots each question takes; names the scored file
+    /// and the flag that asked for the shots (`--shots`, `--qa-shots`).
+    #[error("{path}: the {set} shot split has {have} questions, {flag} is {shots}")]
+    ShotSplit {
+        path: PathBuf,
+        set: &'static str,
+        have: usize,
+        flag: &'static str,
+        shots: usize,
+    },
+    /// Every question of a set went to its shot split (`MMLU`, `QA`): nothing would be
+    /// scored, and an accuracy over no questions means nothing.
+    #[error("{set}: no questions left to score after taking the shots")]
+    NothingToScore { set: &'static str },
+    /// A perplexity window shorter than two tokens scores no token (`--window`).
+    #[error("--window {0}: must be at least 2 tokens")]
+    Window(usize),
+    /// Scoring one set of the suite (`MMLU`, `factual QA`) failed; the message starts
+    /// with the set so a reader knows which evaluation broke.
+    #[error("{set}: {source}")]
+    Suite {
+        set: &'static str,
+        source: Box<EvalError>,
+    },
     /// Tokeniser failure.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

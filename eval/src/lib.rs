@@ -8,21 +8,28 @@
 //! - [`qa`]: factual QA in the LLM-KICK style, `raw` or `chat` prompts, greedy
 //!   generation, alias matching on the generated continuation only;
 //! - [`probe`]: the cheap in-loop knowledge probe built on [`qa`];
-//! - [`verdict`]: chance levels and the "uninformative" flag every report shows.
+//! - [`verdict`]: chance levels and the "uninformative" flag every report shows;
+//! - [`suite`]: the MMLU + QA suite `secateur eval` and `compare` share (question sets
+//!   and shot splits, scoring, report lines) and windowed perplexity of a token stream;
+//! - [`progress`]: how those long evaluations report progress (the binary draws bars).
 //!
 //! Text goes through a [`Codec`] so the tests can run on tiny models without a real
-//! tokenizer. This crate knows nothing of actors, async runtimes or storage.
+//! tokenizer. This crate knows nothing of actors, async runtimes, storage, command-line
+//! parsing or terminals.
 
 pub mod codec;
 pub mod data;
 mod error;
 pub mod mmlu;
 pub mod probe;
+pub mod progress;
 pub mod qa;
+pub mod suite;
 pub mod verdict;
 
 pub use codec::{CharCodec, Codec};
 pub use error::{EvalError, Result};
+pub use progress::{NoProgress, Progress, Task};
 
 use model::{Model, WeightOverlay};
 

@@ -1,4 +1,4 @@
-//! Run reports from a run's iteration records (protocol types only):
+//! Run reports from a run's iteration records (protocol types), and compare's table:
 //!
 //! - `report.json`: the summary, the paper's Table 4 statistics, per-layer sparsity,
 //!   timings and sizes;
@@ -6,12 +6,17 @@
 //! - `iterations.png`: the paper's Figure 1 — sparsity and PPL per iteration, before and
 //!   after, rollbacks marked, the knowledge probe's accuracy under the PPL when the run
 //!   has probe points, and the per-iteration sparsity gains;
-//! - `layers.png`: final sparsity per prunable layer.
+//! - `layers.png`: final sparsity per prunable layer;
+//! - [`compare`]: `secateur compare`'s table (`compare.json`, `compare.md`) and its
+//!   `compare.png` (paper Figures 3–6 style), from rows the command evaluated with
+//!   `eval`'s suite.
 //!
 //! Plots use plotters' bitmap backend with `ab_glyph` and an embedded DejaVu Sans
 //! (fonts/DejaVuSans.ttf, Bitstream Vera license in fonts/DejaVu-LICENSE.txt), so text
 //! renders without fontconfig or any system font.
 
+pub mod compare;
+mod compare_plot;
 mod plots;
 
 use std::path::{Path, PathBuf};

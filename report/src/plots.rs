@@ -10,11 +10,12 @@ use protocol::{IterationRecord, ProbeSeries};
 
 use crate::{ReportError, Result};
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
 
-/// Register the embedded font once (plotters' ab_glyph registry is global).
-fn font() {
+/// Register the embedded font once (plotters' ab_glyph registry is global); every plot
+/// of this crate calls it first, so the font is embedded once in the workspace.
+pub(crate) fn font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The embedded file is a valid TTF; a failure would only drop the text.
@@ -22,7 +23,7 @@ fn font() {
     });
 }
 
-fn err(path: &Path, e: impl std::fmt::Display) -> ReportError {
+pub(crate) fn err(path: &Path, e: impl std::fmt::Display) -> ReportError {
     ReportError::Plot {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -95,6 +95,29 @@ pub fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// The evaluation crate's progress as terminal bars ([`progress`]), hidden when `quiet`
+/// (`--json` output) or stderr is not a terminal.
+pub struct Bars {
+    pub quiet: bool,
+}
+
+impl ::eval::Progress for Bars {
+    fn task(&self, len: u64, what: &str) -> Box<dyn ::eval::Task> {
+        Box::new(BarTask(progress(len, what, self.quiet)))
+    }
+}
+
+struct BarTask(ProgressBar);
+
+impl ::eval::Task for BarTask {
+    fn advance(&self, steps: u64) {
+        self.0.inc(steps);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// Write `text` and a newline to stdout. A closed pipe (`secateur inspect | head`)
 /// ends the output quietly instead of panicking like `println!` does.
 pub fn print(text: &str) -> Result<()> {

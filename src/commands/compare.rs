@@ -9,20 +9,24 @@
 //! calibration source, or reads the committed masks of a finished `secateur prune` run
 //! (`--agent-run RUN_DIR`). Dense results are cached in `--out/dense.json` and reused
 //! when every evaluation setting matches.
+//!
+//! This file parses the flags, loads the model and data, and runs the rows; the table,
+//! its relative changes and its files' contents are `report::compare`'s.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use ::eval::verdict::Verdict;
+use ::eval::suite::{perplexity, run_suite, Sets, SuiteSpec};
 use ::eval::Target;
 use anyhow::{bail, Context, Result};
 use baselines::Method;
 use model::{Model, WeightOverlay};
+use report::compare::{fill_relative, markdown, plot, Rel, Row, Table};
 use serde::{Deserialize, Serialize};
 
 use super::common;
 use super::compare_agent::{agent_result, AgentSource};
-use super::eval::{describe_suite, perplexity, run_suite, Sets, SuiteArgs, SuiteResult};
+use super::eval::SuiteArgs;
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -93,7 +97,7 @@ struct CacheKey {
     ppl: String,
     ppl_tokens: usize,
     window: usize,
-    suite: SuiteArgs,
+    suite: SuiteSpec,
     /// `cpu` or `cuda:N`: the GPU's bf16 weights give other numbers than the CPU's f32.
     device: String,
 }
@@ -102,68 +106,6 @@ struct CacheKey {
 struct DenseCache {
     key: CacheKey,
     row: Row,
-}
-
-/// Relative change `(x − ref) / ref` of each metric.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Rel {
-    pub ppl: Option<f64>,
-    pub mmlu: Option<f64>,
-    pub qa: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Row {
-    pub method: String,
-    /// `ok`, or `not run: <reason>`.
-    pub status: String,
-    pub sparsity: Option<f64>,
-    pub ppl: Option<f64>,
-    pub mmlu: Option<f64>,
-    pub qa: Option<f64>,
-    pub prune_seconds: f64,
-    pub eval_seconds: f64,
-    pub vs_dense: Rel,
-    pub vs_best_baseline: Rel,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<SuiteResult>,
-}
-
-impl Row {
-    fn not_run(method: &str, reason: String) -> Self {
-        Self {
-            method: method.into(),
-            status: format!("not run: {reason}"),
-            sparsity: None,
-            ppl: None,
-            mmlu: None,
-            qa: None,
-            prune_seconds: 0.0,
-            eval_seconds: 0.0,
-            vs_dense: Rel::default(),
-            vs_best_baseline: Rel::default(),
-            detail: None,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Table {
-    model: PathBuf,
-    target_sparsity: f64,
-    calibration: String,
-    calibration_windows: usize,
-    calibration_len: usize,
-    ppl_text: String,
-    ppl_tokens: usize,
-    window: usize,
-    suite: SuiteArgs,
-    mmlu_questions: Option<usize>,
-    qa_questions: Option<usize>,
-    dense_mmlu: Option<Verdict>,
-    dense_qa: Option<Verdict>,
-    best_baseline: Option<String>,
-    rows: Vec<Row>,
 }
 
 /// What every row is evaluated on.
@@ -175,8 +117,8 @@ struct Bench<'a> {
     ppl_tokens: &'a [u32],
     window: usize,
     sets: &'a Sets,
-    suite: &'a SuiteArgs,
-    quiet: bool,
+    suite: &'a SuiteSpec,
+    bars: common::Bars,
 }
 
 impl Bench<'_> {
@@ -194,7 +136,7 @@ impl Bench<'_> {
             self.ppl_tokens,
             self.window,
             method,
-            self.quiet,
+            &self.bars,
         )?;
         let target = Target {
             model: self.model,
@@ -203,7 +145,7 @@ impl Bench<'_> {
             template: self.template,
             stop_tokens: self.stops,
         };
-        let suite = run_suite(&target, self.sets, self.suite, method, self.quiet)?;
+        let suite = run_suite(&target, self.sets, self.suite, method, &self.bars)?;
         Ok(Row {
             method: method.into(),
             status: "ok".into(),
@@ -218,24 +160,6 @@ impl Bench<'_> {
             detail: Some(suite),
         })
     }
-}
-
-fn rel(x: Option<f64>, reference: Option<f64>) -> Option<f64> {
-    match (x, reference) {
-        (Some(x), Some(r)) if r != 0.0 => Some((x - r) / r),
-        _ => None,
-    }
-}
-
-/// The best baseline: the lowest perplexity among the rows that ran.
-fn best_baseline(rows: &[Row]) -> Option<&Row> {
-    rows.iter()
-        .filter(|r| r.method != "dense" && r.method != "agent" && r.ppl.is_some())
-        .min_by(|a, b| {
-            a.ppl
-                .unwrap_or(f64::INFINITY)
-                .total_cmp(&b.ppl.unwrap_or(f64::INFINITY))
-        })
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
@@ -254,7 +178,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .collect::<Result<_, _>>()?
     };
     let path = common::model_path(args.model.clone())?;
-    let sets = args.suite.load()?;
+    let suite = args.suite.spec();
+    let sets = suite.load()?;
     let calib_texts = ::eval::data::read_texts(&args.calib, Some(args.calib_samples.max(1) * 4))?;
     let ppl_texts = ::eval::data::read_texts(&args.ppl, None)?;
     let device = args.device.resolve()?;
@@ -283,8 +208,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl_tokens: &ppl_tokens,
         window: args.window,
         sets: &sets,
-        suite: &args.suite,
-        quiet: args.json,
+        suite: &suite,
+        bars: common::Bars { quiet: args.json },
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
@@ -296,7 +221,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl: args.ppl.clone(),
         ppl_tokens: args.ppl_tokens,
         window: args.window,
-        suite: args.suite.clone(),
+        suite: suite.clone(),
         device: device::name(&device),
     };
     let cache_path = args.out.join("dense.json");
@@ -360,23 +285,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
             Err(e) => Row::not_run("agent", format!("{e:#}")),
         },
     });
-    let best = best_baseline(&rows).cloned();
-    let dense_row = rows[0].clone();
-    for r in rows.iter_mut() {
-        r.vs_dense = Rel {
-            ppl: rel(r.ppl, dense_row.ppl),
-            mmlu: rel(r.mmlu, dense_row.mmlu),
-            qa: rel(r.qa, dense_row.qa),
-        };
-        if let Some(b) = &best {
-            r.vs_best_baseline = Rel {
-                ppl: rel(r.ppl, b.ppl),
-                mmlu: rel(r.mmlu, b.mmlu),
-                qa: rel(r.qa, b.qa),
-            };
-        }
-    }
-    let detail = dense_row.detail.clone().unwrap_or_default();
+    let best_baseline = fill_relative(&mut rows);
+    let detail = rows[0].detail.clone().unwrap_or_default();
     let table = Table {
         model: path,
         target_sparsity: args.sparsity,
@@ -386,21 +296,15 @@ pub fn run(args: CompareArgs) -> Result<()> {
         ppl_text: args.ppl.clone(),
         ppl_tokens: ppl_tokens.len(),
         window: args.window,
-        suite: args.suite.clone(),
+        suite,
         mmlu_questions: sets.mmlu.as_ref().map(|m| m.0.len()),
         qa_questions: sets.qa.as_ref().map(|q| q.0.len()),
-        dense_mmlu: detail
-            .mmlu
-            .as_ref()
-            .map(|m| Verdict::assess(m.accuracy, m.chance, m.questions)),
-        dense_qa: detail
-            .qa
-            .as_ref()
-            .map(|q| Verdict::assess(q.accuracy, 0.0, q.questions)),
-        best_baseline: best.map(|b| b.method),
+        dense_mmlu: detail.mmlu_verdict(),
+        dense_qa: detail.qa_verdict(),
+        best_baseline,
         rows,
     };
-    let md = markdown(&table, &detail);
+    let md = markdown(&table);
     std::fs::write(
         args.out.join("compare.json"),
         serde_json::to_vec_pretty(&table)?,
@@ -412,230 +316,4 @@ pub fn run(args: CompareArgs) -> Result<()> {
     } else {
         common::print(&md)
     }
-}
-
-fn pct(x: Option<f64>) -> String {
-    x.map_or("–".into(), |v| format!("{:.1} %", 100.0 * v))
-}
-
-fn change(x: Option<f64>) -> String {
-    x.map_or("–".into(), |v| format!("{:+.1} %", 100.0 * v))
-}
-
-fn markdown(t: &Table, dense: &SuiteResult) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# secateur compare — target sparsity {:.0} %\n",
-        100.0 * t.target_sparsity
-    );
-    let _ = writeln!(s, "- model: `{}`", t.model.display());
-    let _ = writeln!(
-        s,
-        "- calibration: {} windows × {} tokens of `{}`",
-        t.calibration_windows, t.calibration_len, t.calibration
-    );
-    let _ = writeln!(
-        s,
-        "- perplexity: first {} tokens of `{}`, windows of {}",
-        t.ppl_tokens, t.ppl_text, t.window
-    );
-    if let Some(n) = t.mmlu_questions {
-        let _ = writeln!(
-            s,
-            "- MMLU: {n} questions, {}-shot, {} prompt",
-            t.suite.shots,
-            t.suite.mmlu_style.name()
-        );
-    }
-    if let Some(n) = t.qa_questions {
-        let _ = writeln!(
-            s,
-            "- factual QA: {n} questions, {}-shot, ≤{} new tokens",
-            t.suite.qa_shots, t.suite.max_new_tokens
-        );
-    }
-    for line in describe_suite(dense) {
-        if !line.starts_with("  e.g.") {
-            let _ = writeln!(s, "- dense {line}");
-        }
-    }
-    let _ = writeln!(
-        s,
-        "- best baseline (lowest PPL): {}\n",
-        t.best_baseline.as_deref().unwrap_or("–")
-    );
-    let _ = writeln!(
-        s,
-        "| method | sparsity | PPL | MMLU | QA | Δ PPL vs dense | Δ MMLU vs dense | Δ QA vs dense | Δ PPL vs best | Δ MMLU vs best | Δ QA vs best | prune s | eval s | status |"
-    );
-    let _ = writeln!(
-        s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
-    for r in &t.rows {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
-            r.method,
-            pct(r.sparsity),
-            r.ppl.map_or("–".into(), |p| format!("{p:.2}")),
-            pct(r.mmlu),
-            pct(r.qa),
-            change(r.vs_dense.ppl),
-            change(r.vs_dense.mmlu),
-            change(r.vs_dense.qa),
-            change(r.vs_best_baseline.ppl),
-            change(r.vs_best_baseline.mmlu),
-            change(r.vs_best_baseline.qa),
-            r.prune_seconds,
-            r.eval_seconds,
-            r.status
-        );
-    }
-    s
-}
-
-const FONT: &str = "sans-serif";
-static FONT_BYTES: &[u8] = include_bytes!("../../report/fonts/DejaVuSans.ttf");
-
-/// One bar panel per metric (PPL, MMLU, QA), one bar per method that ran, the dense
-/// value as a horizontal line: the layout of the paper's Figures 3–6.
-/// Three significant figures at most: 1.23, 45.6, 789.
-fn short(x: f64) -> String {
-    match x.abs() {
-        a if a < 10.0 => format!("{x:.2}"),
-        a if a < 100.0 => format!("{x:.1}"),
-        _ => format!("{x:.0}"),
-    }
-}
-
-fn plot(path: &Path, t: &Table) -> Result<()> {
-    use plotters::prelude::*;
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
-    });
-    let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", path.display());
-    type Pick = fn(&Row) -> Option<f64>;
-    let metrics: [(&str, Pick); 3] = [
-        ("Perplexity (lower is better)", |r| r.ppl),
-        ("MMLU accuracy %", |r| r.mmlu.map(|v| 100.0 * v)),
-        ("Factual QA accuracy %", |r| r.qa.map(|v| 100.0 * v)),
-    ];
-    let root = BitMapBackend::new(path, (1500, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|x| e(&x))?;
-    let panels = root.split_evenly((1, 3));
-    let rows: Vec<&Row> = t.rows.iter().filter(|r| r.status == "ok").collect();
-    let palette = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        RGBColor(230, 140, 0),
-        RGBColor(120, 60, 160),
-        BLACK,
-        RGBColor(90, 90, 90),
-        RGBColor(0, 120, 120),
-    ];
-    let names: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
-    let n = rows.len() as f64;
-    // Horizontal bars: method names read left of their bar and never overlap; the
-    // first row (dense) is on top. The dense value is a vertical reference line.
-    let y_of = |i: usize| n - 1.0 - i as f64;
-    for (k, (area, (title, pick))) in panels.iter().zip(metrics).enumerate() {
-        let vals: Vec<(usize, f64)> = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| pick(r).map(|v| (i, v)))
-            .collect();
-        let dense = rows.first().and_then(|r| pick(r));
-        let label = |y: &f64| {
-            let i = n - 1.0 - y.round();
-            if (y - y.round()).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
-        let bars = |v: f64, base: f64, i: usize| {
-            let y = y_of(i);
-            Rectangle::new(
-                [(base, y - 0.35), (v, y + 0.35)],
-                palette[i % palette.len()].filled(),
-            )
-        };
-        let builder = |area| {
-            let mut b = ChartBuilder::on(area);
-            b.caption(title, (FONT, 22))
-                .margin(10)
-                .margin_right(25)
-                .x_label_area_size(40)
-                .y_label_area_size(130);
-            b
-        };
-        if k == 0 {
-            // Perplexities span orders of magnitude (dense ≈ 30, magnitude 2:4 > 1000):
-            // a log axis keeps the good methods distinguishable.
-            let lo = vals.iter().map(|v| v.1).fold(f64::MAX, f64::min).max(1e-3) / 1.5;
-            let hi = vals.iter().map(|v| v.1).fold(lo * 2.0, f64::max) * 1.5;
-            let mut c = builder(area)
-                .build_cartesian_2d((lo..hi).log_scale(), -0.5..(n - 0.5))
-                .map_err(|x| e(&x))?;
-            c.configure_mesh()
-                .disable_y_mesh()
-                .y_labels(rows.len().max(1))
-                .y_label_formatter(&label)
-                .x_label_formatter(&|x| short(*x))
-                .label_style((FONT, 14))
-                .draw()
-                .map_err(|x| e(&x))?;
-            c.draw_series(vals.iter().map(|&(i, v)| bars(v, lo, i)))
-                .map_err(|x| e(&x))?;
-            c.draw_series(
-                vals.iter()
-                    .map(|&(i, v)| Text::new(short(v), (v, y_of(i) + 0.2), (FONT, 13))),
-            )
-            .map_err(|x| e(&x))?;
-            if let Some(d) = dense {
-                c.draw_series(LineSeries::new(
-                    vec![(d, -0.5), (d, n - 0.5)],
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(|x| e(&x))?;
-            }
-        } else {
-            // Accuracies in %, from 0; at least 0..10 so an all-zero panel has an axis.
-            let hi = (vals.iter().map(|v| v.1).fold(0.0, f64::max) * 1.15).max(10.0);
-            let mut c = builder(area)
-                .build_cartesian_2d(0.0..hi, -0.5..(n - 0.5))
-                .map_err(|x| e(&x))?;
-            c.configure_mesh()
-                .disable_y_mesh()
-                .y_labels(rows.len().max(1))
-                .y_label_formatter(&label)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .label_style((FONT, 14))
-                .draw()
-                .map_err(|x| e(&x))?;
-            c.draw_series(vals.iter().map(|&(i, v)| bars(v, 0.0, i)))
-                .map_err(|x| e(&x))?;
-            c.draw_series(
-                vals.iter()
-                    .map(|&(i, v)| Text::new(short(v), (v, y_of(i) + 0.2), (FONT, 13))),
-            )
-            .map_err(|x| e(&x))?;
-            if let Some(d) = dense {
-                c.draw_series(LineSeries::new(
-                    vec![(d, -0.5), (d, n - 0.5)],
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(|x| e(&x))?;
-            }
-        }
-    }
-    root.present().map_err(|x| e(&x))?;
-    Ok(())
 }

@@ -3,21 +3,21 @@
 //! Every accuracy is printed next to its chance level and flagged when the (dense)
 //! model is too close to chance or zero for the number to mean anything.
 //!
-//! The question sets and their shot splits are loaded by [`SuiteArgs::load`] and
-//! scored by [`run_suite`], which `secateur compare` shares, so both commands apply
-//! the same rules (shots are never scored; limits are stated in every report).
+//! The question sets, their shot splits and the scoring are `eval::suite`'s, which
+//! `secateur compare` shares, so both commands apply the same rules (shots are never
+//! scored; limits are stated in every report). This file holds the flags and the
+//! printed report.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ::eval::data::{McqItem, QaItem};
-use ::eval::mmlu::{self, MmluOptions, MmluResult};
-use ::eval::qa::{self, PromptStyle, QaOptions, QaResult};
-use ::eval::verdict::{chance_level, Verdict};
+use ::eval::qa::PromptStyle;
+use ::eval::suite::{describe_suite, perplexity, run_suite, SuiteResult, SuiteSpec};
+use ::eval::verdict::Verdict;
 use ::eval::Target;
-use anyhow::{bail, Context, Result};
-use model::{Model, Perplexity, WeightOverlay, DEFAULT_PPL_WINDOW};
-use serde::{Deserialize, Serialize};
+use anyhow::Result;
+use model::DEFAULT_PPL_WINDOW;
+use serde::Serialize;
 
 use super::common;
 
@@ -47,8 +47,9 @@ pub struct EvalArgs {
     json: bool,
 }
 
-/// MMLU and QA settings shared by `eval` and `compare`.
-#[derive(clap::Args, Clone, Serialize, Deserialize, PartialEq)]
+/// MMLU and QA settings shared by `eval` and `compare`: the flags of
+/// [`SuiteSpec`], field for field.
+#[derive(clap::Args, Clone)]
 pub struct SuiteArgs {
     /// MMLU questions: HF/Hendrycks csv (or a folder of them) or jsonl.
     #[arg(long)]
@@ -94,217 +95,25 @@ pub struct SuiteArgs {
     pub max_prompt_tokens: usize,
 }
 
-/// Scored questions and the shot split they draw from.
-pub struct Sets {
-    pub mmlu: Option<(Vec<McqItem>, Vec<McqItem>)>,
-    pub qa: Option<(Vec<QaItem>, Vec<QaItem>)>,
-}
-
-fn limit<T>(mut v: Vec<T>, n: usize) -> Vec<T> {
-    if n > 0 {
-        v.truncate(n);
-    }
-    v
-}
-
-/// Split off the shot pool: from `from` minus every scored-file question, or the last
-/// `shots` items of the scored file.
-fn split<T: Clone>(
-    all: Vec<T>,
-    from: Option<Vec<T>>,
-    shots: usize,
-    remove: impl Fn(Vec<T>, &[T]) -> Vec<T>,
-) -> (Vec<T>, Vec<T>) {
-    match from {
-        Some(pool) => {
-            let pool = remove(pool, &all);
-            (all, pool)
-        }
-        None => {
-            let keep = all.len().saturating_sub(shots);
-            let pool = all[keep..].to_vec();
-            (all[..keep].to_vec(), pool)
-        }
-    }
-}
-
 impl SuiteArgs {
-    pub fn load(&self) -> Result<Sets> {
-        let mmlu = match &self.mmlu {
-            None => None,
-            Some(p) => {
-                let from = self
-                    .mmlu_shots_from
-                    .as_deref()
-                    .map(::eval::data::read_mmlu)
-                    .transpose()?;
-                let (scored, pool) = split(
-                    ::eval::data::read_mmlu(p)?,
-                    from,
-                    self.shots,
-                    mmlu::shot_pool,
-                );
-                if pool.len() < self.shots {
-                    bail!(
-                        "{}: the MMLU shot split has {} questions, --shots is {}",
-                        p.display(),
-                        pool.len(),
-                        self.shots
-                    );
-                }
-                Some((limit(scored, self.mmlu_limit), pool))
-            }
-        };
-        let qa = match &self.qa {
-            None => None,
-            Some(p) => {
-                let from = self
-                    .qa_shots_from
-                    .as_deref()
-                    .map(::eval::data::read_qa)
-                    .transpose()?;
-                let (scored, pool) = split(
-                    ::eval::data::read_qa(p)?,
-                    from,
-                    self.qa_shots,
-                    qa::shot_pool,
-                );
-                if pool.len() < self.qa_shots {
-                    bail!(
-                        "{}: the QA shot split has {} questions, --qa-shots is {}",
-                        p.display(),
-                        pool.len(),
-                        self.qa_shots
-                    );
-                }
-                Some((limit(scored, self.qa_limit), pool))
-            }
-        };
-        for (what, n) in [
-            ("MMLU", mmlu.as_ref().map(|m| m.0.len())),
-            ("QA", qa.as_ref().map(|q| q.0.len())),
-        ] {
-            if n == Some(0) {
-                bail!("{what}: no questions left to score after taking the shots");
-            }
-        }
-        Ok(Sets { mmlu, qa })
-    }
-
-    pub fn qa_options(&self, has_template: bool) -> QaOptions {
-        QaOptions {
-            style: self
-                .qa_style
-                .unwrap_or(PromptStyle::default_for(has_template)),
-            shots: self.qa_shots,
+    /// The flags as the evaluation crate's settings (the same fields, the same JSON).
+    pub fn spec(&self) -> SuiteSpec {
+        SuiteSpec {
+            mmlu: self.mmlu.clone(),
+            mmlu_shots_from: self.mmlu_shots_from.clone(),
+            shots: self.shots,
+            mmlu_limit: self.mmlu_limit,
+            mmlu_style: self.mmlu_style,
+            qa: self.qa.clone(),
+            qa_shots_from: self.qa_shots_from.clone(),
+            qa_shots: self.qa_shots,
+            qa_limit: self.qa_limit,
+            qa_style: self.qa_style,
+            qa_kick_sentence: self.qa_kick_sentence,
             max_new_tokens: self.max_new_tokens,
-            chat_kick_sentence: self.qa_kick_sentence,
-            keep_samples: 5,
+            max_prompt_tokens: self.max_prompt_tokens,
         }
     }
-}
-
-/// MMLU and QA results of one model (or one pruned overlay).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct SuiteResult {
-    pub mmlu: Option<MmluResult>,
-    pub qa: Option<QaResult>,
-}
-
-/// Score the loaded sets on `target`, with progress bars unless `quiet`.
-pub fn run_suite(
-    target: &Target<'_>,
-    sets: &Sets,
-    args: &SuiteArgs,
-    label: &str,
-    quiet: bool,
-) -> Result<SuiteResult> {
-    let mut out = SuiteResult::default();
-    if let Some((items, pool)) = &sets.mmlu {
-        let bar = common::progress(items.len() as u64, &format!("{label} MMLU"), quiet);
-        let opts = MmluOptions {
-            shots: args.shots,
-            style: args.mmlu_style,
-            max_prompt_tokens: args.max_prompt_tokens,
-        };
-        out.mmlu =
-            Some(mmlu::evaluate(target, items, pool, &opts, &|| bar.inc(1)).context("MMLU")?);
-        bar.finish_and_clear();
-    }
-    if let Some((items, pool)) = &sets.qa {
-        let bar = common::progress(items.len() as u64, &format!("{label} QA"), quiet);
-        let opts = args.qa_options(target.template.is_some());
-        out.qa =
-            Some(qa::evaluate(target, items, pool, &opts, &|| bar.inc(1)).context("factual QA")?);
-        bar.finish_and_clear();
-    }
-    Ok(out)
-}
-
-/// Perplexity of a token stream in non-overlapping windows, with a progress bar.
-pub fn perplexity(
-    model: &Model,
-    overlay: Option<&WeightOverlay>,
-    tokens: &[u32],
-    window: usize,
-    label: &str,
-    quiet: bool,
-) -> Result<Perplexity> {
-    if window < 2 {
-        bail!("--window {window}: must be at least 2 tokens");
-    }
-    let chunks: Vec<&[u32]> = tokens.chunks(window).filter(|c| c.len() >= 2).collect();
-    let bar = common::progress(chunks.len() as u64, &format!("{label} perplexity"), quiet);
-    let mut parts = Vec::with_capacity(chunks.len());
-    // A batch of windows per forward (what `perplexity_with` does without the bar).
-    for batch in chunks.chunks(model::FORWARD_BATCH) {
-        parts.extend(model.perplexity_each(batch, model::FORWARD_BATCH, overlay)?);
-        bar.inc(batch.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(Perplexity::combine(&parts)?)
-}
-
-/// Text lines for the MMLU / QA results, with chance level and the flag.
-pub fn describe_suite(r: &SuiteResult) -> Vec<String> {
-    let mut lines = Vec::new();
-    if let Some(m) = &r.mmlu {
-        let v = Verdict::assess(m.accuracy, m.chance, m.questions);
-        lines.push(format!(
-            "MMLU {}-shot ({}): {:.1} % ({}/{} questions, {:.0} prompt tokens on average, {:.2} s/question) — {}",
-            m.shots,
-            m.style.name(),
-            100.0 * m.accuracy,
-            m.correct,
-            m.questions,
-            m.mean_prompt_tokens,
-            m.seconds / m.questions as f64,
-            v.describe()
-        ));
-    }
-    if let Some(q) = &r.qa {
-        let v = Verdict::assess(q.accuracy, chance_level(0), q.questions);
-        lines.push(format!(
-            "factual QA {}-shot ({}, ≤{} new tokens): {:.1} % ({}/{} questions, {:.2} s/question) — {}",
-            q.shots,
-            q.style.name(),
-            q.max_new_tokens,
-            100.0 * q.accuracy,
-            q.correct,
-            q.questions,
-            q.seconds_per_question,
-            v.describe()
-        ));
-        for s in q.samples.iter().take(3) {
-            lines.push(format!(
-                "  e.g. {:?} → {:?} ({})",
-                s.question,
-                s.continuation.trim(),
-                if s.correct { "correct" } else { "wrong" }
-            ));
-        }
-    }
-    lines
 }
 
 #[derive(Serialize)]
@@ -333,7 +142,9 @@ struct PplReport {
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let path = common::model_path(args.model)?;
-    let sets = args.suite.load()?;
+    let suite = args.suite.spec();
+    let sets = suite.load()?;
+    let bars = common::Bars { quiet: args.json };
     let texts = if args.no_ppl {
         None
     } else {
@@ -359,7 +170,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             // Concatenate with blank lines and tokenise once (WikiText-2 protocol).
             let tokens = common::encode(&ckpt, &texts.join("\n\n"))?;
             let start = Instant::now();
-            let p = perplexity(&model, None, &tokens, args.window, "dense", args.json)?;
+            let p = perplexity(&model, None, &tokens, args.window, "dense", &bars)?;
             let seconds = start.elapsed().as_secs_f64();
             Some(PplReport {
                 text: args.ppl.clone(),
@@ -374,17 +185,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             })
         }
     };
-    let suite = run_suite(&target, &sets, &args.suite, "dense", args.json)?;
+    let suite = run_suite(&target, &sets, &suite, "dense", &bars)?;
     let report = Report {
         model: path,
-        mmlu_verdict: suite
-            .mmlu
-            .as_ref()
-            .map(|m| Verdict::assess(m.accuracy, m.chance, m.questions)),
-        qa_verdict: suite
-            .qa
-            .as_ref()
-            .map(|q| Verdict::assess(q.accuracy, 0.0, q.questions)),
+        mmlu_verdict: suite.mmlu_verdict(),
+        qa_verdict: suite.qa_verdict(),
         ppl,
         suite,
     };
