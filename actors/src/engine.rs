@@ -108,27 +108,29 @@ impl Engine {
 }
 
 /// Deterministic sample selection: the source's texts in file order, joined by blank
-/// lines and tokenised, cut into consecutive windows — first the calibration pool, then
-/// the held-out slice. Reads more texts (doubling) until there are enough tokens.
+/// lines and tokenised, cut into consecutive windows — `calibration.offset` windows
+/// skipped, then the calibration pool, then the held-out slice. Reads more texts
+/// (doubling) until there are enough tokens.
 pub fn samples(
     cfg: &Config,
     encode: &dyn Fn(&str) -> Result<Vec<u32>, Error>,
 ) -> Result<Samples, Error> {
     let c = &cfg.calibration;
     let e = &cfg.evaluation;
-    let need = c.samples * c.seq_len + e.ppl_samples * e.ppl_seq_len;
+    let skip = c.offset * c.seq_len;
+    let need = skip + c.samples * c.seq_len + e.ppl_samples * e.ppl_seq_len;
     let source = TextSource {
         path: c.path.clone(),
         field: c.field.clone(),
     };
-    let mut limit = (c.samples + e.ppl_samples).max(1);
+    let mut limit = (c.offset + c.samples + e.ppl_samples).max(1);
     loop {
         let texts = source
             .read(Some(limit))
             .map_err(|err| format!("calibration source: {err}"))?;
         let tokens = encode(&texts.join("\n\n"))?;
         if tokens.len() >= need {
-            let (cal, rest) = tokens.split_at(c.samples * c.seq_len);
+            let (cal, rest) = tokens[skip..].split_at(c.samples * c.seq_len);
             let calib = cal.chunks(c.seq_len).map(<[u32]>::to_vec).collect();
             let eval = rest[..e.ppl_samples * e.ppl_seq_len]
                 .chunks(e.ppl_seq_len)
@@ -139,11 +141,56 @@ pub fn samples(
         if texts.len() < limit {
             return Err(format!(
                 "calibration source {}: {} tokens in all its texts, need {need} \
-(calibration.samples x seq_len + evaluation.ppl_samples x ppl_seq_len)",
+((calibration.offset + samples) x seq_len + evaluation.ppl_samples x ppl_seq_len)",
                 c.path.display(),
                 tokens.len()
             ));
         }
         limit *= 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Texts `t0 … t99`, each one word, encoded as their number: the token stream is
+    /// the text order, so windows can be checked by value.
+    fn setup(dir: &std::path::Path) -> Config {
+        let path = dir.join("texts.jsonl");
+        let lines: Vec<String> = (0..100).map(|i| format!("{{\"text\": \"{i}\"}}")).collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let mut cfg = Config::default();
+        cfg.calibration.path = path;
+        cfg.calibration.field = Some("text".into());
+        cfg.calibration.samples = 3;
+        cfg.calibration.seq_len = 2;
+        cfg.evaluation.ppl_samples = 2;
+        cfg.evaluation.ppl_seq_len = 2;
+        cfg
+    }
+
+    fn encode(text: &str) -> Result<Vec<u32>, Error> {
+        Ok(text
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect())
+    }
+
+    #[test]
+    fn calibration_offset_skips_whole_windows_and_the_held_out_slice_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = setup(dir.path());
+        let (calib, eval) = samples(&cfg, &encode).unwrap();
+        assert_eq!(calib, vec![vec![0, 1], vec![2, 3], vec![4, 5]]);
+        assert_eq!(eval, vec![vec![6, 7], vec![8, 9]]);
+        cfg.calibration.offset = 3;
+        let (calib, eval) = samples(&cfg, &encode).unwrap();
+        assert_eq!(calib, vec![vec![6, 7], vec![8, 9], vec![10, 11]]);
+        assert_eq!(eval, vec![vec![12, 13], vec![14, 15]]);
+        // More than the source holds: an error that names the offset.
+        cfg.calibration.offset = 60;
+        let err = samples(&cfg, &encode).unwrap_err();
+        assert!(err.contains("calibration.offset"), "{err}");
     }
 }

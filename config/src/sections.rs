@@ -138,6 +138,11 @@ pub struct CalibrationConfig {
     pub activation_samples: usize,
     /// Sequences of the pool used for gradient importance (every `pruning.gradient_every`).
     pub gradient_samples: usize,
+    /// Windows of `seq_len` tokens skipped at the start of the source before the pool
+    /// (0: the pool is the first `samples` windows). Picks another calibration slice of
+    /// the same text, e.g. 16 for the second 16 × 256 block; the held-out slice follows
+    /// the pool as always.
+    pub offset: usize,
 }
 
 impl Default for CalibrationConfig {
@@ -149,6 +154,7 @@ impl Default for CalibrationConfig {
             seq_len: 256,
             activation_samples: 16,
             gradient_samples: 4,
+            offset: 0,
         }
     }
 }
@@ -164,6 +170,7 @@ impl CalibrationConfig {
         check_field(c, &at(p, "field"), self.field.as_deref());
         c.int_range(&at(p, "samples"), self.samples as u64, 1, 100_000);
         c.int_range(&at(p, "seq_len"), self.seq_len as u64, 2, MAX_SEQ_LEN);
+        c.int_range(&at(p, "offset"), self.offset as u64, 0, 100_000);
         c.int_range(
             &at(p, "activation_samples"),
             self.activation_samples as u64,

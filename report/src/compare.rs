@@ -72,6 +72,9 @@ pub struct Table {
     pub calibration: String,
     pub calibration_windows: usize,
     pub calibration_len: usize,
+    /// Windows skipped before the calibration windows (another slice of the same text).
+    #[serde(default)]
+    pub calibration_offset: usize,
     pub ppl_text: String,
     pub ppl_tokens: usize,
     pub window: usize,
@@ -154,8 +157,15 @@ pub fn markdown(t: &Table) -> String {
     let _ = writeln!(s, "- model: `{}`", t.model.display());
     let _ = writeln!(
         s,
-        "- calibration: {} windows × {} tokens of `{}`",
-        t.calibration_windows, t.calibration_len, t.calibration
+        "- calibration: {} windows × {} tokens of `{}`{}",
+        t.calibration_windows,
+        t.calibration_len,
+        t.calibration,
+        if t.calibration_offset > 0 {
+            format!(", after the first {} windows", t.calibration_offset)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         s,

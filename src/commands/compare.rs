@@ -52,11 +52,18 @@ pub struct CompareArgs {
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 256)]
     calib_len: usize,
+    /// Calibration windows skipped first: another slice of the same text (16 with the
+    /// defaults = the second 16 × 256 block). The agent loop gets the same slice
+    /// (`calibration.offset`).
+    #[arg(long, default_value_t = 0)]
+    calib_offset: usize,
     /// Perplexity text (must not be the calibration text).
     #[arg(long, default_value = config::assets::PPL_TEXT_SPEC)]
     ppl: String,
-    /// Score perplexity on the first this-many tokens of the text (0 = all).
-    #[arg(long, default_value_t = 4096)]
+    /// Score perplexity on the first this-many tokens of the text (0 = all). 60
+    /// windows of 512: differences of a few percent between methods are above the
+    /// noise of the text sample.
+    #[arg(long, default_value_t = 30_720)]
     ppl_tokens: usize,
     /// Perplexity window length.
     #[arg(long, default_value_t = 512)]
@@ -180,7 +187,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let path = common::model_path(args.model.clone())?;
     let suite = args.suite.spec();
     let sets = suite.load()?;
-    let calib_texts = ::eval::data::read_texts(&args.calib, Some(args.calib_samples.max(1) * 4))?;
+    let calib_texts = ::eval::data::read_texts(
+        &args.calib,
+        Some(
+            args.calib_offset
+                .saturating_add(args.calib_samples.max(1))
+                .saturating_mul(4),
+        ),
+    )?;
     let ppl_texts = ::eval::data::read_texts(&args.ppl, None)?;
     let device = args.device.resolve()?;
     let ckpt = common::load(&path)?;
@@ -188,7 +202,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let template = model::ChatTemplate::for_checkpoint(&ckpt)?;
     let stops = super::generate::stop_tokens(&ckpt);
     let calib_tokens = common::encode(&ckpt, &calib_texts.join("\n\n"))?;
-    let windows = baselines::calibration_windows(&calib_tokens, args.calib_len, args.calib_samples);
+    let skip = args
+        .calib_offset
+        .saturating_mul(args.calib_len)
+        .min(calib_tokens.len());
+    let windows =
+        baselines::calibration_windows(&calib_tokens[skip..], args.calib_len, args.calib_samples);
     if windows.is_empty() {
         bail!(
             "{}: fewer than {} calibration tokens",
@@ -270,6 +289,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             model: &path,
             sparsity: args.sparsity,
             calib: &args.calib,
+            calib_offset: args.calib_offset,
             runs_dir: args.out.join("agent-runs"),
             device: args.device.device,
             quiet: args.json,
@@ -293,6 +313,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         calibration: args.calib.clone(),
         calibration_windows: windows.len(),
         calibration_len: args.calib_len,
+        calibration_offset: args.calib_offset,
         ppl_text: args.ppl.clone(),
         ppl_tokens: ppl_tokens.len(),
         window: args.window,

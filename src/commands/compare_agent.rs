@@ -21,6 +21,8 @@ pub enum AgentSource<'a> {
         model: &'a Path,
         sparsity: f64,
         calib: &'a str,
+        /// Calibration windows skipped first (`calibration.offset`).
+        calib_offset: usize,
         runs_dir: PathBuf,
         /// The baselines' device, so that every row of the table ran on the same one.
         device: config::Device,
@@ -41,11 +43,13 @@ pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
             model: model_path,
             sparsity,
             calib,
+            calib_offset,
             runs_dir,
             device,
             quiet,
         } => {
             let mut cfg = loop_config(config, model_path, sparsity, calib, runs_dir)?;
+            cfg.calibration.offset = calib_offset;
             cfg.model.device = device;
             if !quiet {
                 eprintln!(
