@@ -3,8 +3,8 @@
 //! with `pruning.repair = "none"` and `"obs"`.
 //! Each trial kills once, at a delay drawn uniformly within the uninterrupted run's
 //! duration (seeded), and compares the finished run with the uninterrupted one:
-//! iteration numbers (none lost, none repeated), records, stop reason, and the sha256
-//! of `masks.bin` and of the weight files. Prints a table; fails if any trial differs.
+//! iteration numbers (none lost, none repeated), records, the stored iterations (wall
+//! times aside), stop reason, and the sha256 of `masks.bin` and of the weight files. Prints a table; fails if any trial differs.
 //!
 //! Ignored by default (minutes); run it with
 //!
@@ -55,8 +55,11 @@ struct Trial {
     ok: bool,
     lost: usize,
     duplicated: usize,
-    /// Iteration records that differ from the uninterrupted run's.
+    /// Iteration records (report.json) that differ from the uninterrupted run's.
     differing: usize,
+    /// Stored iterations (profiles, statistics, candidates; wall times aside) that
+    /// differ from the uninterrupted run's.
+    stored_differing: usize,
     masks_equal: bool,
     weights_equal: bool,
     stop_equal: bool,
@@ -81,6 +84,16 @@ impl Trial {
                     &mut paths,
                 );
                 note.push_str(&format!("records differ at {} ", paths.join("; ")));
+            }
+        }
+        let mut stored_differing = 0;
+        for (a, b) in r.stored.iter().zip(&got.stored) {
+            let mut paths = Vec::new();
+            kill_support::json_diff(a, b, "", &mut paths);
+            if !paths.is_empty() {
+                stored_differing += 1;
+                paths.truncate(3);
+                note.push_str(&format!("stored differ at {} ", paths.join("; ")));
             }
         }
         let extra: Vec<&String> = got
@@ -109,6 +122,7 @@ impl Trial {
             lost,
             duplicated,
             differing,
+            stored_differing,
             masks_equal: r.masks == got.masks,
             weights_equal: r.weights == got.weights && r.weight_files == got.weight_files,
             stop_equal: r.stop_reason == got.stop_reason,
@@ -126,6 +140,7 @@ impl Trial {
             lost: 0,
             duplicated: 0,
             differing: 0,
+            stored_differing: 0,
             masks_equal: false,
             weights_equal: false,
             stop_equal: false,
@@ -139,6 +154,7 @@ impl Trial {
             && self.lost == 0
             && self.duplicated == 0
             && self.differing == 0
+            && self.stored_differing == 0
             && self.masks_equal
             && self.weights_equal
             && self.stop_equal
@@ -309,7 +325,7 @@ async fn daemon_trial(
 fn row(surface: &str, repair: &str, trials: &[Trial]) -> String {
     let n = |f: &dyn Fn(&Trial) -> bool| trials.iter().filter(|t| f(t)).count();
     format!(
-        "| {surface} | {repair} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {}/{} | {} | {} |",
+        "| {surface} | {repair} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {}/{} | {} | {} |",
         trials.len(),
         n(&|t| t.landed == Landed::MidRun),
         n(&|t| t.landed == Landed::BeforeRecord),
@@ -318,6 +334,7 @@ fn row(surface: &str, repair: &str, trials: &[Trial]) -> String {
         trials.iter().map(|t| t.lost).sum::<usize>(),
         trials.iter().map(|t| t.duplicated).sum::<usize>(),
         trials.iter().map(|t| t.differing).sum::<usize>(),
+        trials.iter().map(|t| t.stored_differing).sum::<usize>(),
         n(&|t| t.masks_equal),
         trials.len(),
         n(&|t| t.weights_equal),
@@ -402,10 +419,10 @@ async fn sigkill_trials_at_random_points() {
     }
     println!(
         "\n| surface | repair | trials | killed mid-run | before record | after end | \
-         finished OK | iterations lost | iterations duplicated | records differing | \
+         finished OK | iterations lost | iterations duplicated | records differing | stored iterations differing | \
          masks.bin equal | weight files equal | stop reason equal | files left in weights/ |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!("{r}");
     }

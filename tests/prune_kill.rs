@@ -1,8 +1,9 @@
 //! `secateur prune` SIGKILLed 0.5 s, 1.5 s and 4 s after it started, then `--resume`d to
 //! the end (issue 17), with `pruning.repair = "none"` and `"obs"`: every kill either
 //! resumes to the uninterrupted run's result — same `masks.bin` and weight files
-//! (sha256), same stop reason, iterations 1..=n stored once each — or, when it came
-//! before the run was recorded, `--resume` says so clearly.
+//! (sha256), same stop reason, iterations 1..=n stored once each with the same
+//! records and the same stored profiles and statistics (wall times aside) — or, when
+//! it came before the run was recorded, `--resume` says so clearly.
 //!
 //! Each iteration of the killed runs pauses [`PAUSE_MS`] (the
 //! `SECATEUR_TEST_PAUSE_BEFORE_EVAL_MS` fault, which changes no result), so the run
@@ -122,6 +123,11 @@ fn kill_and_resume(repair: config::Repair) {
         assert_eq!(got.weight_files, reference.weight_files, "at {at} ms");
         assert_eq!(got.stop_reason, reference.stop_reason, "at {at} ms");
         assert_eq!(got.records, reference.records, "records, kill at {at} ms");
+        for (a, b) in reference.stored.iter().zip(&got.stored) {
+            let mut diff = Vec::new();
+            kill_support::json_diff(a, b, "", &mut diff);
+            assert!(diff.is_empty(), "kill at {at} ms, stored: {diff:?}");
+        }
         match on_disk(&runs, &id) {
             OnDisk::Recorded {
                 iterations,

@@ -139,6 +139,29 @@ pub struct Outputs {
     pub stop_reason: String,
     /// `report.json`'s iteration records, in order.
     pub records: Vec<serde_json::Value>,
+    /// Everything stored per iteration (profiles, raw statistics, candidates, …) less
+    /// the wall times ([`WALL_TIMES`]): what the planner saw must not depend on where
+    /// the run was killed either.
+    pub stored: Vec<serde_json::Value>,
+}
+
+/// Fields of a stored iteration that measure wall time, so differ between any runs.
+pub const WALL_TIMES: [&str; 3] = ["timings", "latency_ms", "seconds"];
+
+/// `v` without the [`WALL_TIMES`] fields, at any depth.
+fn without_wall_times(mut v: serde_json::Value) -> serde_json::Value {
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !WALL_TIMES.contains(&k.as_str()));
+                m.values_mut().for_each(scrub);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    scrub(&mut v);
+    v
 }
 
 impl Outputs {
@@ -207,6 +230,11 @@ pub fn outputs(dir: &Path) -> Outputs {
         leftover_files,
         stop_reason: report["stop_reason"].as_str().unwrap().to_string(),
         records: report["iterations"].as_array().unwrap().clone(),
+        stored: stored
+            .iterations
+            .iter()
+            .map(|s| without_wall_times(serde_json::to_value(s).unwrap()))
+            .collect(),
     }
 }
 
