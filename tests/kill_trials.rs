@@ -322,12 +322,15 @@ async fn daemon_trial(
 }
 
 /// The table's row for one surface and repair mode.
-fn row(surface: &str, repair: &str, trials: &[Trial]) -> String {
+/// `last`: the uninterrupted run's number of iterations (a mid-run kill with all of
+/// them stored came during the final evaluation).
+fn row(surface: &str, repair: &str, last: usize, trials: &[Trial]) -> String {
     let n = |f: &dyn Fn(&Trial) -> bool| trials.iter().filter(|t| f(t)).count();
     format!(
-        "| {surface} | {repair} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {}/{} | {} | {} |",
+        "| {surface} | {repair} | {} | {} ({} in the final evaluation) | {} | {} | {} | {} | {} | {} | {} | {}/{} | {}/{} | {} | {} |",
         trials.len(),
         n(&|t| t.landed == Landed::MidRun),
+        n(&|t| t.landed == Landed::MidRun && t.stored_at_kill == last),
         n(&|t| t.landed == Landed::BeforeRecord),
         n(&|t| t.landed == Landed::AfterEnd),
         n(&|t| t.ok),
@@ -414,7 +417,7 @@ async fn sigkill_trials_at_random_points() {
                 let _ = std::fs::remove_dir_all(&dir);
                 done.push(t);
             }
-            rows.push(row(surface, repair.name(), &done));
+            rows.push(row(surface, repair.name(), reference.records.len(), &done));
         }
     }
     println!(
