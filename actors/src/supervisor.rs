@@ -279,7 +279,8 @@ impl Supervisor {
         let failure_text = failure.as_ref().map(ToString::to_string);
         if reason != StopReason::Interrupted {
             let note = failure_text.clone().unwrap_or_else(|| {
-                let mut note = format!("{reason:?}").to_lowercase();
+                // The serde name (`target_reached`), as the API and report.json spell it.
+                let mut note = reason.to_string();
                 if let Some(last) = state.rejected.last() {
                     note.push_str(&format!(
                         ": {} plan(s) vetoed; last: {}",

@@ -197,7 +197,7 @@ async fn replans_are_bounded() {
     assert_eq!(
         stored.status.unwrap().reason.as_deref(),
         Some(
-            "noacceptableplan: 2 plan(s) vetoed; last: empty plan: no layer decisions and \
+            "no_acceptable_plan: 2 plan(s) vetoed; last: empty plan: no layer decisions and \
              stop_pruning is false"
         )
     );

@@ -36,6 +36,11 @@ async fn a_finished_run_resumes_to_the_same_stop_reason_and_then_says_it_is_fini
         stored.status.as_ref().and_then(|s| s.stop_reason),
         Some(StopReason::TargetReached)
     );
+    // … and its note spells it as every output does (the serde name), not `targetreached`.
+    assert_eq!(
+        stored.status.as_ref().and_then(|s| s.reason.as_deref()),
+        Some("target_reached")
+    );
     // Killed during the final evaluation (no outputs yet): the resume ends the same way,
     // with the same masks and no new iteration.
     let again = run_pruning(cfg.clone(), opts(Some("fin"), "fin"))
