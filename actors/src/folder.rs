@@ -4,7 +4,7 @@
 //! `report.md`, `iterations.png`, `layers.png`). Prune, resume, export, compare and the
 //! daemon all go through [`RunFolder`], so the layout is written down once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use config::Config;
@@ -163,19 +163,8 @@ impl RunFolder {
                 reason: e.to_string(),
             })?;
         let (masks, delta_bytes) = committed_masks(&self.id, &run)?;
-        let last = run
-            .iterations
-            .iter()
-            .filter(|s| s.committed.is_some())
-            .map(|s| s.record.outcome.iteration)
-            .max();
-        let weights = match last {
-            Some(last) => {
-                let by_name: HashMap<String, Mask> = masks.iter().cloned().collect();
-                self.weight_files().load(last, &by_name)?
-            }
-            None => HashMap::new(),
-        };
+        let by_name: HashMap<String, Mask> = masks.iter().cloned().collect();
+        let weights = self.weight_files().load(&touched_layers(&run), &by_name)?;
         Ok(Committed {
             run,
             config,
@@ -205,12 +194,15 @@ impl RunFolder {
     ) -> Result<Vec<PathBuf>, FolderError> {
         let mut written = report::write_all(&self.dir, summary, extras)?;
         let path = self.dir.join(MASKS_FILE);
-        std::fs::write(&path, protocol::masks_file::encode(masks)).map_err(|source| {
-            FolderError::Io {
+        // Whole or absent: its presence tells a resume that the run is finished.
+        let tmp = path.with_extension("bin.tmp");
+        std::fs::write(&tmp, protocol::masks_file::encode(masks))
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| FolderError::Io {
                 path: path.clone(),
                 source,
-            }
-        })?;
+            })?;
         written.push(path);
         Ok(written)
     }
@@ -226,6 +218,24 @@ pub fn db_dir(run_dir: &Path) -> PathBuf {
 
 /// Layer name → mask, in the stored layer order.
 pub type LayerMasks = Vec<(String, Mask)>;
+
+/// Layer → the committed iterations whose deltas touched it (where a repaired run's
+/// weight files may come from).
+pub fn touched_layers(run: &LoadedRun) -> HashMap<String, Vec<u32>> {
+    let committed: HashSet<u32> = run
+        .iterations
+        .iter()
+        .filter(|s| s.committed.is_some())
+        .map(|s| s.record.outcome.iteration)
+        .collect();
+    let mut out: HashMap<String, Vec<u32>> = HashMap::new();
+    for (it, deltas) in run.deltas.iter().filter(|(it, _)| committed.contains(it)) {
+        for d in deltas {
+            out.entry(d.layer.clone()).or_default().push(*it);
+        }
+    }
+    out
+}
 
 /// Every layer's mask after the committed deltas of `run`, replayed in iteration order
 /// (deltas of rolled-back iterations cannot exist: record and deltas are one

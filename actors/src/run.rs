@@ -24,7 +24,7 @@ use crate::engine::Engine;
 use crate::error::FailureKind;
 use crate::events::{ProgressFn, RunControl};
 use crate::faults::Faults;
-use crate::folder::{Committed, RunFolder};
+use crate::folder::{touched_layers, Committed, RunFolder};
 use crate::state::PruningState;
 use crate::store::TextPpl;
 use crate::supervisor::{Ended, StartPoint, Supervisor, SupervisorMsg};
@@ -209,7 +209,12 @@ pub async fn run_pruning(cfg: Config, opts: RunOptions) -> Result<RunOutput, Run
     };
     let start = match (stored, fresh) {
         (_, Some(meta)) => new_start(meta),
-        (Some(s), None) => resume_point(&engine, s).await?,
+        (Some(s), None) => {
+            // Weight files a kill left beside the committed ones go before any write.
+            let (files, touched) = (folder.weight_files(), touched_layers(&s.run));
+            blocking(move || files.tidy(&touched)).await?;
+            resume_point(&engine, s).await?
+        }
         (None, None) => unreachable!("a new run always has fresh meta"),
     };
     let sup = Supervisor {

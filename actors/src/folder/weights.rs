@@ -8,11 +8,12 @@
 //! at most two files, and only one after a commit finishes. Crash safety comes from the
 //! iteration in the name: the files of iteration `t` are written (tmp + fsync + rename)
 //! *before* sled commits `t`, older files of those layers are removed *after*. A reader
-//! that knows the last committed iteration `T` takes, per layer, the newest file with
-//! iteration ≤ `T`; a file of an iteration that never committed (killed between the two
-//! steps) is ignored and removed by the next writer. Each file ends with a CRC-32 of
-//! its bytes, and its kept count must match the committed mask, so a torn or stale file
-//! is an error naming it, never silently wrong weights.
+//! takes, per layer, the newest file of a committed iteration whose deltas touched that
+//! layer; a file of an iteration that never committed (killed between the two steps,
+//! then redone with other layers or rolled back) is ignored, and a resumed run removes
+//! every such file before it writes again ([`WeightFiles::tidy`]). Each file ends with a
+//! CRC-32 of its bytes, and its kept count must match the committed mask, so a torn or
+//! stale file is an error naming it, never silently wrong weights.
 //!
 //! Layout of a file: `SCTW`, version `u32` = 1, rows `u32`, cols `u32`, kept `u64`, the
 //! kept values as f32 little-endian in row-major order, CRC-32 `u32` of all before it.
@@ -93,24 +94,19 @@ impl WeightFiles {
         Ok(())
     }
 
-    /// The committed weights as of iteration `last`: per layer with a file of an
-    /// iteration ≤ `last`, the newest one expanded to the full `[rows, cols]` values
-    /// (zeros where `masks` prunes). Files of later iterations are ignored. A file
-    /// whose shape or kept count disagrees with the layer's mask, or whose checksum
-    /// fails, is an error naming it.
+    /// The committed weights: per layer, the newest file of an iteration whose
+    /// committed deltas touched that layer (`touched`: layer → committed iterations
+    /// that touched it), expanded to the full `[rows, cols]` values (zeros where `masks`
+    /// prunes). Any other file — of an iteration that never committed, or of one whose
+    /// redo touched other layers — is ignored. A chosen file whose shape or kept count
+    /// disagrees with the layer's mask, or whose checksum fails, is an error naming it.
     pub fn load(
         &self,
-        last: u32,
+        touched: &HashMap<String, Vec<u32>>,
         masks: &HashMap<String, Mask>,
     ) -> Result<HashMap<String, Vec<f32>>, FolderError> {
-        let mut newest: HashMap<String, (u32, PathBuf)> = HashMap::new();
-        for (layer, it, path) in self.list()? {
-            if it <= last && newest.get(&layer).is_none_or(|(n, _)| *n < it) {
-                newest.insert(layer, (it, path));
-            }
-        }
         let mut out = HashMap::new();
-        for (layer, (_, path)) in newest {
+        for (layer, path) in self.committed_files(touched)? {
             let mask = masks
                 .get(&layer)
                 .ok_or_else(|| bad(&path, format!("no layer `{layer}` in the run")))?;
@@ -121,6 +117,38 @@ impl WeightFiles {
             out.insert(layer, decode(&bytes, mask).map_err(|r| bad(&path, r))?);
         }
         Ok(out)
+    }
+
+    /// Remove every file [`Self::load`] would not read (left by a kill between the
+    /// files and the database commit, or between the commit and [`Self::retire`]).
+    /// Called when a run resumes, before it writes again.
+    pub fn tidy(&self, touched: &HashMap<String, Vec<u32>>) -> Result<(), FolderError> {
+        let keep: Vec<PathBuf> = self
+            .committed_files(touched)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        for (_, _, path) in self.list()? {
+            if !keep.contains(&path) {
+                std::fs::remove_file(&path).map_err(|source| FolderError::Io { path, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per layer, the newest file of a committed iteration that touched it.
+    fn committed_files(
+        &self,
+        touched: &HashMap<String, Vec<u32>>,
+    ) -> Result<Vec<(String, PathBuf)>, FolderError> {
+        let mut newest: HashMap<String, (u32, PathBuf)> = HashMap::new();
+        for (layer, it, path) in self.list()? {
+            let committed = touched.get(&layer).is_some_and(|its| its.contains(&it));
+            if committed && newest.get(&layer).is_none_or(|(n, _)| *n < it) {
+                newest.insert(layer, (it, path));
+            }
+        }
+        Ok(newest.into_iter().map(|(l, (_, p))| (l, p)).collect())
     }
 
     /// Every `(layer, iteration, path)` in the folder (none when it does not exist).
@@ -270,24 +298,46 @@ mod tests {
         let bytes = files.write(3, "l.q", &mask(), &w).unwrap();
         assert_eq!(bytes as usize, HEADER + 4 * 4 + 4);
         let masks = HashMap::from([("l.q".to_string(), mask())]);
-        let got = files.load(3, &masks).unwrap();
+        let got = files.load(&touched(&[("l.q", &[3])]), &masks).unwrap();
         assert_eq!(got["l.q"], vec![1.5, 0.0, -2.0, 0.25, 3.0, 0.0]);
     }
 
+    fn touched(pairs: &[(&str, &[u32])]) -> HashMap<String, Vec<u32>> {
+        pairs
+            .iter()
+            .map(|(l, its)| (l.to_string(), its.to_vec()))
+            .collect()
+    }
+
     #[test]
-    fn uncommitted_versions_are_ignored_and_retired() {
+    fn uncommitted_versions_are_ignored_retired_and_tidied() {
         let dir = tempfile::tempdir().unwrap();
         let files = WeightFiles::new(dir.path());
-        let masks = HashMap::from([("l.q".to_string(), mask())]);
+        let masks = HashMap::from([("l.q".to_string(), mask()), ("l.k".to_string(), mask())]);
         files.write(2, "l.q", &mask(), &[1.0; 6]).unwrap();
         files.write(5, "l.q", &mask(), &[2.0; 6]).unwrap();
-        // Killed before iteration 5 committed: the last committed is 4.
-        assert_eq!(files.load(4, &masks).unwrap()["l.q"][0], 1.0);
-        assert_eq!(files.load(5, &masks).unwrap()["l.q"][0], 2.0);
-        assert!(files.load(1, &masks).unwrap().is_empty());
+        // Killed before iteration 5 committed: only iteration 2 touched l.q.
+        let before = touched(&[("l.q", &[2])]);
+        assert_eq!(files.load(&before, &masks).unwrap()["l.q"][0], 1.0);
+        let after = touched(&[("l.q", &[2, 5])]);
+        assert_eq!(files.load(&after, &masks).unwrap()["l.q"][0], 2.0);
+        assert!(files.load(&HashMap::new(), &masks).unwrap().is_empty());
         files.retire(5, &["l.q".to_string()]).unwrap();
         assert_eq!(std::fs::read_dir(files.dir()).unwrap().count(), 1);
-        assert_eq!(files.load(9, &masks).unwrap()["l.q"][0], 2.0);
+        // An attempt of iteration 6 wrote l.k (with another mask), was killed, and the
+        // redo of 6 touched only l.q: the orphan is never read, and tidy removes it.
+        let other = Mask::from_bools(2, 3, &[true; 6]).unwrap();
+        files.write(6, "l.k", &other, &[3.0; 6]).unwrap();
+        files.write(6, "l.q", &mask(), &[4.0; 6]).unwrap();
+        let redo = touched(&[("l.q", &[2, 5, 6])]);
+        let got = files.load(&redo, &masks).unwrap();
+        assert_eq!((got.len(), got["l.q"][0]), (1, 4.0));
+        files.tidy(&redo).unwrap();
+        let left: Vec<_> = std::fs::read_dir(files.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["l.q@000006.bin".to_string()]);
     }
 
     #[test]
@@ -299,7 +349,10 @@ mod tests {
         // A mask that keeps a different count.
         let other = Mask::from_bools(2, 3, &[true; 6]).unwrap();
         let err = files
-            .load(1, &HashMap::from([("l.q".to_string(), other)]))
+            .load(
+                &touched(&[("l.q", &[1])]),
+                &HashMap::from([("l.q".to_string(), other)]),
+            )
             .unwrap_err()
             .to_string();
         assert!(
@@ -311,7 +364,10 @@ mod tests {
         bytes[HEADER] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let err = files
-            .load(1, &HashMap::from([("l.q".to_string(), mask())]))
+            .load(
+                &touched(&[("l.q", &[1])]),
+                &HashMap::from([("l.q".to_string(), mask())]),
+            )
             .unwrap_err()
             .to_string();
         assert!(err.contains("checksum"), "{err}");
