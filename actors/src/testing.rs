@@ -210,6 +210,9 @@ pub fn fixture_config(f: &Fixture, runs_dir: &Path) -> config::Config {
     c.run.runs_dir = runs_dir.to_path_buf();
     c.model.path = f.model_dir.clone();
     c.model.device = config::Device::Cpu;
+    // The masks-only Executor: most loop tests are about the loop, and their numbers
+    // were written for it; tests of the repair opt in.
+    c.pruning.repair = config::Repair::None;
     c.calibration.path = f.calib.clone();
     c.calibration.field = Some("text".into());
     c.calibration.samples = 4;

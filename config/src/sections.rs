@@ -355,11 +355,13 @@ pub struct PruningConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Repair {
     /// Masks only: the kept weights keep their values (per-row Wanda selection).
-    #[default]
     None,
     /// OBS/SparseGPT update: the layer's new pruned weights are chosen by the OBS key
     /// and the kept ones updated so the layer's output on the calibration inputs,
     /// computed block by block through the already repaired blocks, moves least.
+    /// The default: on SmolLM2-135M at 50 % it ends at 2.05x the dense QuAC PPL where
+    /// the masks-only loop ends at 2.26x (for 1.6x the CPU time).
+    #[default]
     Obs,
 }
 
@@ -381,7 +383,7 @@ impl Default for PruningConfig {
             gradient_every: 3,
             sensitivity_percentile: 10.0,
             candidates: 1,
-            repair: Repair::None,
+            repair: Repair::Obs,
             repair_damp: 0.01,
         }
     }
