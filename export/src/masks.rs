@@ -87,3 +87,37 @@ pub fn read_masks_file(bytes: &[u8]) -> Result<HashMap<String, Mask>> {
     }
     Ok(masks)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn repaired_weights_replace_the_source_before_the_masks() {
+        let dense = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
+        let mut tensors = HashMap::from([("l.weight".to_string(), dense)]);
+        let repaired = vec![1.5f32, 0.0, 3.5, 0.0, 5.5, 6.5];
+        replace_weights(&mut tensors, HashMap::from([("l".to_string(), repaired)])).unwrap();
+        let mask = Mask::from_bools(2, 3, &[true, false, true, false, true, true]).unwrap();
+        let out = apply_masks(&tensors, &HashMap::from([("l".to_string(), mask)])).unwrap();
+        let got: Vec<f32> = out["l.weight"].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, vec![1.5, 0.0, 3.5, 0.0, 5.5, 6.5]);
+        // A wrong count or an unknown layer names the layer.
+        let err = replace_weights(
+            &mut tensors,
+            HashMap::from([("l".to_string(), vec![0.0; 5])]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains('l') && err.contains("5 repaired values"),
+            "{err}"
+        );
+        let err = replace_weights(&mut tensors, HashMap::from([("m".to_string(), vec![0.0])]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m.weight"), "{err}");
+    }
+}
