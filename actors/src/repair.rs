@@ -28,7 +28,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use kernels::obs::{hessian_factor, obs_prune, InverseHessian};
 use kernels::{Mask, MaskDelta, Selection, DEFAULT_BLOCK};
-use model::{LayerInfo, Model, WeightOverlay};
+use model::{gram_source, LayerInfo, Model, WeightOverlay};
 use protocol::{CandidateId, CandidateMasks, LayerDelta, Plan};
 
 use crate::engine::Engine;
@@ -151,11 +151,11 @@ fn repair_plan(
             .filter(|l| targets.contains_key(&l.name))
             .collect();
         if !touched.is_empty() {
-            let factors = block_factors(model, b, &hidden, &touched, layers, damp)?;
+            let factors = block_factors(model, b, &hidden, &touched, damp)?;
             for l in touched {
                 let i = committed.index(&l.name)?;
                 let current = committed.mask(i)?;
-                let factor = &factors[&gram_source(&l.name, layers)];
+                let factor = &factors[&gram_source(&l.name)];
                 let (w, mask) = repair_layer(model, l, factor, &current, targets[&l.name])?;
                 let delta = MaskDelta::between(&current, &mask)
                     .map_err(|e| ActorError::Kernel(format!("repair `{}`: {e}", l.name)))?;
@@ -192,24 +192,6 @@ fn repair_plan(
     Ok((ordered, newly, layers))
 }
 
-/// The layer whose input Gram stands for `name`'s: q/k/v read one input, as do
-/// gate/up (when the block has the sibling; otherwise the layer's own).
-fn gram_source(name: &str, block: &[LayerInfo]) -> String {
-    for (from, to) in [
-        ("self_attn.k_proj", "self_attn.q_proj"),
-        ("self_attn.v_proj", "self_attn.q_proj"),
-        ("mlp.up_proj", "mlp.gate_proj"),
-    ] {
-        if let Some(prefix) = name.strip_suffix(from) {
-            let sibling = format!("{prefix}{to}");
-            if block.iter().any(|l| l.name == sibling) {
-                return sibling;
-            }
-        }
-    }
-    name.to_string()
-}
-
 /// One pass of block `b` (committed weights) over `hidden` with Grams on the inputs
 /// the touched layers read; each Gram factored for the OBS sweep.
 fn block_factors(
@@ -217,14 +199,10 @@ fn block_factors(
     b: usize,
     hidden: &[Tensor],
     touched: &[&LayerInfo],
-    block: &[LayerInfo],
     damp: f64,
 ) -> Result<BTreeMap<String, InverseHessian>> {
     let merr = |e: model::ModelError| ActorError::Model(format!("repair block {b}: {e}"));
-    let mut sources: Vec<String> = touched
-        .iter()
-        .map(|l| gram_source(&l.name, block))
-        .collect();
+    let mut sources: Vec<String> = touched.iter().map(|l| gram_source(&l.name)).collect();
     sources.sort();
     sources.dedup();
     for s in &sources {

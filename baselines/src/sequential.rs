@@ -37,20 +37,7 @@ pub(crate) struct BlockStats {
     pub grams: HashMap<String, ActivationGram>,
 }
 
-/// The layer whose Gram stands for `name`'s: q/k/v read the same input, as do
-/// gate/up, so one Gram (and one inverse Hessian factor) serves each group.
-pub(crate) fn gram_source(name: &str) -> String {
-    for (from, to) in [
-        ("self_attn.k_proj", "self_attn.q_proj"),
-        ("self_attn.v_proj", "self_attn.q_proj"),
-        ("mlp.up_proj", "mlp.gate_proj"),
-    ] {
-        if let Some(prefix) = name.strip_suffix(from) {
-            return format!("{prefix}{to}");
-        }
-    }
-    name.to_string()
-}
+pub(crate) use model::gram_source;
 
 /// The calibration windows embedded, in batches of up to `model::FORWARD_BATCH`
 /// consecutive windows of equal length (`[batch, len, hidden]` each).

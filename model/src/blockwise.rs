@@ -16,6 +16,22 @@ use crate::linear::{LayerInfo, Pass, PrunableLinear};
 use crate::overlay::WeightOverlay;
 use crate::{Model, ModelError, Result};
 
+/// The prunable layer whose input `name` reads: q/k/v read the same input, as do
+/// gate/up, so one Gram (and one inverse Hessian factor) serves each group. Sequential
+/// calibration (baselines) and the loop's OBS repair both key their Grams by it.
+pub fn gram_source(name: &str) -> String {
+    for (from, to) in [
+        ("self_attn.k_proj", "self_attn.q_proj"),
+        ("self_attn.v_proj", "self_attn.q_proj"),
+        ("mlp.up_proj", "mlp.gate_proj"),
+    ] {
+        if let Some(prefix) = name.strip_suffix(from) {
+            return format!("{prefix}{to}");
+        }
+    }
+    name.to_string()
+}
+
 impl Model {
     /// Number of decoder blocks (`num_hidden_layers`).
     pub fn num_blocks(&self) -> usize {

@@ -22,6 +22,7 @@ pub mod text;
 mod transformer;
 
 pub use arch::{Architecture, ModelConfig};
+pub use blockwise::gram_source;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
 pub use grad::GradImportance;
