@@ -233,6 +233,10 @@ impl CrewSpec {
             gradient_samples: c.calibration.gradient_samples,
             gradient_every: c.pruning.gradient_every.max(1),
             percentile: c.pruning.sensitivity_percentile,
+            costs: c.pruning.layer_costs.then_some(crate::costs::CostSpec {
+                repair: c.pruning.repair,
+                damp: c.pruning.repair_damp,
+            }),
             faults: self.faults.clone(),
         }
     }

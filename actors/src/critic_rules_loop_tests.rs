@@ -111,6 +111,7 @@ proptest! {
                 z_grad: zg,
                 sparsity: s,
                 params: p,
+                cost: Vec::new(),
             })
             .collect();
         let rules = CriticRules {

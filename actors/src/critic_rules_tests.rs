@@ -7,6 +7,7 @@ fn layer(name: &str, z_grad: f64, sparsity: f64, params: u64) -> LayerProfile {
         z_grad,
         sparsity,
         params,
+        cost: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@
 //! the actors → `state`, `engine`, `error`, `events`, `faults`, `util`.
 
 pub mod checkpointer;
+pub mod costs;
 pub mod crew;
 pub mod critic;
 mod critic_pace;

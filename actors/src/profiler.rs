@@ -7,6 +7,7 @@
 //! and reused in between. The last raw gradient values can be handed in at spawn time,
 //! so a restarted (or resumed) Profiler continues with exactly what was measured.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use kernels::Mask;
 use protocol::{LayerProfile, ProfileReport};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::costs::CostSpec;
 use crate::engine::Engine;
 use crate::error::ActorError;
 use crate::faults::Faults;
@@ -27,6 +29,8 @@ pub struct Profiler {
     pub gradient_samples: usize,
     pub gradient_every: u32,
     pub percentile: f64,
+    /// Measure each layer's cost curve every iteration (needs gradient samples).
+    pub costs: Option<CostSpec>,
     pub faults: Faults,
 }
 
@@ -78,8 +82,10 @@ impl Actor for Profiler {
             && (iteration.saturating_sub(1) % self.gradient_every == 0 || state.raw_grad.is_none());
         let job = Job {
             activation_samples: self.activation_samples,
-            gradient_samples: if due { self.gradient_samples } else { 0 },
+            gradient_samples: self.gradient_samples,
+            gradient_due: due,
             percentile: self.percentile,
+            costs: self.costs,
         };
         let result = blocking(move || job.run(&engine)).await;
         let out = result.map(|(sens, grad, act, profiles)| {
@@ -126,7 +132,10 @@ fn z(values: &[f64]) -> Vec<f64> {
 struct Job {
     activation_samples: usize,
     gradient_samples: usize,
+    /// Recollect the gradient importance this iteration.
+    gradient_due: bool,
     percentile: f64,
+    costs: Option<CostSpec>,
 }
 
 type JobOut = (Vec<f64>, Option<Vec<f64>>, Vec<Vec<f32>>, Vec<LayerProfile>);
@@ -135,30 +144,10 @@ impl Job {
     fn run(&self, engine: &Engine) -> Result<JobOut, ActorError> {
         let model = &engine.model;
         let err = |e: &dyn std::fmt::Display| ActorError::Model(format!("profiler: {e}"));
-        model.reset_stats();
-        model.set_stats_enabled(true);
-        let forward = || -> Result<(), ActorError> {
-            let samples = &engine.calib[..self.activation_samples.min(engine.calib.len())];
-            // Up to FORWARD_BATCH sequences of equal length (the pool's are all
-            // `calibration.seq_len`) go through the model as one `[batch, seq]`
-            // forward: bigger matmuls, the same Σx².
-            let groups = samples
-                .chunk_by(|a, b| a.len() == b.len())
-                .flat_map(|run| run.chunks(model::FORWARD_BATCH));
-            for group in groups {
-                let ids: Vec<u32> = group.iter().flatten().copied().collect();
-                let t = Tensor::from_vec(ids, (group.len(), group[0].len()), model.device())
-                    .map_err(|e| err(&e))?;
-                // Statistics only: the logits would be dropped unused.
-                model.forward_hidden(&t).map_err(|e| err(&e))?;
-            }
-            Ok(())
-        };
-        let fwd = forward();
-        model.set_stats_enabled(false);
-        fwd?;
-        let stats = model.take_stats();
-        let grads = if self.gradient_samples > 0 {
+        // Costs need the output Fisher, i.e. a backward pass every iteration; the
+        // gradient importance itself is only taken from it when due.
+        let costs = self.costs.filter(|_| self.gradient_samples > 0);
+        let (grads, fisher) = if self.gradient_due || costs.is_some() {
             let samples: Vec<Vec<u32>> = engine
                 .calib
                 .iter()
@@ -167,14 +156,23 @@ impl Job {
                 .collect();
             // One number per layer, reduced as the gradients appear: the per-weight
             // gradients never exist all at once.
-            Some(
-                model
-                    .gradient_importance_means(&samples)
-                    .map_err(|e| err(&e))?,
-            )
+            let g = model
+                .gradient_profile(&samples, costs.is_some())
+                .map_err(|e| err(&e))?;
+            (self.gradient_due.then_some(g.means), g.output_fisher)
         } else {
-            None
+            (None, HashMap::new())
         };
+        let samples = &engine.calib[..self.activation_samples.min(engine.calib.len())];
+        model.reset_stats();
+        model.set_stats_enabled(true);
+        let pass = match costs {
+            Some(spec) => crate::costs::measure(engine, samples, &fisher, spec),
+            None => statistics_forward(engine, samples).map(|()| HashMap::new()),
+        };
+        model.set_stats_enabled(false);
+        let mut curves = pass?;
+        let stats = model.take_stats();
         let mut sens = Vec::with_capacity(engine.layers.len());
         let mut grad = Vec::with_capacity(engine.layers.len());
         let mut act = Vec::with_capacity(engine.layers.len());
@@ -207,6 +205,7 @@ impl Job {
                 z_grad: 0.0,
                 sparsity: mask.sparsity(),
                 params: mask.len() as u64,
+                cost: curves.remove(name).unwrap_or_default(),
             });
         }
         let z_sens = z(&sens);
@@ -215,4 +214,24 @@ impl Job {
         }
         Ok((sens, grads.map(|_| grad), act, profiles))
     }
+}
+
+/// A forward over `samples` for the activation statistics only (no costs measured).
+fn statistics_forward(engine: &Engine, samples: &[Vec<u32>]) -> Result<(), ActorError> {
+    let model = &engine.model;
+    let err = |e: &dyn std::fmt::Display| ActorError::Model(format!("profiler: {e}"));
+    // Up to FORWARD_BATCH sequences of equal length (the pool's are all
+    // `calibration.seq_len`) go through the model as one `[batch, seq]` forward:
+    // bigger matmuls, the same Σx².
+    let groups = samples
+        .chunk_by(|a, b| a.len() == b.len())
+        .flat_map(|run| run.chunks(model::FORWARD_BATCH));
+    for group in groups {
+        let ids: Vec<u32> = group.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(ids, (group.len(), group[0].len()), model.device())
+            .map_err(|e| err(&e))?;
+        // Statistics only: the logits would be dropped unused.
+        model.forward_hidden(&t).map_err(|e| err(&e))?;
+    }
+    Ok(())
 }

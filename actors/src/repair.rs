@@ -67,7 +67,7 @@ pub fn repair_all(
 ) -> Result<Vec<(CandidateMasks, RepairedWeights)>> {
     let total: u64 = engine.params().iter().sum();
     let pruned = committed.pruned()?;
-    let inputs = calibration_inputs(engine)?;
+    let inputs = token_batches(engine, &engine.calib)?;
     plans
         .into_iter()
         .map(|(id, plan)| {
@@ -88,12 +88,11 @@ pub fn repair_all(
         .collect()
 }
 
-/// The calibration windows as token batches `[n, seq]` on the model's device.
-fn calibration_inputs(engine: &Engine) -> Result<Vec<Tensor>> {
+/// `samples` (windows of one length) as token batches `[n, seq]` on the model's device.
+pub(crate) fn token_batches(engine: &Engine, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {
     let device = engine.model.device();
-    let err = |e: candle_core::Error| ActorError::Model(format!("repair inputs: {e}"));
-    engine
-        .calib
+    let err = |e: candle_core::Error| ActorError::Model(format!("calibration batches: {e}"));
+    samples
         .chunks(BATCH)
         .map(|batch| {
             let len = batch.first().map_or(0, Vec::len);
@@ -201,8 +200,34 @@ fn block_factors(
     touched: &[&LayerInfo],
     damp: f64,
 ) -> Result<BTreeMap<String, InverseHessian>> {
-    let merr = |e: model::ModelError| ActorError::Model(format!("repair block {b}: {e}"));
-    let mut sources: Vec<String> = touched.iter().map(|l| gram_source(&l.name)).collect();
+    let sources: Vec<String> = touched.iter().map(|l| gram_source(&l.name)).collect();
+    block_grams(model, b, hidden, sources)?
+        .into_iter()
+        .map(|(s, g)| {
+            let factor = hessian_factor(&g.values, g.tokens, g.cols, damp)
+                .map_err(|e| ActorError::Kernel(format!("repair Hessian `{s}`: {e}")))?;
+            Ok((s, factor))
+        })
+        .collect()
+}
+
+/// One input Gram `Σ xᵀx` (row-major `[cols, cols]`, f64) over `tokens` tokens.
+pub(crate) struct Gram {
+    pub values: Vec<f64>,
+    pub tokens: u64,
+    pub cols: usize,
+}
+
+/// Run block `b` (committed weights) on each of `hidden` with Grams on for `sources`
+/// (layer names as [`gram_source`] gives them; duplicates are fine) and return
+/// them; the outputs are dropped. Statistics, when on, are recorded as in a forward.
+pub(crate) fn block_grams(
+    model: &Model,
+    b: usize,
+    hidden: &[Tensor],
+    mut sources: Vec<String>,
+) -> Result<BTreeMap<String, Gram>> {
+    let merr = |e: model::ModelError| ActorError::Model(format!("block {b} Grams: {e}"));
     sources.sort();
     sources.dedup();
     for s in &sources {
@@ -216,12 +241,12 @@ fn block_factors(
         model.set_gram_enabled(s, false).map_err(merr)?;
     }
     pass.map_err(merr)?;
-    let mut factors = BTreeMap::new();
+    let mut grams = BTreeMap::new();
     for s in sources {
         let gram = model
             .take_gram(&s)
             .map_err(merr)?
-            .ok_or_else(|| ActorError::Model(format!("repair: no Gram for `{s}`")))?;
+            .ok_or_else(|| ActorError::Model(format!("no Gram for `{s}`")))?;
         let cols = gram
             .gram
             .dim(0)
@@ -231,12 +256,18 @@ fn block_factors(
             .to_dtype(DType::F64)
             .and_then(|g| g.flatten_all())
             .and_then(|g| g.to_vec1())
-            .map_err(|e| ActorError::Model(format!("repair Gram `{s}`: {e}")))?;
-        let factor = hessian_factor(&values, gram.tokens, cols, damp)
-            .map_err(|e| ActorError::Kernel(format!("repair Hessian `{s}`: {e}")))?;
-        factors.insert(s, factor);
+            .map_err(|e| ActorError::Model(format!("Gram `{s}`: {e}")))?;
+        let tokens = gram.tokens;
+        grams.insert(
+            s,
+            Gram {
+                values,
+                tokens,
+                cols,
+            },
+        );
     }
-    Ok(factors)
+    Ok(grams)
 }
 
 /// The OBS sweep of one layer from its committed weight and mask to `target`; the new

@@ -210,9 +210,12 @@ pub fn fixture_config(f: &Fixture, runs_dir: &Path) -> config::Config {
     c.run.runs_dir = runs_dir.to_path_buf();
     c.model.path = f.model_dir.clone();
     c.model.device = config::Device::Cpu;
-    // The masks-only Executor: most loop tests are about the loop, and their numbers
-    // were written for it; tests of the repair opt in.
+    // The masks-only Executor and the level allocation without measured costs: most
+    // loop tests are about the loop, and their numbers were written for it; tests of
+    // the repair and of the costs opt in.
     c.pruning.repair = config::Repair::None;
+    c.pruning.layer_costs = false;
+    c.heuristic.allocation = config::Allocation::Level;
     c.calibration.path = f.calib.clone();
     c.calibration.field = Some("text".into());
     c.calibration.samples = 4;

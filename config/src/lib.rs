@@ -26,7 +26,7 @@ pub use backend::{BackendConfig, BackendKind};
 pub use critic::{AssessmentThresholds, CriticConfig, CriticRules, PaceRule, RuleAction};
 pub use daemon::{DaemonConfig, DaemonSection, TelemetryConfig, OFFICIAL_API_HOSTS};
 pub use error::{ConfigError, FieldError};
-pub use planning::{HeuristicConfig, PromptConfig};
+pub use planning::{Allocation, HeuristicConfig, PromptConfig};
 pub use protocol;
 pub use sections::{
     CalibrationConfig, Device, EvaluationConfig, FinalPplConfig, ModelConfig, ProbeConfig,

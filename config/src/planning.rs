@@ -41,6 +41,23 @@ pub struct HeuristicConfig {
     pub min_aggressiveness: f64,
     /// … nor above this.
     pub max_aggressiveness: f64,
+    /// How a step is spread over the layers. `cost` (default): in chunks of 0.01 to the
+    /// layer whose measured cost curve (`pruning.layer_costs`) gives the lowest expected
+    /// loss rise per pruned weight, until the step is reached — equal marginal cost;
+    /// layers without a curve fall back to `level`. `level`: towards a common level
+    /// tilted by risk (above).
+    pub allocation: Allocation,
+}
+
+/// `heuristic.allocation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Allocation {
+    /// Equal marginal measured cost (the layers' `cost` curves).
+    #[default]
+    Cost,
+    /// A common level tilted by `z_sens + grad_weight·z_grad`.
+    Level,
 }
 
 impl Default for HeuristicConfig {
@@ -56,6 +73,7 @@ impl Default for HeuristicConfig {
             bold_factor: 1.25,
             min_aggressiveness: 0.125,
             max_aggressiveness: 2.0,
+            allocation: Allocation::Cost,
         }
     }
 }

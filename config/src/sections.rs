@@ -348,6 +348,12 @@ pub struct PruningConfig {
     /// Dampening of the repair's Hessian: this fraction of its mean diagonal is added
     /// to the diagonal (SparseGPT's `percdamp`, 0.01).
     pub repair_damp: f64,
+    /// The Profiler measures, for every layer, the expected rise of the calibration loss
+    /// for each next δ (0.01 … 0.15): the repair's OBS saliency (or, masks only, the
+    /// Wanda key) of the weights that would go, weighted per output row by the layer's
+    /// output Fisher. Costs one Gram pass and one backward pass per iteration; needs
+    /// `calibration.gradient_samples` > 0.
+    pub layer_costs: bool,
 }
 
 /// `pruning.repair`: the Executor's weight update when it prunes.
@@ -385,6 +391,7 @@ impl Default for PruningConfig {
             candidates: 1,
             repair: Repair::Obs,
             repair_damp: 0.01,
+            layer_costs: true,
         }
     }
 }

@@ -268,6 +268,44 @@ pub fn obs_saliency(
     current: &Mask,
     deltas: &[f64],
 ) -> Result<Vec<f64>> {
+    saliency(w, hinv_diag, current, deltas, None)
+}
+
+/// [`obs_saliency`] with row `j`'s keys weighted by `row_weights[j]`: with the layer's
+/// output Fisher `F_j` (e.g. `model`'s `gradient_profile`) and weights `½·F_j` it is the
+/// expected rise of the per-token loss, a cost comparable across layers. The selection
+/// within a row does not change (one weight per row), so it is the same weights'
+/// cost.
+pub fn obs_saliency_weighted(
+    w: &[f32],
+    hinv_diag: &[f64],
+    current: &Mask,
+    deltas: &[f64],
+    row_weights: &[f64],
+) -> Result<Vec<f64>> {
+    if row_weights.len() != current.rows() {
+        return Err(KernelError::Shape(format!(
+            "{} row weights for a {}x{} mask",
+            row_weights.len(),
+            current.rows(),
+            current.cols()
+        )));
+    }
+    if row_weights.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        return Err(KernelError::Argument(
+            "row weights must be finite and non-negative".into(),
+        ));
+    }
+    saliency(w, hinv_diag, current, deltas, Some(row_weights))
+}
+
+fn saliency(
+    w: &[f32],
+    hinv_diag: &[f64],
+    current: &Mask,
+    deltas: &[f64],
+    row_weights: Option<&[f64]>,
+) -> Result<Vec<f64>> {
     let (rows, cols) = (current.rows(), current.cols());
     if w.len() != rows * cols || hinv_diag.len() != cols {
         return Err(KernelError::Shape(format!(
@@ -287,7 +325,9 @@ pub fn obs_saliency(
     let per_row: Vec<Vec<f64>> = w
         .par_chunks(cols.max(1))
         .zip(keep.par_chunks(cols.max(1)))
-        .map(|(row, k)| {
+        .enumerate()
+        .map(|(j, (row, k))| {
+            let weight = row_weights.map_or(1.0, |r| r[j]);
             let mut keys: Vec<f64> = (0..cols)
                 .filter(|&c| k[c])
                 .map(|c| f64::from(row[c]).powi(2) / hinv_diag[c])
@@ -302,7 +342,7 @@ pub fn obs_saliency(
                 .iter()
                 .map(|d| {
                     let t = (((s + d).min(1.0)) * cols as f64).round() as usize;
-                    prefix[t.saturating_sub(pruned).min(keys.len())]
+                    weight * prefix[t.saturating_sub(pruned).min(keys.len())]
                 })
                 .collect()
         })

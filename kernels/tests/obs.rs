@@ -4,7 +4,9 @@
 mod common;
 
 use common::rng;
-use kernels::{hessian_factor, obs_prune, obs_saliency, output_error, KernelError, Mask};
+use kernels::{
+    hessian_factor, obs_prune, obs_saliency, obs_saliency_weighted, output_error, KernelError, Mask,
+};
 use kernels::{InverseHessian, Selection};
 use rand::Rng;
 
@@ -347,6 +349,47 @@ fn saliency_matches_brute_force_and_grows() {
     }
     assert_eq!(s[0], 0.0);
     assert!(s.windows(2).all(|p| p[0] < p[1]), "{s:?}");
+}
+
+#[test]
+fn weighted_saliency_scales_each_row() {
+    let (rows, cols) = (4, 40);
+    let l = layer(rows, cols, 33, None);
+    let cur = random_mask(rows, cols, 8, 34);
+    let deltas = [0.05, 0.2];
+    let ones = obs_saliency_weighted(&l.w, l.f.hinv_diag(), &cur, &deltas, &[1.0; 4]).unwrap();
+    assert_eq!(
+        ones,
+        obs_saliency(&l.w, l.f.hinv_diag(), &cur, &deltas).unwrap()
+    );
+    // Row r alone, by weighting the others 0; the rows' costs add up to the whole.
+    let per_row: Vec<Vec<f64>> = (0..rows)
+        .map(|r| {
+            let mut wts = [0.0; 4];
+            wts[r] = 1.0;
+            obs_saliency_weighted(&l.w, l.f.hinv_diag(), &cur, &deltas, &wts).unwrap()
+        })
+        .collect();
+    let wts = [0.5, 3.0, 0.0, 7.25];
+    let got = obs_saliency_weighted(&l.w, l.f.hinv_diag(), &cur, &deltas, &wts).unwrap();
+    for (i, g) in got.iter().enumerate() {
+        let want: f64 = (0..rows).map(|r| wts[r] * per_row[r][i]).sum();
+        assert!((g - want).abs() < 1e-12 * want.max(1e-30), "{g} vs {want}");
+        let sum: f64 = (0..rows).map(|r| per_row[r][i]).sum();
+        assert!((ones[i] - sum).abs() < 1e-12 * sum);
+    }
+    let bad = obs_saliency_weighted(&l.w, l.f.hinv_diag(), &cur, &deltas, &[1.0; 3]);
+    assert!(matches!(bad, Err(KernelError::Shape(_))));
+    let bad = obs_saliency_weighted(&l.w, l.f.hinv_diag(), &cur, &deltas, &[1.0, -1.0, 1.0, 1.0]);
+    assert!(matches!(bad, Err(KernelError::Argument(_))));
+    let bad = obs_saliency_weighted(
+        &l.w,
+        l.f.hinv_diag(),
+        &cur,
+        &deltas,
+        &[1.0, f64::NAN, 1.0, 1.0],
+    );
+    assert!(matches!(bad, Err(KernelError::Argument(_))));
 }
 
 #[test]

@@ -22,12 +22,13 @@
 
 use std::time::Instant;
 
-use config::HeuristicConfig;
+use config::{Allocation, HeuristicConfig};
 use protocol::{
     global_sparsity, projected_sparsity, target_reached, IterationRecord, LayerDecision,
     LayerProfile, Plan, PlanRequest, PlanResponse, DELTA_MAX, DELTA_MIN,
 };
 
+use crate::allocate::{by_cost, CostLayer};
 use crate::error::Result;
 use crate::planner::{check_request, PlannerBackend};
 use crate::rng::unit;
@@ -221,13 +222,16 @@ sparsity, growing x{:.2} per 0.01 of sparsity",
                 req.constraints.allows(p) && cap - p.sparsity >= DELTA_MIN && p.params > 0
             })
             .map(|(p, risk)| {
-                let noise = v.jitter * (unit(&mut rng) - 0.5);
+                let draw = unit(&mut rng) - 0.5;
+                let noise = v.jitter * draw;
                 Goal {
                     name: &p.name,
                     sparsity: p.sparsity,
                     weight: p.params as f64,
                     factor: 1.0 - tilt * (risk + noise).tanh(),
                     room: (cap - p.sparsity).min(DELTA_MAX),
+                    curve: &p.cost,
+                    draw,
                 }
             })
             .collect();
@@ -240,13 +244,27 @@ sparsity, growing x{:.2} per 0.01 of sparsity",
         }
         let total: f64 = req.profiles.iter().map(|p| p.params as f64).sum();
         let level = level_for_step(&eligible, total, step);
+        let level_deltas: Vec<f64> = eligible.iter().map(|g| g.delta_at(level)).collect();
+        let by_cost =
+            self.cfg.allocation == Allocation::Cost && eligible.iter().all(|g| !g.curve.is_empty());
+        let (deltas, spread) = if by_cost {
+            cost_deltas(&eligible, &level_deltas, total, step, v)
+        } else {
+            (
+                level_deltas,
+                format!(
+                    "raised towards level {level:.4} x (1 - {tilt:.2}*tanh(z_sens + {}*z_grad))",
+                    self.cfg.grad_weight
+                ),
+            )
+        };
         // The last step must land on the target, so its δs stay exact; the others are
         // rounded down to four decimals (readable plans, never above the cap).
         let last_step = step >= gap - 1e-12;
         let mut decisions: Vec<LayerDecision> = eligible
             .iter()
-            .filter_map(|g| {
-                let delta = g.delta_at(level);
+            .zip(&deltas)
+            .filter_map(|(g, &delta)| {
                 let delta = if last_step {
                     delta
                 } else {
@@ -279,14 +297,12 @@ sparsity, growing x{:.2} per 0.01 of sparsity",
         let reasoning = format!(
             "Heuristic planner, {} candidate. Gap to target {gap:.4}; aggressiveness {:.2} after \
 {} rollback(s) and {} cheap gain(s). Step {step:.4} of global sparsity (bound by {why}) over \
-{} layers raised towards level {level:.4} x (1 - {tilt:.2}*tanh(z_sens + {}*z_grad)), \
-delta {lo:.3}..{hi:.3}; projected global sparsity {projected:.4}.",
+{} layers {spread}, delta {lo:.3}..{hi:.3}; projected global sparsity {projected:.4}.",
             v.label,
             posture.aggressiveness,
             posture.rollbacks,
             posture.cheap_gains,
             decisions.len(),
-            self.cfg.grad_weight,
         );
         Plan {
             reasoning,
@@ -413,6 +429,57 @@ struct Goal<'a> {
     factor: f64,
     /// Largest δ this iteration allows (DELTA_MAX, the layer cap).
     room: f64,
+    /// The layer's measured cost curve (empty when not measured).
+    curve: &'a [f64],
+    /// This candidate's seeded draw for the layer, in [-½, ½).
+    draw: f64,
+}
+
+/// The cost allocation of `step` (see [`crate::allocate`]) and how it was spread. The
+/// ladder's rungs keep their meaning: the step multiplier as for levels; a tilt below 1
+/// (`flat`) blends the cost δs with the level δs by that weight, a hedge towards
+/// uniform; a tilt above 1 (`steep`) and the seeded rungs jitter the layers' marginal
+/// costs by up to ×e^(±½·amplitude).
+fn cost_deltas(
+    goals: &[Goal],
+    level_deltas: &[f64],
+    total: f64,
+    step: f64,
+    v: Variant,
+) -> (Vec<f64>, String) {
+    let amplitude = v.jitter + (v.tilt - 1.0).max(0.0) * 0.5;
+    let layers: Vec<CostLayer> = goals
+        .iter()
+        .map(|g| CostLayer {
+            curve: g.curve,
+            weight: g.weight,
+            room: g.room,
+            factor: (amplitude * g.draw).exp(),
+        })
+        .collect();
+    let a = by_cost(&layers, total, step);
+    let blend = v.tilt.min(1.0);
+    let deltas = a
+        .deltas
+        .iter()
+        .zip(level_deltas)
+        .map(|(c, l)| blend * c + (1.0 - blend) * l)
+        .collect();
+    let how = format!(
+        "given 0.01 at a time to the cheapest measured expected loss rise per pruned weight \
+(threshold {:.3e} nats per weight, expected rise of the step {:.4} nats{})",
+        a.threshold,
+        a.expected,
+        if blend < 1.0 {
+            format!(
+                ", blended {:.0}% with the risk-tilted level",
+                (1.0 - blend) * 100.0
+            )
+        } else {
+            String::new()
+        }
+    );
+    (deltas, how)
 }
 
 impl Goal<'_> {
@@ -498,3 +565,7 @@ impl PlannerBackend for HeuristicPlanner {
 #[cfg(test)]
 #[path = "heuristic_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "heuristic_cost_tests.rs"]
+mod cost_tests;

@@ -13,6 +13,7 @@ fn layer(name: &str, z_sens: f64, z_grad: f64, sparsity: f64, params: u64) -> La
         z_grad,
         sparsity,
         params,
+        cost: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! (with its fallback) from the config. This crate never depends on `actors`: the Planner actor
 //! calls a backend, not the other way round.
 
+mod allocate;
 pub mod constrained;
 pub mod error;
 pub mod factory;

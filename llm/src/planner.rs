@@ -84,6 +84,7 @@ mod tests {
             z_grad: 0.0,
             sparsity: 0.0,
             params: 10,
+            cost: Vec::new(),
         };
         PlanRequest::new(1, 10, vec![p], 0.5, 10.0, 10.0, 0.15)
     }

@@ -409,6 +409,14 @@ fn split_pattern(name: &str) -> Option<(String, u64)> {
     Some((pat.join("."), n))
 }
 
+/// Entries of a cost curve up to the δ the table shows (0.05).
+const COST_SHOWN: usize = 5;
+
+const COST_NOTE: &str = "cost: the measured expected rise of the calibration loss (nats per \
+token) if the layer alone gained 0.05 more sparsity (OBS estimate weighted by the layer's output \
+Fisher). It already accounts for the layer's size and current sparsity: prefer the cheapest \
+layers per pruned parameter (cost / params).\n";
+
 /// The layer list, sorted by z_sens (safest first): one full name per line when there
 /// are at most `compact_above` layers, else grouped by name pattern.
 pub fn layer_table(profiles: &[LayerProfile], compact_above: usize) -> String {
@@ -419,13 +427,25 @@ pub fn layer_table(profiles: &[LayerProfile], compact_above: usize) -> String {
         .enumerate()
         .map(|(i, p)| (p.name.as_str(), i + 1))
         .collect();
-    let row = |p: &LayerProfile| format!("{:+.2} {:+.2} {:.3}", p.z_sens, p.z_grad, p.sparsity);
+    // The measured cost of the next 0.05, when every layer has a curve.
+    let costs = profiles.iter().all(|p| p.cost.len() >= COST_SHOWN);
+    let row = |p: &LayerProfile| {
+        let mut r = format!("{:+.2} {:+.2} {:.3}", p.z_sens, p.z_grad, p.sparsity);
+        if costs {
+            let _ = write!(r, " {:.2e}", p.cost[COST_SHOWN - 1]);
+        }
+        r
+    };
     let mut t = String::new();
+    if costs {
+        t.push_str(COST_NOTE);
+    }
+    let cost_col = if costs { ", cost" } else { "" };
     if profiles.len() <= compact_above {
         let _ = writeln!(
             t,
             "Layer profiles ({} layers), sorted by z_sens (safest first). Columns: rank, name, \
-z_sens, z_grad, sparsity, params.",
+z_sens, z_grad, sparsity{cost_col}, params.",
             profiles.len()
         );
         for p in &order {
@@ -479,8 +499,10 @@ first column to get the exact layer name",
     }
     t.push_str(
         ". Groups are ordered by their safest layer, rows by z_sens. Columns: N, rank (1 = \
-lowest z_sens of all layers), z_sens, z_grad, sparsity.\n",
+lowest z_sens of all layers), z_sens, z_grad, sparsity",
     );
+    t.push_str(cost_col);
+    t.push_str(".\n");
     for (pat, rows) in &groups {
         let params = rows[0].1.params;
         let uniform = rows.iter().all(|(_, p)| p.params == params);
@@ -498,7 +520,10 @@ lowest z_sens of all layers), z_sens, z_grad, sparsity.\n",
         }
     }
     if !other.is_empty() {
-        t.push_str("[other layers] full name, rank, z_sens, z_grad, sparsity, params\n");
+        let _ = writeln!(
+            t,
+            "[other layers] full name, rank, z_sens, z_grad, sparsity{cost_col}, params"
+        );
         for p in other {
             let _ = writeln!(
                 t,

@@ -159,6 +159,7 @@ fn short_lists_use_full_names_sorted() {
         z_grad: -0.5,
         sparsity: 0.1,
         params: 100,
+        cost: Vec::new(),
     };
     let t = layer_table(&[mk("b", 0.5), mk("a.0.x", -1.0), mk("c", 0.0)], 48);
     let rows: Vec<&str> = t.lines().skip(1).collect();
@@ -180,6 +181,7 @@ fn odd_names_fall_back_to_full_names_in_compact_mode() {
         z_grad: 0.0,
         sparsity: 0.0,
         params,
+        cost: Vec::new(),
     };
     let profiles = vec![
         mk("blk.0.ffn", 0.1, 10),
@@ -390,4 +392,33 @@ fn the_scale_names_the_delta_that_keeps_the_planned_pace() {
         uniform_delta_for(&near, &list, pace(&near).planned),
         Some(0.01)
     );
+}
+
+#[test]
+fn measured_costs_appear_as_a_column_only_when_every_layer_has_them() {
+    let mut profiles = big_request().profiles;
+    let plain = layer_table(&profiles, 48);
+    assert!(!plain.contains("cost"), "{plain}");
+    for (i, p) in profiles.iter_mut().enumerate() {
+        p.cost = (1..=15)
+            .map(|k| f64::from(k) * 1e-4 * (i + 1) as f64)
+            .collect();
+    }
+    for compact in [48, usize::MAX] {
+        let t = layer_table(&profiles, compact);
+        assert!(t.contains("sparsity, cost"), "{t}");
+        assert!(t.contains("expected rise of the calibration loss"), "{t}");
+        // The first layer's cost at δ = 0.05 is 5e-4.
+        assert!(t.contains(" 5.00e-4"), "{t}");
+    }
+    profiles[3].cost.clear();
+    assert_eq!(layer_table(&profiles, 48), {
+        let mut p = big_request().profiles;
+        for (i, q) in p.iter_mut().enumerate() {
+            if i != 3 {
+                q.cost = vec![1.0; 15];
+            }
+        }
+        layer_table(&p, 48)
+    });
 }

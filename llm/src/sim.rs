@@ -145,6 +145,7 @@ impl SimModel {
                 z_grad: zg[i],
                 sparsity: self.sparsity[i],
                 params: self.params[i],
+                cost: Vec::new(),
             })
             .collect()
     }

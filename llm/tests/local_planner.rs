@@ -95,6 +95,7 @@ fn tiny_model_request() -> PlanRequest {
             z_grad: zg[i],
             sparsity: 0.0,
             params: (l.out_features * l.in_features) as u64,
+            cost: Vec::new(),
         })
         .collect();
     assert_eq!(profiles.len(), 14, "2 blocks x 7 projections");

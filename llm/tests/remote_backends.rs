@@ -31,6 +31,7 @@ fn request() -> PlanRequest {
             z_grad: 0.0,
             sparsity: 0.0,
             params: 1000,
+            cost: Vec::new(),
         })
         .collect();
     PlanRequest::new(1, 10, profiles, 0.5, 10.0, 10.0, 0.15)

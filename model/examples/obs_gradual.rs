@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release --example obs_gradual -p model
 //! obs_gradual METHOD SPARSITIES [SELECTION] [STEP] [WINDOWS]
-//!   METHOD      oneshot | gradual | alloc-rel | alloc-abs | gradual-dense | dense
+//!   METHOD      oneshot | gradual | alloc-rel | alloc-abs | alloc-fisher | gradual-dense | dense
 //!   SPARSITIES  comma list where PPL is measured, e.g. 0.5,0.6
 //!   SELECTION   row | tile (default row)
 //!   STEP        global sparsity per gradual step (default 0.1)
@@ -31,7 +31,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use kernels::obs::{hessian_factor, obs_prune, obs_saliency, output_error, InverseHessian};
+use kernels::obs::{
+    hessian_factor, obs_prune, obs_saliency, obs_saliency_weighted, output_error, InverseHessian,
+};
 use kernels::{Mask, Selection, DEFAULT_BLOCK};
 use model::text::TextSource;
 use model::{LayerInfo, Model, WeightOverlay};
@@ -107,7 +109,7 @@ fn main() -> Res<()> {
     match method.as_str() {
         "dense" => {}
         "oneshot" => oneshot(&ctx, &levels, &report)?,
-        "gradual" | "alloc-rel" | "alloc-abs" | "gradual-dense" => {
+        "gradual" | "alloc-rel" | "alloc-abs" | "alloc-fisher" | "gradual-dense" => {
             gradual(&ctx, &method, &levels, step, &report)?
         }
         other => return Err(format!("unknown method {other}").into()),
@@ -363,7 +365,20 @@ fn gradual(
         let inputs = collect(ctx, (!first).then_some(&state))?;
         let targets = match method {
             "alloc-rel" | "alloc-abs" => {
-                allocate(ctx, &state, &inputs, next, method == "alloc-rel")?
+                allocate(ctx, &state, &inputs, next, Weighting::from(method))?
+            }
+            "alloc-fisher" => {
+                // The output Fisher of the current model: its weights go in place first.
+                for l in &ctx.layers {
+                    let m = &state.masks[&l.name];
+                    let w =
+                        Tensor::from_slice(&state.w[&l.name], (m.rows(), m.cols()), &Device::Cpu)?;
+                    ctx.m.replace_pruned(&l.name, &w, m)?;
+                }
+                let tf = Instant::now();
+                let fisher = ctx.m.gradient_profile(&ctx.calib[..4], true)?.output_fisher;
+                eprintln!("  fisher in {:.0} s", tf.elapsed().as_secs_f64());
+                allocate(ctx, &state, &inputs, next, Weighting::Fisher(&fisher))?
             }
             _ => ctx.layers.iter().map(|l| (l.name.clone(), next)).collect(),
         };
@@ -387,12 +402,32 @@ fn gradual(
 /// `CHUNK` to the layer with the lowest marginal OBS saliency per pruned weight, the
 /// saliency divided by the layer's output energy (`relative`) or raw, each layer capped at
 /// `STEP_CAP` more this step and `MAX_SPARSITY` in all.
+/// How the allocation weighs a layer's OBS saliency.
+enum Weighting<'a> {
+    /// Raw: the per-token output error.
+    Absolute,
+    /// Divided by the layer's output energy.
+    Relative,
+    /// Row j by ½·F_j, the layer's output Fisher: the expected per-token loss rise.
+    Fisher(&'a HashMap<String, Vec<f64>>),
+}
+
+impl From<&str> for Weighting<'_> {
+    fn from(method: &str) -> Self {
+        if method == "alloc-rel" {
+            Self::Relative
+        } else {
+            Self::Absolute
+        }
+    }
+}
+
 fn allocate(
     ctx: &Ctx,
     state: &State,
     inputs: &HashMap<String, Input>,
     global: f64,
-    relative: bool,
+    weighting: Weighting<'_>,
 ) -> Res<HashMap<String, f64>> {
     let total: usize = ctx
         .layers
@@ -411,8 +446,14 @@ fn allocate(
             .floor()
             .max(0.0) as usize;
         let deltas: Vec<f64> = (1..=n).map(|j| j as f64 * CHUNK).collect();
-        let mut sal = obs_saliency(w, input.factor.hinv_diag(), mask, &deltas)?;
-        if relative {
+        let mut sal = match &weighting {
+            Weighting::Fisher(f) => {
+                let half: Vec<f64> = f[&l.name].iter().map(|v| 0.5 * v).collect();
+                obs_saliency_weighted(w, input.factor.hinv_diag(), mask, &deltas, &half)?
+            }
+            _ => obs_saliency(w, input.factor.hinv_diag(), mask, &deltas)?,
+        };
+        if matches!(weighting, Weighting::Relative) {
             let zeros = vec![0.0; w.len()];
             let e = output_error(w, &zeros, &input.gram, input.tokens, l.in_features)?;
             sal.iter_mut().for_each(|v| *v /= e.max(1e-30));

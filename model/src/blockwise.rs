@@ -74,6 +74,7 @@ impl Model {
             overlay,
             record_stats: self.stats_enabled(),
             grad: false,
+            capture: None,
         };
         let rope = RopeTables::new(self.config(), 0, l, self.dtype(), self.device())?;
         let mask = causal_mask(l, 0, self.dtype(), self.device())?;

@@ -31,7 +31,7 @@ use candle_core::{DType, Tensor, Var};
 use kernels::Mask;
 
 use crate::decoder::{causal_mask, rms_norm, softmax_last_dim, RopeTables};
-use crate::linear::{Pass, PrunableLinear};
+use crate::linear::{OutputCapture, Pass, PrunableLinear};
 use crate::overlay::WeightOverlay;
 use crate::perplexity::LOGIT_ROWS;
 use crate::transformer::Model;
@@ -47,11 +47,24 @@ pub struct GradImportance {
     pub mean: f64,
 }
 
+/// What [`Model::gradient_profile`] measures.
+#[derive(Debug, Clone, Default)]
+pub struct GradientProfile {
+    /// Per layer, the mean |∂L/∂W| over samples and kept weights
+    /// ([`Model::gradient_importance_means`]).
+    pub means: HashMap<String, f64>,
+    /// Per layer, the output Fisher per output row; empty unless asked for.
+    pub output_fisher: HashMap<String, Vec<f64>>,
+}
+
 /// Receives ∂L/∂W (`[out, in]`, model dtype) of one sample for prunable layer number
 /// `index` (model order). With a non-destructive mask committed the gradient is
 /// already zero where it prunes; where the layer is pruned in place it is
 /// ∂L/∂W_effective, generally non-zero: visitors mask it as they need.
 type Visit<'a> = dyn FnMut(usize, &PrunableLinear, &Tensor) -> Result<()> + 'a;
+
+/// Receives ∂L/∂y (`[seq, out]`, model dtype) of one sample for the projection named.
+type OutputVisit<'a> = dyn FnMut(&str, &Tensor) -> Result<()> + 'a;
 
 impl Model {
     /// Mean over samples of |∂L/∂W| for every prunable weight (each sample one
@@ -104,6 +117,18 @@ impl Model {
     /// nothing weight-sized outlives one decoder block. A layer with no kept weight has
     /// no entry.
     pub fn gradient_importance_means(&self, samples: &[Vec<u32>]) -> Result<HashMap<String, f64>> {
+        Ok(self.gradient_profile(samples, false)?.means)
+    }
+
+    /// [`Model::gradient_importance_means`] and, with `fisher`, each layer's output
+    /// Fisher from the same backward passes: per output row `j`, the mean over tokens
+    /// of `(N·∂L/∂y_tj)²`, `N` the sample's scored tokens, i.e. the squared gradient of
+    /// the token's own loss. With the layer's input Gram `H` (per token), pruning
+    /// weight `(j, i)` with the OBS update raises the expected per-token loss by about
+    /// `½·F_j·w_ji²/[H⁻¹]_ii` (a Kronecker-factored Fisher with a diagonal output
+    /// factor, as in LLM Surgeon): the cost of a weight in loss units, comparable
+    /// across layers, which raw OBS saliencies are not.
+    pub fn gradient_profile(&self, samples: &[Vec<u32>], fisher: bool) -> Result<GradientProfile> {
         let layers: Vec<&PrunableLinear> = self.linears().collect();
         let keep = layers
             .iter()
@@ -112,23 +137,65 @@ impl Model {
         // Σ over samples of the sample's mean |∂L/∂W| over kept weights; every sample
         // has the same kept set, so the mean of means is the mean over both.
         let mut sums = vec![0f64; layers.len()];
-        self.for_each_sample_gradient(samples, &mut |i, _, g| {
-            if keep[i].count_kept() > 0 {
-                sums[i] += kernels::gradient_importance(g, &keep[i])?;
+        let mut out_sums: HashMap<String, (Vec<f64>, u64)> = HashMap::new();
+        let mut on_output = |name: &str, g: &Tensor| -> Result<()> {
+            // One sample per call: `seq` rows, `seq − 1` of them scored.
+            let scale = (g.dim(0)?.saturating_sub(1) as f64).powi(2);
+            let col: Vec<f64> = g.to_dtype(DType::F64)?.sqr()?.sum(0)?.to_vec1()?;
+            let (acc, tokens) = out_sums
+                .entry(name.to_string())
+                .or_insert_with(|| (vec![0.0; col.len()], 0));
+            for (a, v) in acc.iter_mut().zip(col) {
+                *a += scale * v;
             }
+            *tokens += g.dim(0)? as u64;
             Ok(())
-        })?;
+        };
+        self.check_gradient_samples(samples)?;
+        for s in samples {
+            let out: Option<&mut OutputVisit<'_>> =
+                if fisher { Some(&mut on_output) } else { None };
+            self.sample_gradient(
+                s,
+                &mut |i, _, g| {
+                    if keep[i].count_kept() > 0 {
+                        sums[i] += kernels::gradient_importance(g, &keep[i])?;
+                    }
+                    Ok(())
+                },
+                out,
+            )?;
+        }
         let n = samples.len() as f64;
-        Ok(layers
+        let means = layers
             .iter()
             .zip(keep.iter().zip(sums))
             .filter(|(_, (k, _))| k.count_kept() > 0)
             .map(|(l, (_, s))| (l.name().to_string(), s / n))
-            .collect())
+            .collect();
+        let fisher = out_sums
+            .into_iter()
+            .map(|(name, (acc, tokens))| {
+                let t = tokens.max(1) as f64;
+                (name, acc.into_iter().map(|v| v / t).collect())
+            })
+            .collect();
+        Ok(GradientProfile {
+            means,
+            output_fisher: fisher,
+        })
     }
 
     /// Check every sample, then run [`Model::sample_gradient`] on each in turn.
     fn for_each_sample_gradient(&self, samples: &[Vec<u32>], visit: &mut Visit<'_>) -> Result<()> {
+        self.check_gradient_samples(samples)?;
+        for s in samples {
+            self.sample_gradient(s, visit, None)?;
+        }
+        Ok(())
+    }
+
+    fn check_gradient_samples(&self, samples: &[Vec<u32>]) -> Result<()> {
         if samples.is_empty() {
             return Err(ModelError::InvalidArgument(
                 "gradient importance: no samples".into(),
@@ -144,16 +211,19 @@ impl Model {
             self.check_len(s.len())?;
             self.check_ids(s)?;
         }
-        for s in samples {
-            self.sample_gradient(s, visit)?;
-        }
         Ok(())
     }
 
     /// One sample's backward, block by block (module docs); calls `visit` once per
     /// prunable layer, top block first. Activation statistics, when on, are recorded by
     /// the first forward only.
-    fn sample_gradient(&self, sample: &[u32], visit: &mut Visit<'_>) -> Result<()> {
+    /// With `outputs`, also passes each projection's ∂L/∂y to it.
+    fn sample_gradient(
+        &self,
+        sample: &[u32],
+        visit: &mut Visit<'_>,
+        mut outputs: Option<&mut OutputVisit<'_>>,
+    ) -> Result<()> {
         let (dtype, dev) = (self.dtype(), self.device());
         let len = sample.len();
         let tokens = Tensor::new(sample, dev)?.unsqueeze(0)?;
@@ -164,6 +234,7 @@ impl Model {
             overlay: None,
             record_stats: self.stats_enabled(),
             grad: true,
+            capture: None,
         };
         // 1. Block inputs; nothing is tracked, so no graph is kept.
         let mut inputs = Vec::with_capacity(blocks.len());
@@ -206,13 +277,23 @@ impl Model {
                 };
                 overlay.insert(p.name(), w);
             }
+            let captured = OutputCapture::default();
             let pass = Pass {
                 overlay: Some(&overlay),
                 record_stats: false,
                 grad: true,
+                capture: outputs.is_some().then_some(&captured),
             };
             let out = block.forward(x.as_tensor(), &rope, mask.as_ref(), None, pass)?;
             let grads = (out * &upstream)?.sum_all()?.backward()?;
+            if let Some(on_output) = outputs.as_mut() {
+                for (name, y) in captured.take() {
+                    let g = gradient_of(&grads, &y)?;
+                    let rows = g.elem_count() / g.dim(candle_core::D::Minus1)?.max(1);
+                    let cols = g.dim(candle_core::D::Minus1)?;
+                    on_output(&name, &g.reshape((rows, cols))?)?;
+                }
+            }
             for (slot, (p, v)) in projections.iter().zip(&vars).enumerate() {
                 visit(
                     b * per_block + slot,

@@ -25,7 +25,7 @@ pub use arch::{Architecture, ModelConfig};
 pub use blockwise::gram_source;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
-pub use grad::GradImportance;
+pub use grad::{GradImportance, GradientProfile};
 pub use linear::{ActivationGram, ActivationStats, LayerInfo};
 pub use load::{gguf_header, load_checkpoint, Checkpoint, GgufHeader, SourceFormat, TensorSummary};
 pub use overlay::WeightOverlay;

@@ -64,7 +64,14 @@ pub(crate) struct Pass<'a> {
     pub record_stats: bool,
     /// Build a graph `backward()` can differentiate (see `crate::decoder`).
     pub grad: bool,
+    /// When set, every linear appends `(its name, a zero variable added to its
+    /// output)`: the gradient pass reads ∂L/∂y of each projection as that variable's
+    /// gradient.
+    pub capture: Option<&'a OutputCapture>,
 }
+
+/// Projection outputs of one block forward, in call order (see [`Pass::capture`]).
+pub(crate) type OutputCapture = std::cell::RefCell<Vec<(String, Tensor)>>;
 
 /// A committed non-destructive mask and the cached effective weight `W ⊙ M` built
 /// from it once, so forwards do not multiply by the mask every call.
@@ -316,7 +323,19 @@ pruned in place; pruned weights stay pruned (their values are gone)",
         if let Some(last) = out_dims.last_mut() {
             *last = w.dim(0)?;
         }
-        Ok(y.reshape(out_dims)?)
+        let y = y.reshape(out_dims)?;
+        match pass.capture {
+            // backward() keeps the gradients of variables only, so the output gets a
+            // zero variable added: its gradient is ∂L/∂y.
+            Some(c) => {
+                let probe = candle_core::Var::zeros(y.shape(), y.dtype(), y.device())?;
+                let y = (y + probe.as_tensor())?;
+                c.borrow_mut()
+                    .push((self.name.clone(), probe.as_tensor().clone()));
+                Ok(y)
+            }
+            None => Ok(y),
+        }
     }
 
     /// Add Σx² per input column of `x` (`[..., in]`) to the statistics.

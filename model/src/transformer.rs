@@ -219,6 +219,7 @@ impl Model {
             overlay,
             record_stats: self.stats_enabled.load(Ordering::Relaxed),
             grad,
+            capture: None,
         };
         let rope = RopeTables::new(&self.config, offset, l, self.dtype, &self.device)?;
         let mask = causal_mask(l, offset, self.dtype, &self.device)?;

@@ -12,7 +12,8 @@ pub mod request;
 pub mod run;
 
 pub use plan::{
-    plan_json_schema, LayerDecision, LayerProfile, Plan, PlanError, DELTA_MAX, DELTA_MIN,
+    plan_json_schema, LayerDecision, LayerProfile, Plan, PlanError, COST_POINTS, COST_STEP,
+    DELTA_MAX, DELTA_MIN,
 };
 pub use probe::{probe_due, ProbePoint, ProbeSeries};
 pub use request::{

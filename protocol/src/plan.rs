@@ -20,7 +20,20 @@ pub struct LayerProfile {
     pub sparsity: f64,
     /// Number of weights in the layer (so sparsities can be weighted globally).
     pub params: u64,
+    /// Measured cost of pruning further: entry `k` is the expected rise of the
+    /// per-token calibration loss (nats) if this layer alone gained δ = (k+1)·
+    /// [`COST_STEP`] more sparsity — the OBS saliency (or, masks only, the Wanda key)
+    /// of the weights that would go, each output row weighted by ½ × the layer's output
+    /// Fisher. Non-decreasing. Empty when not measured (`pruning.layer_costs` off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cost: Vec<f64>,
 }
+
+/// δ between two entries of [`LayerProfile::cost`].
+pub const COST_STEP: f64 = 0.01;
+
+/// Entries of a measured [`LayerProfile::cost`] curve: δ up to [`DELTA_MAX`].
+pub const COST_POINTS: usize = 15;
 
 /// One layer the planner chose to prune further.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -271,6 +271,7 @@ mod tests {
             z_grad: 0.0,
             sparsity: s,
             params,
+            cost: Vec::new(),
         }
     }
 
