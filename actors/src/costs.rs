@@ -62,7 +62,9 @@ pub fn measure(
     for b in 0..model.num_blocks() {
         let layers = model.block_layers(b).map_err(merr)?;
         let sources = layers.iter().map(|l| gram_source(&l.name)).collect();
-        let grams = block_grams(model, b, &hidden, sources)?;
+        // The block's weights stay as they are: its outputs feed the next block.
+        let (grams, outputs) = block_grams(model, b, &hidden, sources)?;
+        hidden = outputs;
         let keys = grams
             .iter()
             .map(|(s, g)| Ok((s.clone(), inverse_key(g, spec)?)))
@@ -74,13 +76,6 @@ pub fn measure(
             };
             let curve = layer_curve(model, &l.name, &keys[&gram_source(&l.name)], f, &deltas)?;
             curves.insert(l.name.clone(), curve);
-        }
-        if b + 1 < model.num_blocks() {
-            hidden = hidden
-                .iter()
-                .map(|h| model.forward_block(b, h, None))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(merr)?;
         }
     }
     Ok(curves)

@@ -202,6 +202,7 @@ fn block_factors(
 ) -> Result<BTreeMap<String, InverseHessian>> {
     let sources: Vec<String> = touched.iter().map(|l| gram_source(&l.name)).collect();
     block_grams(model, b, hidden, sources)?
+        .0
         .into_iter()
         .map(|(s, g)| {
             let factor = hessian_factor(&g.values, g.tokens, g.cols, damp)
@@ -219,14 +220,15 @@ pub(crate) struct Gram {
 }
 
 /// Run block `b` (committed weights) on each of `hidden` with Grams on for `sources`
-/// (layer names as [`gram_source`] gives them; duplicates are fine) and return
-/// them; the outputs are dropped. Statistics, when on, are recorded as in a forward.
+/// (layer names as [`gram_source`] gives them; duplicates are fine) and return them
+/// with the block's outputs (the next block's inputs when the weights stay as they
+/// are). Statistics, when on, are recorded as in a forward.
 pub(crate) fn block_grams(
     model: &Model,
     b: usize,
     hidden: &[Tensor],
     mut sources: Vec<String>,
-) -> Result<BTreeMap<String, Gram>> {
+) -> Result<(BTreeMap<String, Gram>, Vec<Tensor>)> {
     let merr = |e: model::ModelError| ActorError::Model(format!("block {b} Grams: {e}"));
     sources.sort();
     sources.dedup();
@@ -240,7 +242,7 @@ pub(crate) fn block_grams(
     for s in &sources {
         model.set_gram_enabled(s, false).map_err(merr)?;
     }
-    pass.map_err(merr)?;
+    let outputs = pass.map_err(merr)?;
     let mut grams = BTreeMap::new();
     for s in sources {
         let gram = model
@@ -267,7 +269,7 @@ pub(crate) fn block_grams(
             },
         );
     }
-    Ok(grams)
+    Ok((grams, outputs))
 }
 
 /// The OBS sweep of one layer from its committed weight and mask to `target`; the new

@@ -40,7 +40,7 @@ use kernels::obs::{
 };
 use kernels::{Mask, Selection, DEFAULT_BLOCK};
 use model::text::TextSource;
-use model::{LayerInfo, Model, WeightOverlay};
+use model::{gram_source, LayerInfo, Model, WeightOverlay};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -209,20 +209,6 @@ fn sparsity(ctx: &Ctx, state: &State) -> f64 {
     p as f64 / n as f64
 }
 
-/// The layer whose Gram stands for `name`'s (q/k/v read one input, as do gate/up).
-fn source(name: &str) -> String {
-    for (from, to) in [
-        ("self_attn.k_proj", "self_attn.q_proj"),
-        ("self_attn.v_proj", "self_attn.q_proj"),
-        ("mlp.up_proj", "mlp.gate_proj"),
-    ] {
-        if let Some(prefix) = name.strip_suffix(from) {
-            return format!("{prefix}{to}");
-        }
-    }
-    name.to_string()
-}
-
 fn dense_state(ctx: &Ctx) -> Res<State> {
     let mut w = HashMap::new();
     let mut masks = HashMap::new();
@@ -241,7 +227,7 @@ fn dense_weight(ctx: &Ctx, name: &str) -> Res<Vec<f32>> {
 /// distinct layer input; each Gram is factored right away.
 fn collect(ctx: &Ctx, state: Option<&State>) -> Res<HashMap<String, Input>> {
     let t = Instant::now();
-    let mut sources: Vec<String> = ctx.layers.iter().map(|l| source(&l.name)).collect();
+    let mut sources: Vec<String> = ctx.layers.iter().map(|l| gram_source(&l.name)).collect();
     sources.dedup();
     for s in &sources {
         ctx.m.set_gram_enabled(s, true)?;
@@ -292,7 +278,7 @@ fn prune_all(
     let t = Instant::now();
     let (mut err, mut energy) = (0.0, 0.0);
     for l in &ctx.layers {
-        let input = &inputs[&source(&l.name)];
+        let input = &inputs[&gram_source(&l.name)];
         let before = state.w[&l.name].clone();
         let mut w = if from_dense {
             dense_weight(ctx, &l.name)?
@@ -444,7 +430,7 @@ fn allocate(
     let mut costs: Vec<(f64, Vec<f64>, usize)> = Vec::new();
     for l in &ctx.layers {
         let (w, mask) = (&state.w[&l.name], &state.masks[&l.name]);
-        let input = &inputs[&source(&l.name)];
+        let input = &inputs[&gram_source(&l.name)];
         let s = mask.sparsity();
         let n = ((STEP_CAP.min(MAX_SPARSITY - s)) / CHUNK + 1e-9)
             .floor()
