@@ -48,8 +48,8 @@ pub use delta::MaskDelta;
 pub use error::{KernelError, Result};
 pub use mask::Mask;
 pub use obs::{
-    hessian_factor, obs_prune, obs_saliency, obs_saliency_weighted, output_error, InverseHessian,
-    Selection, DEFAULT_BLOCK,
+    hessian_factor, obs_prune, obs_prune_weighted, obs_saliency, obs_saliency_weighted,
+    output_error, InverseHessian, Selection, DEFAULT_BLOCK,
 };
 pub use prune::{
     magnitude_mask_per_layer, magnitude_mask_per_row, magnitude_scores, nm_mask,

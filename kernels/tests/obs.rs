@@ -5,7 +5,8 @@ mod common;
 
 use common::rng;
 use kernels::{
-    hessian_factor, obs_prune, obs_saliency, obs_saliency_weighted, output_error, KernelError, Mask,
+    hessian_factor, obs_prune, obs_prune_weighted, obs_saliency, obs_saliency_weighted,
+    output_error, KernelError, Mask,
 };
 use kernels::{InverseHessian, Selection};
 use rand::Rng;
@@ -141,6 +142,19 @@ fn naive_prune(
     block: usize,
     sel: Selection,
 ) -> (Vec<f64>, Vec<bool>) {
+    naive_prune_weighted(w, u, cur, target, block, sel, None)
+}
+
+/// [`naive_prune`] with each row's keys multiplied by its weight.
+fn naive_prune_weighted(
+    w: &[f32],
+    u: &[f64],
+    cur: &Mask,
+    target: f64,
+    block: usize,
+    sel: Selection,
+    row_weight: Option<&[f64]>,
+) -> (Vec<f64>, Vec<bool>) {
     let (rows, cols) = (cur.rows(), cur.cols());
     let mut x: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
     let mut keep = cur.to_bools();
@@ -171,7 +185,8 @@ fn naive_prune(
                     if keep[r * cols + c] {
                         rest += 1;
                         if c < i2 {
-                            let key = (x[r * cols + c] / u[c * cols + c]).powi(2);
+                            let key = (x[r * cols + c] / u[c * cols + c]).powi(2)
+                                * row_weight.map_or(1.0, |rw| rw[r]);
                             cand.push((key, r * cols + c));
                         }
                     }
@@ -266,6 +281,49 @@ fn forced_mask_reproduces_dense_reference() {
         for (a, b) in w.iter().zip(&want_w) {
             assert!((f64::from(*a) - b).abs() < 1e-4, "{a} vs {b}");
         }
+    }
+}
+
+#[test]
+fn weighted_rows_match_reference_and_spare_heavy_rows() {
+    let (rows, cols) = (6, 40);
+    let l = layer(rows, cols, 21, None);
+    let cur = random_mask(rows, cols, 10, 22);
+    let u = naive_factor(&l.g, l.tokens, cols, 0.01);
+    let weights = [0.0, 4.0, 0.5, 1.0, 2.0, 0.25];
+    let (want_w, want_k) =
+        naive_prune_weighted(&l.w, &u, &cur, 0.6, 16, Selection::Tile, Some(&weights));
+    let mut w = l.w.clone();
+    let m = obs_prune_weighted(&mut w, &l.f, &cur, 0.6, 16, &weights).unwrap();
+    assert_eq!(m.to_bools(), want_k);
+    for (a, b) in w.iter().zip(&want_w) {
+        assert!((f64::from(*a) - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    assert_eq!(m.count_pruned(), (0.6f64 * 240.0).round() as usize);
+    assert_eq!(
+        m.count_kept_outside(&cur).unwrap(),
+        0,
+        "re-enabled a weight"
+    );
+    // A weightless row goes first; the heaviest row keeps the most.
+    let per_row = m.pruned_per_row();
+    assert_eq!(per_row[0], cols, "{per_row:?}");
+    assert_eq!(per_row.iter().min(), Some(&per_row[1]), "{per_row:?}");
+    // One common weight is plain tile selection.
+    let mut a = l.w.clone();
+    let mut b = l.w.clone();
+    let ma = obs_prune_weighted(&mut a, &l.f, &cur, 0.6, 16, &[2.5; 6]).unwrap();
+    let mb = obs_prune(&mut b, &l.f, &cur, 0.6, 16, Selection::Tile).unwrap();
+    assert_eq!(ma.to_bools(), mb.to_bools());
+    assert_eq!(a, b);
+    // Bad weights.
+    for bad in [
+        vec![1.0; 5],
+        vec![1.0, 1.0, -1.0, 1.0, 1.0, 1.0],
+        vec![f64::NAN; 6],
+    ] {
+        let e = obs_prune_weighted(&mut l.w.clone(), &l.f, &cur, 0.6, 16, &bad);
+        assert!(e.is_err(), "{bad:?}");
     }
 }
 

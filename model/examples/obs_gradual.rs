@@ -7,11 +7,13 @@
 //! obs_gradual METHOD SPARSITIES [SELECTION] [STEP] [WINDOWS]
 //!   METHOD      oneshot | gradual | alloc-rel | alloc-abs | alloc-fisher | gradual-dense | dense
 //!   SPARSITIES  comma list where PPL is measured, e.g. 0.5,0.6
-//!   SELECTION   row | tile (default row)
+//!   SELECTION   row | tile | fisher (default row; fisher: alloc-fisher only)
 //!   STEP        global sparsity per gradual step (default 0.1)
 //!   WINDOWS     QuAC 512-token windows for the PPL (default 60 = 30,720 tokens)
 //! ```
-//! Env `DENSE_PPL` skips the dense evaluation when the ratio's denominator is known.
+//! Env `DENSE_PPL` skips the dense evaluation when the ratio's denominator is known;
+//! env `FROM_DENSE` makes every gradual method re-solve from the dense weights, as
+//! `gradual-dense` does.
 //!
 //! Calibration: the first 16 × 256 tokens of XSum `document`s joined by "\n\n" (as
 //! `actors::engine::samples`). Gradual methods follow one trajectory of `STEP`-sized
@@ -29,14 +31,19 @@
 //! `alloc-fisher` (the same greedy allocation, each row's saliency weighted by ½ × the
 //! layer's output Fisher from 4 × 256 calibration tokens, i.e. an expected loss rise):
 //! 59.39 (1.978×) at 50 %, 106.73 (3.555×) at 60 %, 234.18 (7.799×) at 70 %, 0.1 steps,
-//! ~62 s per step on an idle 2-core CPU.
+//! ~62 s per step on an idle 2-core CPU. The same with `FROM_DENSE` (each step re-solved
+//! from the dense weights on the current inputs, SparseGPT's own target): 59.02, 106.72,
+//! 263.18 — no better at 50/60 %, 12 % worse at 70 %. With selection `fisher` (each
+//! layer's new pruned weights chosen layer-wide by ½F_j·w²/[H⁻¹]ᵢᵢ, rows of low output
+//! Fisher giving up more): 63.07 at 50 %, 6 % worse than per-row selection.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use kernels::obs::{
-    hessian_factor, obs_prune, obs_saliency, obs_saliency_weighted, output_error, InverseHessian,
+    hessian_factor, obs_prune, obs_prune_weighted, obs_saliency, obs_saliency_weighted,
+    output_error, InverseHessian,
 };
 use kernels::{Mask, Selection, DEFAULT_BLOCK};
 use model::text::TextSource;
@@ -58,6 +65,11 @@ struct Ctx {
     eval: Vec<u32>,
     sel: Selection,
     t0: Instant,
+    /// The dense weights, read once: `alloc-fisher` replaces the model's own.
+    dense: HashMap<String, Vec<f32>>,
+    /// Selection `fisher`: tile selection with each row's keys × its output Fisher
+    /// (blended with the layer mean by env `FISHER_MIX`, default 1 = Fisher only).
+    fisher_rows: bool,
 }
 
 /// The pruned model: repaired weights and masks of every prunable layer.
@@ -82,13 +94,16 @@ fn main() -> Res<()> {
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let sel = match args.get(2).map_or("row", String::as_str) {
-        "tile" => Selection::Tile,
+    let sel_arg = args.get(2).map_or("row", String::as_str);
+    let sel = match sel_arg {
+        "tile" | "fisher" => Selection::Tile,
         _ => Selection::PerRow,
     };
+    let fisher_rows = sel_arg == "fisher";
     let step: f64 = args.get(3).map_or(Ok(0.1), |v| v.parse())?;
     let windows: usize = args.get(4).map_or(Ok(60), |v| v.parse())?;
-    let ctx = load(sel, windows)?;
+    let mut ctx = load(sel, windows)?;
+    ctx.fisher_rows = fisher_rows;
     let dense = match std::env::var("DENSE_PPL") {
         Ok(v) => v.parse()?,
         Err(_) => {
@@ -145,6 +160,13 @@ fn load(sel: Selection, windows: usize) -> Res<Ctx> {
     let eval = quac[..windows * 512].to_vec();
     let m = Model::new(&ckpt.config, &ckpt.tensors, &Device::Cpu)?;
     let layers = m.prunable_layers();
+    let mut dense = HashMap::new();
+    for l in &layers {
+        dense.insert(
+            l.name.clone(),
+            m.layer_weight(&l.name)?.flatten_all()?.to_vec1()?,
+        );
+    }
     eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(Ctx {
         m,
@@ -153,6 +175,8 @@ fn load(sel: Selection, windows: usize) -> Res<Ctx> {
         eval,
         sel,
         t0,
+        dense,
+        fisher_rows: false,
     })
 }
 
@@ -220,7 +244,7 @@ fn dense_state(ctx: &Ctx) -> Res<State> {
 }
 
 fn dense_weight(ctx: &Ctx, name: &str) -> Res<Vec<f32>> {
-    Ok(ctx.m.layer_weight(name)?.flatten_all()?.to_vec1()?)
+    Ok(ctx.dense[name].clone())
 }
 
 /// One calibration pass with the state's weights (dense when `None`), Grams on every
@@ -274,7 +298,9 @@ fn prune_all(
     inputs: &HashMap<String, Input>,
     targets: &HashMap<String, f64>,
     from_dense: bool,
+    fisher: Option<&HashMap<String, Vec<f64>>>,
 ) -> Res<(f64, f64)> {
+    let mix: f64 = std::env::var("FISHER_MIX").map_or(Ok(1.0), |v| v.parse())?;
     let t = Instant::now();
     let (mut err, mut energy) = (0.0, 0.0);
     for l in &ctx.layers {
@@ -285,14 +311,32 @@ fn prune_all(
         } else {
             before.clone()
         };
-        let mask = obs_prune(
-            &mut w,
-            &input.factor,
-            &state.masks[&l.name],
-            targets[&l.name],
-            DEFAULT_BLOCK,
-            ctx.sel,
-        )?;
+        let mask = match fisher.filter(|_| ctx.fisher_rows) {
+            Some(f) => {
+                let rows = &f[&l.name];
+                let mean = rows.iter().sum::<f64>() / rows.len().max(1) as f64;
+                let weights: Vec<f64> = rows
+                    .iter()
+                    .map(|v| mix * v / mean.max(1e-30) + (1.0 - mix))
+                    .collect();
+                obs_prune_weighted(
+                    &mut w,
+                    &input.factor,
+                    &state.masks[&l.name],
+                    targets[&l.name],
+                    DEFAULT_BLOCK,
+                    &weights,
+                )?
+            }
+            None => obs_prune(
+                &mut w,
+                &input.factor,
+                &state.masks[&l.name],
+                targets[&l.name],
+                DEFAULT_BLOCK,
+                ctx.sel,
+            )?,
+        };
         let cols = l.in_features;
         err += output_error(&before, &w, &input.gram, input.tokens, cols)?;
         energy += output_error(
@@ -323,7 +367,7 @@ fn oneshot(
         let t = Instant::now();
         let mut state = dense_state(ctx)?;
         let targets = ctx.layers.iter().map(|l| (l.name.clone(), s)).collect();
-        prune_all(ctx, &mut state, &inputs, &targets, false)?;
+        prune_all(ctx, &mut state, &inputs, &targets, false, None)?;
         report("oneshot", s, &state, t)?;
     }
     Ok(())
@@ -353,6 +397,7 @@ fn gradual(
             t.elapsed().as_secs_f64()
         );
         let inputs = collect(ctx, (!first).then_some(&state))?;
+        let mut fisher = None;
         let targets = match method {
             "alloc-rel" | "alloc-abs" => {
                 allocate(ctx, &state, &inputs, next, Weighting::from(method))?
@@ -366,9 +411,11 @@ fn gradual(
                     ctx.m.replace_pruned(&l.name, &w, m)?;
                 }
                 let tf = Instant::now();
-                let fisher = ctx.m.gradient_profile(&ctx.calib[..4], true)?.output_fisher;
+                let f = ctx.m.gradient_profile(&ctx.calib[..4], true)?.output_fisher;
                 eprintln!("  fisher in {:.0} s", tf.elapsed().as_secs_f64());
-                allocate(ctx, &state, &inputs, next, Weighting::Fisher(&fisher))?
+                let t = allocate(ctx, &state, &inputs, next, Weighting::Fisher(&f))?;
+                fisher = Some(f);
+                t
             }
             _ => ctx.layers.iter().map(|l| (l.name.clone(), next)).collect(),
         };
@@ -377,7 +424,8 @@ fn gradual(
             &mut state,
             &inputs,
             &targets,
-            method == "gradual-dense",
+            method == "gradual-dense" || std::env::var_os("FROM_DENSE").is_some(),
+            fisher.as_ref(),
         )?;
         level = next;
         first = false;
