@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 const SCRIPT: &str = include_str!("../../scripts/fetch-assets.sh");
+/// The factual-QA generator the script runs (`MAKE_FACTS`).
+const MAKE_FACTS: &str = include_str!("../../scripts/make-facts.py");
 
 #[derive(clap::Args)]
 pub struct FetchArgs {
@@ -26,7 +28,15 @@ pub fn run(args: FetchArgs) -> Result<()> {
             bail!("unknown optional asset `{extra}` (known: qwen2.5-0.5b)");
         }
     }
+    // The script runs from stdin, so its generator goes beside the assets first.
+    let cache = args.dir.join(".cache");
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("could not create {}", cache.display()))?;
+    let make_facts = cache.join("make-facts.py");
+    std::fs::write(&make_facts, MAKE_FACTS)
+        .with_context(|| format!("could not write {}", make_facts.display()))?;
     let mut cmd = Command::new("bash");
+    cmd.env("MAKE_FACTS", &make_facts);
     cmd.arg("-s").arg("--").arg("--dir").arg(&args.dir);
     for extra in &args.with {
         cmd.arg("--with").arg(extra);
