@@ -14,7 +14,7 @@
 //! continuation is cut at its first line break, where the model starts inventing the
 //! next question.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use model::ChatMessage;
@@ -167,16 +167,28 @@ pub fn answer(
     shots: &[&QaItem],
     opts: &QaOptions,
 ) -> Result<QaOutcome> {
-    let text = prompt_text(target, item, shots, opts)?;
-    let ids = target.codec.encode(&text)?;
+    let ids = target
+        .codec
+        .encode(&prompt_text(target, item, shots, opts)?)?;
     let out = target.model.generate_with(
         &ids,
         opts.max_new_tokens,
         target.stop_tokens,
         target.overlay,
     )?;
-    let mut continuation = target.codec.decode(&out)?;
-    if opts.style == PromptStyle::Raw && !shots.is_empty() {
+    outcome(target, item, !shots.is_empty(), opts, &out)
+}
+
+/// Decode generated tokens `out` and match them against `item`'s aliases.
+fn outcome(
+    target: &Target<'_>,
+    item: &QaItem,
+    with_shots: bool,
+    opts: &QaOptions,
+    out: &[u32],
+) -> Result<QaOutcome> {
+    let mut continuation = target.codec.decode(out)?;
+    if opts.style == PromptStyle::Raw && with_shots {
         if let Some(i) = continuation.trim_start().find('\n') {
             let skip = continuation.len() - continuation.trim_start().len();
             continuation.truncate(skip + i);
@@ -241,14 +253,14 @@ pub fn evaluate(
     }
     let shots: Vec<&QaItem> = pool.iter().take(opts.shots).collect();
     let start = Instant::now();
+    let generated = generate_all(target, items, &shots, opts, on_item)?;
     let (mut correct, mut samples) = (0, Vec::new());
-    for item in items {
-        let o = answer(target, item, &shots, opts)?;
+    for (item, out) in items.iter().zip(&generated) {
+        let o = outcome(target, item, !shots.is_empty(), opts, out)?;
         correct += usize::from(o.correct);
         if samples.len() < opts.keep_samples {
             samples.push(o);
         }
-        on_item();
     }
     let seconds = start.elapsed().as_secs_f64();
     Ok(QaResult {
@@ -262,4 +274,49 @@ pub fn evaluate(
         seconds_per_question: seconds / items.len() as f64,
         samples,
     })
+}
+
+/// Questions generated together. A one-token step of one question is mostly per-op
+/// overhead: on SmolLM2-135M (2 shared cores, the 309 probe questions, 16 new tokens)
+/// batches took 90 s against 211 s one at a time, with the same 103 answers right.
+const BATCH: usize = 16;
+
+/// The generated tokens of every item, in order: prompts of one token length go
+/// through the model together, [`BATCH`] at a time.
+fn generate_all(
+    target: &Target<'_>,
+    items: &[QaItem],
+    shots: &[&QaItem],
+    opts: &QaOptions,
+    on_item: &dyn Fn(),
+) -> Result<Vec<Vec<u32>>> {
+    let prompts: Vec<Vec<u32>> = items
+        .iter()
+        .map(|item| {
+            target
+                .codec
+                .encode(&prompt_text(target, item, shots, opts)?)
+        })
+        .collect::<Result<_>>()?;
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        by_len.entry(p.len()).or_default().push(i);
+    }
+    let mut out = vec![Vec::new(); items.len()];
+    for group in by_len.values() {
+        for chunk in group.chunks(BATCH) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+            let generated = target.model.generate_batch_with(
+                &batch,
+                opts.max_new_tokens,
+                target.stop_tokens,
+                target.overlay,
+            )?;
+            for (&i, g) in chunk.iter().zip(generated) {
+                out[i] = g;
+                on_item();
+            }
+        }
+    }
+    Ok(out)
 }

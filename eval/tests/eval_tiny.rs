@@ -319,3 +319,49 @@ fn probe_counts_like_qa_and_selects_a_fixed_spread() {
     assert_eq!((p.correct, p.total), (expected, 3));
     assert!(probe::knowledge_probe(&target, &[], &opts).is_err());
 }
+
+/// `evaluate` generates questions of one prompt length together: the outcomes are
+/// those of answering each question alone, in the items' order.
+#[test]
+fn qa_batches_equal_one_question_at_a_time() {
+    let m = tiny(7);
+    let codec = CharCodec::tiny();
+    let target = Target {
+        model: &m,
+        overlay: None,
+        codec: &codec,
+        template: None,
+        stop_tokens: &[],
+    };
+    let items: Vec<QaItem> = ["ab", "capital of x", "cd", "a much longer question", "ef"]
+        .iter()
+        .map(|q| QaItem {
+            question: (*q).into(),
+            answers: vec!["e".into()],
+        })
+        .collect();
+    let opts = QaOptions {
+        style: PromptStyle::Raw,
+        max_new_tokens: 5,
+        keep_samples: 5,
+        ..QaOptions::default()
+    };
+    let done = std::cell::Cell::new(0);
+    let r = qa::evaluate(&target, &items, &[], &opts, &|| done.set(done.get() + 1)).unwrap();
+    assert_eq!(done.get(), 5);
+    let alone: Vec<_> = items
+        .iter()
+        .map(|q| qa::answer(&target, q, &[], &opts).unwrap())
+        .collect();
+    let said: Vec<(&str, &str, bool)> = r
+        .samples
+        .iter()
+        .map(|o| (o.question.as_str(), o.continuation.as_str(), o.correct))
+        .collect();
+    let want: Vec<(&str, &str, bool)> = alone
+        .iter()
+        .map(|o| (o.question.as_str(), o.continuation.as_str(), o.correct))
+        .collect();
+    assert_eq!(said, want);
+    assert_eq!(r.correct, alone.iter().filter(|o| o.correct).count());
+}

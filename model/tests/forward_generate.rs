@@ -117,3 +117,50 @@ fn overlay_generation_equals_committed_and_threads_agree() {
     m.set_mask(name, Some(&mask)).unwrap();
     assert_eq!(m.generate(&PROMPT, 12, &[]).unwrap(), pruned);
 }
+
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    for (i, arch) in [Architecture::Llama, Architecture::Qwen2]
+        .into_iter()
+        .enumerate()
+    {
+        let m = model(arch, 50 + i as u64);
+        let prompts: Vec<Vec<u32>> = vec![
+            PROMPT.to_vec(),
+            vec![3, 9, 27, 17, 51],
+            vec![60, 2, 2, 44, 8],
+        ];
+        let single: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| m.generate(p, 10, &[]).unwrap())
+            .collect();
+        assert_eq!(
+            m.generate_batch_with(&prompts, 10, &[], None).unwrap(),
+            single,
+            "{arch:?}"
+        );
+        // Each row stops at its own stop token; the others go on.
+        let stop = single[1][2];
+        let want: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| m.generate(p, 10, &[stop]).unwrap())
+            .collect();
+        assert!(want.iter().any(|w| w.len() == 10), "{want:?}");
+        assert_eq!(
+            m.generate_batch_with(&prompts, 10, &[stop], None).unwrap(),
+            want
+        );
+    }
+    let m = model(Architecture::Llama, 52);
+    assert!(m.generate_batch_with(&[], 4, &[], None).unwrap().is_empty());
+    let zero = m
+        .generate_batch_with(&[PROMPT.to_vec()], 0, &[], None)
+        .unwrap();
+    assert_eq!(zero, vec![Vec::<u32>::new()]);
+    assert!(matches!(
+        m.generate_batch_with(&[PROMPT.to_vec(), vec![1, 2]], 4, &[], None)
+            .unwrap_err(),
+        ModelError::InvalidArgument(_)
+    ));
+    assert!(m.generate_batch_with(&[vec![64; 5]], 1, &[], None).is_err());
+}
