@@ -216,6 +216,8 @@ pub fn fixture_config(f: &Fixture, runs_dir: &Path) -> config::Config {
     c.pruning.repair = config::Repair::None;
     c.pruning.layer_costs = false;
     c.heuristic.allocation = config::Allocation::Level;
+    // No knowledge probe: the tiny model answers nothing; probe tests opt in.
+    c.evaluation.probe.every = 0;
     c.calibration.path = f.calib.clone();
     c.calibration.field = Some("text".into());
     c.calibration.samples = 4;
