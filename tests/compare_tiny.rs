@@ -224,3 +224,94 @@ fn compare_rejects_bad_arguments() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown pruning method `sgd`"));
 }
+
+/// `--sweep`: one comparison per target (its own folder), then the trade-off of every
+/// method as sweep.{json,md,png}; the agent loop runs at each target.
+#[test]
+fn sweep_compares_at_every_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = write_fixture(dir.path(), 3, 16, 48).unwrap();
+    let cfg_path = dir.path().join("tiny.toml");
+    let cfg = fixture_config(&fx, &dir.path().join("unused"));
+    std::fs::write(&cfg_path, cfg.to_toml_string()).unwrap();
+    let qa = dir.path().join("qa.jsonl");
+    let qa_lines: String = (0..6)
+        .map(|i| {
+            format!(
+                "{{\"question\": \"w{} w{}\", \"answer\": [\"w{}\"]}}\n",
+                i + 11,
+                i + 12,
+                i + 20
+            )
+        })
+        .collect();
+    std::fs::write(&qa, qa_lines).unwrap();
+    let out_dir = dir.path().join("sweep");
+    let run = |sweep: &str| {
+        secateur()
+            .arg("compare")
+            .arg(&fx.model_dir)
+            .args(["--sweep", sweep, "--methods", "magnitude,wanda"])
+            .args([
+                "--calib-samples",
+                "4",
+                "--calib-len",
+                "32",
+                "--window",
+                "48",
+            ])
+            .arg("--calib")
+            .arg(format!("{}:text", fx.calib.display()))
+            .arg("--ppl")
+            .arg(format!("{}:text", fx.final_text.display()))
+            .args(["--max-new-tokens", "4", "--json"])
+            .arg("--qa")
+            .arg(&qa)
+            .arg("--agent-config")
+            .arg(&cfg_path)
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap()
+    };
+    let out = run("0.3,0.5");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let sweep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sweep["targets"], serde_json::json!([0.3, 0.5]));
+    assert!(sweep["dense_ppl"].as_f64().unwrap() > 1.0);
+    assert!(sweep["dense_qa"].is_number());
+    let series = sweep["series"].as_array().unwrap();
+    let names: Vec<&str> = series
+        .iter()
+        .map(|s| s["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["magnitude", "wanda", "agent"]);
+    for s in series {
+        let points = s["points"].as_array().unwrap();
+        assert_eq!(points.len(), 2, "{s}");
+        for (p, target) in points.iter().zip([0.3, 0.5]) {
+            let reached = p["sparsity"].as_f64().unwrap_or_else(|| panic!("{s}"));
+            assert!((reached - target).abs() < 0.02, "{s}");
+            assert!(p["ppl"].as_f64().unwrap() > 1.0);
+            assert!(p["qa"].is_number());
+        }
+    }
+    for target in ["0.30", "0.50"] {
+        let point = out_dir.join(format!("sparsity-{target}"));
+        let table: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(point.join("compare.json")).unwrap()).unwrap();
+        assert_eq!(table["rows"].as_array().unwrap().len(), 4);
+        assert!(point.join("agent-runs").is_dir());
+    }
+    assert!(out_dir.join("sweep.md").is_file());
+    assert_eq!(
+        &std::fs::read(out_dir.join("sweep.png")).unwrap()[..4],
+        b"\x89PNG"
+    );
+
+    let bad = run("0.3,1.5");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--sweep 1.5"), "{stderr}");
+}

@@ -18,6 +18,7 @@
 pub mod compare;
 mod compare_plot;
 mod plots;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,9 @@
 //! the default offline planner (or `--agent-config`) on the same model, target and
 //! calibration source, or reads the committed masks of a finished `secateur prune` run
 //! (`--agent-run RUN_DIR`). Dense results are cached in `--out/dense.json` and reused
-//! when every evaluation setting matches.
+//! when every evaluation setting matches. `--sweep` repeats the comparison at several
+//! targets (dense evaluated once) and adds the trade-off of every method across them
+//! (`report::sweep`).
 //!
 //! This file parses the flags, loads the model and data, and runs the rows; the table,
 //! its relative changes and its files' contents are `report::compare`'s.
@@ -22,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use baselines::Method;
 use model::{Model, WeightOverlay};
 use report::compare::{fill_relative, markdown, plot, Rel, Row, Table};
+use report::sweep::{sweep_markdown, sweep_plot, Sweep};
 use serde::{Deserialize, Serialize};
 
 use super::common;
@@ -94,6 +97,13 @@ pub struct CompareArgs {
     /// Print the JSON table instead of the markdown one.
     #[arg(long)]
     json: bool,
+    /// Compare at each of these sparsities instead of `--sparsity` (comma-separated,
+    /// e.g. 0.1,0.2,0.3,0.4,0.5): one comparison per target in
+    /// `--out/sparsity-0.30/…`, then the perplexity–knowledge trade-off of every method
+    /// as `sweep.md`, `sweep.json` and `sweep.png` in `--out` (add `--qa` for the
+    /// knowledge axis, e.g. `--qa assets/data/facts/test.jsonl --qa-limit 0`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "agent_run")]
+    sweep: Vec<f64>,
 }
 
 /// Every setting that changes the dense numbers; the cache is reused only on equality.
@@ -172,6 +182,9 @@ impl Bench<'_> {
 pub fn run(args: CompareArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.sparsity) {
         bail!("--sparsity {}: must be in [0, 1)", args.sparsity);
+    }
+    if let Some(s) = args.sweep.iter().find(|s| !(0.0..1.0).contains(*s)) {
+        bail!("--sweep {s}: every sparsity must be in [0, 1)");
     }
     let methods: Vec<Method> = if args.methods.iter().any(|m| m == "all") {
         baselines::ALL_METHODS
@@ -265,76 +278,125 @@ pub fn run(args: CompareArgs) -> Result<()> {
             row
         }
     };
-    let mut rows = vec![dense];
-    for method in &methods {
-        let name = method.name();
-        eprintln!("{name}: pruning to {}", args.sparsity);
-        let start = Instant::now();
-        let pruned = match baselines::prune(&model, method, args.sparsity, &windows) {
-            Ok(p) => p,
-            Err(e) => {
-                rows.push(Row::not_run(&name, e.to_string()));
-                continue;
-            }
+    let ctx = Point {
+        args: &args,
+        bench: &bench,
+        methods: &methods,
+        windows: &windows,
+        path: &path,
+        sets: &sets,
+        dense,
+    };
+    if args.sweep.is_empty() {
+        let table = ctx.compare(args.sparsity, &args.out)?;
+        return if args.json {
+            common::print(&serde_json::to_string_pretty(&table)?)
+        } else {
+            common::print(&markdown(&table))
         };
-        let prune_seconds = start.elapsed().as_secs_f64();
-        let overlay = pruned.overlay(&model)?;
-        rows.push(bench.evaluate(&name, Some(&overlay), pruned.sparsity(), prune_seconds)?);
     }
-    let source = match &args.agent_run {
-        Some(dir) => Some(AgentSource::Run(dir)),
-        None if args.no_agent => None,
-        None => Some(AgentSource::Loop {
-            config: args.agent_config.as_deref(),
-            model: &path,
-            sparsity: args.sparsity,
-            calib: &args.calib,
-            calib_offset: args.calib_offset,
-            runs_dir: args.out.join("agent-runs"),
-            device: args.device.device,
-            quiet: args.json,
-        }),
-    };
-    rows.push(match source {
-        None => Row::not_run("agent", "--no-agent".into()),
-        Some(source) => match agent_result(source) {
-            Ok((p, prune_seconds)) => {
-                let overlay = p.overlay(&model)?;
-                bench.evaluate("agent", Some(&overlay), p.sparsity(), prune_seconds)?
-            }
-            Err(e) => Row::not_run("agent", format!("{e:#}")),
-        },
-    });
-    let best_baseline = fill_relative(&mut rows);
-    let detail = rows[0].detail.clone().unwrap_or_default();
-    let table = Table {
-        model: path,
-        target_sparsity: args.sparsity,
-        calibration: args.calib.clone(),
-        calibration_windows: windows.len(),
-        calibration_len: args.calib_len,
-        calibration_offset: args.calib_offset,
-        ppl_text: args.ppl.clone(),
-        ppl_tokens: ppl_tokens.len(),
-        window: args.window,
-        suite,
-        mmlu_questions: sets.mmlu.as_ref().map(|m| m.0.len()),
-        qa_questions: sets.qa.as_ref().map(|q| q.0.len()),
-        dense_mmlu: detail.mmlu_verdict(),
-        dense_qa: detail.qa_verdict(),
-        best_baseline,
-        rows,
-    };
-    let md = markdown(&table);
+    let mut tables = Vec::new();
+    for &target in &args.sweep {
+        let dir = args.out.join(format!("sparsity-{target:.2}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        tables.push(ctx.compare(target, &dir)?);
+    }
+    let sweep = Sweep::from_tables(&tables);
+    let md = sweep_markdown(&sweep);
     std::fs::write(
-        args.out.join("compare.json"),
-        serde_json::to_vec_pretty(&table)?,
+        args.out.join("sweep.json"),
+        serde_json::to_vec_pretty(&sweep)?,
     )?;
-    std::fs::write(args.out.join("compare.md"), &md)?;
-    plot(&args.out.join("compare.png"), &table).context("compare.png")?;
+    std::fs::write(args.out.join("sweep.md"), &md)?;
+    sweep_plot(&args.out.join("sweep.png"), &sweep).context("sweep.png")?;
     if args.json {
-        common::print(&serde_json::to_string_pretty(&table)?)
+        common::print(&serde_json::to_string_pretty(&sweep)?)
     } else {
         common::print(&md)
+    }
+}
+
+/// What every comparison of one invocation shares (one per target with `--sweep`).
+struct Point<'a> {
+    args: &'a CompareArgs,
+    bench: &'a Bench<'a>,
+    methods: &'a [Method],
+    windows: &'a [Vec<u32>],
+    path: &'a PathBuf,
+    sets: &'a Sets,
+    dense: Row,
+}
+
+impl Point<'_> {
+    /// Every method and the agent at `target`; writes compare.{json,md,png} to `out`.
+    fn compare(&self, target: f64, out: &std::path::Path) -> Result<Table> {
+        let (args, bench, windows) = (self.args, self.bench, self.windows);
+        let model = bench.model;
+        let mut rows = vec![self.dense.clone()];
+        for method in self.methods {
+            let name = method.name();
+            eprintln!("{name}: pruning to {target}");
+            let start = Instant::now();
+            let pruned = match baselines::prune(model, method, target, windows) {
+                Ok(p) => p,
+                Err(e) => {
+                    rows.push(Row::not_run(&name, e.to_string()));
+                    continue;
+                }
+            };
+            let prune_seconds = start.elapsed().as_secs_f64();
+            let overlay = pruned.overlay(model)?;
+            rows.push(bench.evaluate(&name, Some(&overlay), pruned.sparsity(), prune_seconds)?);
+        }
+        let source = match &args.agent_run {
+            Some(dir) => Some(AgentSource::Run(dir)),
+            None if args.no_agent => None,
+            None => Some(AgentSource::Loop {
+                config: args.agent_config.as_deref(),
+                model: self.path,
+                sparsity: target,
+                calib: &args.calib,
+                calib_offset: args.calib_offset,
+                runs_dir: out.join("agent-runs"),
+                device: args.device.device,
+                quiet: args.json,
+            }),
+        };
+        rows.push(match source {
+            None => Row::not_run("agent", "--no-agent".into()),
+            Some(source) => match agent_result(source) {
+                Ok((p, prune_seconds)) => {
+                    let overlay = p.overlay(model)?;
+                    bench.evaluate("agent", Some(&overlay), p.sparsity(), prune_seconds)?
+                }
+                Err(e) => Row::not_run("agent", format!("{e:#}")),
+            },
+        });
+        let best_baseline = fill_relative(&mut rows);
+        let detail = rows[0].detail.clone().unwrap_or_default();
+        let table = Table {
+            model: self.path.clone(),
+            target_sparsity: target,
+            calibration: args.calib.clone(),
+            calibration_windows: windows.len(),
+            calibration_len: args.calib_len,
+            calibration_offset: args.calib_offset,
+            ppl_text: args.ppl.clone(),
+            ppl_tokens: bench.ppl_tokens.len(),
+            window: args.window,
+            suite: bench.suite.clone(),
+            mmlu_questions: self.sets.mmlu.as_ref().map(|m| m.0.len()),
+            qa_questions: self.sets.qa.as_ref().map(|q| q.0.len()),
+            dense_mmlu: detail.mmlu_verdict(),
+            dense_qa: detail.qa_verdict(),
+            best_baseline,
+            rows,
+        };
+        let md = markdown(&table);
+        std::fs::write(out.join("compare.json"), serde_json::to_vec_pretty(&table)?)?;
+        std::fs::write(out.join("compare.md"), &md)?;
+        plot(&out.join("compare.png"), &table).context("compare.png")?;
+        Ok(table)
     }
 }
