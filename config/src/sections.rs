@@ -278,6 +278,11 @@ pub struct ProbeConfig {
     pub style: ProbeStyle,
     /// Tokens generated per answer.
     pub max_new_tokens: usize,
+    /// Knowledge guard: at a probe point, a step whose candidate answers less than
+    /// `(1 − guard)` × the accuracy of the previous point (the committed model's) is
+    /// rolled back like a step over τ, and the planner is told why (0 = off; at most
+    /// 0.9).
+    pub guard: f64,
 }
 
 impl Default for ProbeConfig {
@@ -288,6 +293,7 @@ impl Default for ProbeConfig {
             questions: 200,
             style: ProbeStyle::Auto,
             max_new_tokens: 16,
+            guard: 0.0,
         }
     }
 }
@@ -321,6 +327,7 @@ impl EvaluationConfig {
                 1,
                 512,
             );
+            c.closed("evaluation.probe.guard", p.guard, 0.0, 0.9);
         }
     }
 }

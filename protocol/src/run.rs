@@ -25,7 +25,8 @@ pub struct IterationOutcome {
     pub sparsity_after: f64,
     pub ppl_before: f64,
     pub ppl_after: f64,
-    /// True when nothing was committed because every candidate exceeded τ.
+    /// True when nothing was committed: every candidate exceeded τ, or the knowledge
+    /// guard refused the chosen one (the feedback says which).
     pub rolled_back: bool,
 }
 

@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! profile → plan + review (veto → replan, bounded) → execute → evaluate → decide
-//!         → reflect → probe (when due) → commit or roll back
+//!         → probe (when due) → knowledge guard → reflect → commit or roll back
 //! ```
+//!
+//! The knowledge guard (`evaluation.probe.guard`) can only turn a commit into a
+//! rollback: at a probe point, a candidate τ accepted but that answers less than
+//! `(1 − guard)` × the last point's accuracy is refused ([`probe::guard_trip`]).
 //!
 //! A plan travels as a [`Candidate`] from the critic's review to the decision: the
 //! candidate carries the planner's response, the critic's verdict, the Executor's

@@ -2,7 +2,7 @@
 //! dense point before iteration 1, a point every `every`-th iteration (measured in
 //! [`super::Iteration`]), and the final model's point at the normal end of a run.
 
-use protocol::{CandidateMasks, ProbePoint, ProbeSeries};
+use protocol::{CandidateMasks, IterationRecord, ProbePoint, ProbeSeries};
 
 use super::{Ctx, LoopState};
 use crate::checkpointer::CheckpointerMsg;
@@ -80,4 +80,122 @@ pub fn series(ctx: &Ctx<'_>, state: &LoopState) -> Option<ProbeSeries> {
         .probe
         .as_ref()
         .map(|p| p.series(&state.probe_points))
+}
+
+/// The knowledge guard's finding on a step: the probe accuracy of the committed model
+/// (the last point) and of the candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuardTrip {
+    pub before: f64,
+    pub after: f64,
+}
+
+/// `Some` when the candidate's point `p` answers less than `(1 − guard)` × the last
+/// stored point's accuracy (`guard` 0 is off; no earlier point, no verdict).
+pub fn guard_trip(guard: f64, points: &[ProbePoint], p: &ProbePoint) -> Option<GuardTrip> {
+    let last = points.last()?;
+    (guard > 0.0 && p.accuracy < (1.0 - guard) * last.accuracy).then_some(GuardTrip {
+        before: last.accuracy,
+        after: p.accuracy,
+    })
+}
+
+/// Turn `record` (a step τ accepted) into a rollback by the knowledge guard, and tell
+/// the planner why in its feedback.
+pub fn roll_back_for_knowledge(record: &mut IterationRecord, trip: &GuardTrip, guard: f64) {
+    let o = &mut record.outcome;
+    o.rolled_back = true;
+    record.feedback.summary.push_str(&format!(
+        "\nThe knowledge probe answered {:.1}% of its questions against {:.1}% before this \
+step (the guard allows losing {:.0}% of it in one step), so the change was rolled back: \
+the model stays at global sparsity {:.4} and PPL {:.3}.",
+        100.0 * trip.after,
+        100.0 * trip.before,
+        100.0 * guard,
+        o.sparsity_before,
+        o.ppl_before
+    ));
+    record.feedback.assessment = KNOWLEDGE_ASSESSMENT.into();
+}
+
+/// The assessment of a step the knowledge guard rolled back.
+pub const KNOWLEDGE_ASSESSMENT: &str =
+    "Rolled back - the knowledge probe fell too far, spare the layers that hold what the \
+model knows or take smaller deltas";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Feedback, IterationOutcome, Plan};
+
+    fn point(iteration: u32, accuracy: f64) -> ProbePoint {
+        ProbePoint {
+            iteration,
+            sparsity: 0.0,
+            ppl: 10.0,
+            correct: (accuracy * 100.0) as usize,
+            total: 100,
+            accuracy,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn guard_compares_with_the_last_point() {
+        let points = [point(0, 0.5), point(3, 0.4)];
+        // 0.4 × (1 − 0.25) = 0.3: 0.31 passes, 0.29 trips.
+        assert_eq!(guard_trip(0.25, &points, &point(6, 0.31)), None);
+        assert_eq!(
+            guard_trip(0.25, &points, &point(6, 0.29)),
+            Some(GuardTrip {
+                before: 0.4,
+                after: 0.29
+            })
+        );
+        assert_eq!(guard_trip(0.0, &points, &point(6, 0.0)), None, "off");
+        assert_eq!(guard_trip(0.25, &[], &point(6, 0.0)), None, "no reference");
+    }
+
+    #[test]
+    fn a_tripped_step_is_a_rollback_with_the_reason() {
+        let mut record = IterationRecord {
+            plan: Plan {
+                reasoning: "r".into(),
+                stop_pruning: false,
+                layer_decisions: vec![],
+            },
+            outcome: IterationOutcome {
+                iteration: 3,
+                sparsity_before: 0.2,
+                sparsity_after: 0.3,
+                ppl_before: 12.0,
+                ppl_after: 13.0,
+                rolled_back: false,
+            },
+            feedback: Feedback {
+                iteration: 3,
+                summary: "Result: fine.".into(),
+                assessment: "Good".into(),
+            },
+        };
+        let trip = GuardTrip {
+            before: 0.4,
+            after: 0.2,
+        };
+        roll_back_for_knowledge(&mut record, &trip, 0.25);
+        assert!(record.outcome.rolled_back);
+        assert_eq!(record.feedback.assessment, KNOWLEDGE_ASSESSMENT);
+        let s = &record.feedback.summary;
+        assert!(
+            s.starts_with(
+                "Result: fine.\nThe knowledge probe answered 20.0% of its questions against 40.0%"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("losing 25% of it"), "{s}");
+        assert!(
+            s.ends_with("stays at global sparsity 0.2000 and PPL 12.000."),
+            "{s}"
+        );
+    }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::{
-    probe_due, target_reached, ActorTimings, IterationOutcome, IterationRecord, PlanRequest,
+    probe_due, target_reached, ActorTimings, IterationOutcome, IterationRecord, Plan, PlanRequest,
     ProbePoint, ProfileReport, Rejection, ReviewedCandidate, RunState, StopReason, StoredIteration,
     Verdict,
 };
@@ -46,8 +46,9 @@ impl<'a> Iteration<'a> {
         }
     }
 
-    /// profile → plan + review → execute → evaluate → decide → reflect → probe →
-    /// commit or roll back.
+    /// profile → plan + review → execute → evaluate → decide → probe (when due; the
+    /// knowledge guard may turn a commit into a rollback) → reflect → commit or roll
+    /// back.
     pub async fn run(mut self) -> Next {
         let p = &self.ctx.cfg.pruning;
         let (target, tau) = (p.target_sparsity, p.tau);
@@ -86,12 +87,23 @@ impl<'a> Iteration<'a> {
             .collect();
         let decision = decide(&scores, before, self.state.current_ppl, tau);
         let shown = &candidates[executed[decision.shown()]];
-        let chosen = decision.committed().map(|k| &candidates[executed[k]]);
-        let rolled_back = decision.committed().is_none();
-        let record = self
-            .reflect(shown, &scores[decision.shown()], before, rolled_back)
-            .await?;
-        let probe = self.probe_if_due(chosen, &record.outcome).await?;
+        let mut chosen = decision.committed().map(|k| &candidates[executed[k]]);
+        let (outcome, plan) =
+            self.outcome(shown, &scores[decision.shown()], before, chosen.is_none())?;
+        let mut probe = self.probe_if_due(chosen, &outcome).await?;
+        let guard = self.ctx.cfg.evaluation.probe.guard;
+        let trip = match (&probe, chosen) {
+            (Some(p), Some(_)) => super::probe::guard_trip(guard, &self.state.probe_points, p),
+            _ => None,
+        };
+        let mut record = self.reflect(plan, outcome).await?;
+        if let Some(trip) = trip {
+            // The knowledge guard refuses what τ accepted: nothing is committed, and
+            // the candidate's probe point is not the committed model's.
+            chosen = None;
+            probe = None;
+            super::probe::roll_back_for_knowledge(&mut record, &trip, guard);
+        }
         self.commit_or_roll_back(report, &candidates, chosen, record, probe)
             .await
     }
@@ -311,15 +323,15 @@ impl<'a> Iteration<'a> {
         Ok(())
     }
 
-    /// The critic's reflection on the decided candidate (the committed one, or the
-    /// best rolled-back one), as the iteration's record.
-    async fn reflect(
-        &mut self,
+    /// What the decided candidate (the committed one, or the best rolled-back one)
+    /// does to sparsity and PPL, and the plan it executed.
+    fn outcome(
+        &self,
         shown: &Candidate,
         score: &protocol::CandidateScore,
         before: f64,
         rolled_back: bool,
-    ) -> Result<IterationRecord, ActorError> {
+    ) -> Result<(IterationOutcome, Plan), ActorError> {
         let masks = shown
             .masks
             .as_ref()
@@ -332,8 +344,18 @@ impl<'a> Iteration<'a> {
             ppl_after: score.ppl,
             rolled_back,
         };
+        Ok((outcome, masks.plan.clone()))
+    }
+
+    /// The critic's reflection on `outcome` of the decided candidate's `plan`, as the
+    /// iteration's record.
+    async fn reflect(
+        &mut self,
+        plan: Plan,
+        outcome: IterationOutcome,
+    ) -> Result<IterationRecord, ActorError> {
         let start = Instant::now();
-        let plan = Box::new(masks.plan.clone());
+        let plan = Box::new(plan);
         let span = self.stage(Stage::Reflect);
         let grad = self.state.raw_grad.clone();
         let feedback = self
@@ -348,7 +370,7 @@ impl<'a> Iteration<'a> {
         span.record("assessment", feedback.assessment.as_str());
         self.timings.critic_ms += ms(start);
         Ok(IterationRecord {
-            plan: masks.plan.clone(),
+            plan: *plan,
             outcome,
             feedback,
         })
