@@ -30,47 +30,18 @@ impl Model {
         stop_tokens: &[u32],
         overlay: Option<&WeightOverlay>,
     ) -> Result<Vec<u32>> {
-        let context = self.config().max_position_embeddings;
-        if prompt.is_empty() {
-            return Err(ModelError::InvalidArgument("generate: empty prompt".into()));
-        }
-        if prompt.len() > context {
-            return Err(ModelError::InvalidArgument(format!(
-                "generate: prompt of {} tokens exceeds the context of {context}",
-                prompt.len()
-            )));
-        }
-        self.check_ids(prompt)?;
-        if let Some(o) = overlay {
-            self.check_overlay(o)?;
-        }
-        let mut cache: Vec<LayerKv> = Vec::new();
-        let mut out = Vec::new();
-        let mut input = prompt.to_vec();
-        let mut len = 0;
-        while out.len() < max_new_tokens && len + input.len() <= context {
-            let tokens = Tensor::new(input.as_slice(), self.device())?.unsqueeze(0)?;
-            let hidden = self.hidden(&tokens, overlay, Some(&mut cache), false)?;
-            len += input.len();
-            let last = hidden.narrow(1, input.len() - 1, 1)?;
-            let next = argmax(&self.logits(&last)?)?;
-            if stop_tokens.contains(&next) {
-                break;
-            }
-            out.push(next);
-            input = vec![next];
-        }
-        Ok(out)
+        let mut out =
+            self.generate_batch_with(&[prompt.to_vec()], max_new_tokens, stop_tokens, overlay)?;
+        Ok(out.pop().unwrap_or_default())
     }
-}
 
-impl Model {
     /// [`Model::generate_with`] for several prompts of one length at once: one forward
     /// of the whole batch per step, which amortises the per-op cost a one-token step is
     /// dominated by. Each row stops at its own first stop token or `max_new_tokens`;
     /// the batch steps until every row has stopped. Row `i` is what `generate_with`
-    /// gives for `prompts[i]` (up to the rounding of the batched matmuls). Errors on
-    /// prompts of different lengths, and as `generate_with` does.
+    /// (a batch of one) gives for `prompts[i]`, up to the rounding of the batched
+    /// matmuls. Errors on an empty or over-long prompt, prompts of different lengths,
+    /// unknown token ids and a bad overlay.
     pub fn generate_batch_with(
         &self,
         prompts: &[Vec<u32>],
@@ -133,14 +104,6 @@ impl Model {
 }
 
 /// Index of the largest logit, lowest index on ties; NaN never wins.
-pub(crate) fn argmax(logits: &Tensor) -> Result<u32> {
-    let values = logits
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
-    Ok(argmax_of(&values))
-}
-
 fn argmax_of(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, v) in values.iter().enumerate() {

@@ -54,6 +54,22 @@ pub enum RunState {
     Cancelled,
 }
 
+impl std::fmt::Display for RunState {
+    /// The serde name (`finished`), as every JSON output spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Profiling => "profiling",
+            Self::Planning => "planning",
+            Self::Evaluating => "evaluating",
+            Self::Committed => "committed",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        })
+    }
+}
+
 impl RunState {
     /// A terminal state never changes again.
     pub fn is_terminal(self) -> bool {

@@ -10,6 +10,20 @@ use crate::compare::{Row, Table};
 use crate::plots::{err, font, FONT};
 use crate::Result;
 
+/// One colour per method, in row order (compare.png's bars, sweep.png's lines).
+pub(crate) const PALETTE: [RGBColor; 10] = [
+    BLUE,
+    RED,
+    GREEN,
+    MAGENTA,
+    CYAN,
+    RGBColor(230, 140, 0),
+    RGBColor(120, 60, 160),
+    BLACK,
+    RGBColor(90, 90, 90),
+    RGBColor(0, 120, 120),
+];
+
 /// Three significant figures at most: 1.23, 45.6, 789.
 fn short(x: f64) -> String {
     match x.abs() {
@@ -34,18 +48,7 @@ pub fn plot(path: &Path, t: &Table) -> Result<()> {
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let panels = root.split_evenly((1, 3));
     let rows: Vec<&Row> = t.rows.iter().filter(|r| r.status == "ok").collect();
-    let palette = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        RGBColor(230, 140, 0),
-        RGBColor(120, 60, 160),
-        BLACK,
-        RGBColor(90, 90, 90),
-        RGBColor(0, 120, 120),
-    ];
+    let palette = PALETTE;
     let names: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
     let n = rows.len() as f64;
     // Horizontal bars: method names read left of their bar and never overlap; the

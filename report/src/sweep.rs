@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::compare::{Row, Table};
+use crate::compare_plot::PALETTE;
 use crate::plots::{err, font, FONT};
 use crate::Result;
 
@@ -153,16 +154,7 @@ pub fn sweep_plot(path: &Path, s: &Sweep) -> Result<()> {
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let areas = root.split_evenly((1, panels.len()));
-    let palette = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        RGBColor(230, 140, 0),
-        RGBColor(120, 60, 160),
-        RGBColor(90, 90, 90),
-    ];
+    let palette = PALETTE;
     let x_hi = s.targets.iter().copied().fold(0.1, f64::max) + 0.05;
     for (area, (title, pick, dense, log)) in areas.iter().zip(panels) {
         let lines: Vec<(&str, Vec<(f64, f64)>)> = s

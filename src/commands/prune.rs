@@ -221,7 +221,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         let t = report::Table4::of(s);
         common::print(&format!(
             "run {} {} ({}): {} iterations, {} successful, {} rollbacks; sparsity {:.2}% (target {:.2}%); in-loop PPL {:.3} -> {:.3}",
-            s.run_id, run_state_name(s.state), s.stop_reason, t.iterations, t.successful, t.rollbacks,
+            s.run_id, s.state, s.stop_reason, t.iterations, t.successful, t.rollbacks,
             t.final_sparsity * 100.0, t.target_sparsity * 100.0, t.baseline_ppl, t.final_ppl
         ))?;
         if let Some(last) = s.rejected.last() {
@@ -342,12 +342,4 @@ fn planner_line(candidates: &[protocol::ReviewedCandidate]) -> String {
         line.push_str(&format!(" [{}]", reasons.join("; ")));
     }
     line
-}
-
-/// The state's serde name (`finished`), as the stop reason beside it is printed.
-fn run_state_name(state: protocol::RunState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{state:?}"))
 }
