@@ -53,15 +53,18 @@ impl Engine {
         let ckpt = model::load_checkpoint(&cfg.model.path)
             .map_err(|e| format!("{}: {e}", cfg.model.path.display()))?;
         let f32_bytes = ckpt.parameter_count() as u64 * 4;
-        // What the probe needs from the checkpoint, taken before the tensors move.
-        let probe_parts = match &questions {
-            Some(_) => Some((
-                model::ChatTemplate::for_checkpoint(&ckpt)
-                    .map_err(|e| format!("{}: chat template: {e}", cfg.model.path.display()))?,
-                eval::stop_tokens(&ckpt),
-            )),
-            None => None,
+        // What the probe and the knowledge calibration need from the checkpoint, taken
+        // before the tensors move.
+        let knowledge_windows = cfg.calibration.knowledge.windows(cfg.calibration.samples);
+        let template = if questions.is_some() || knowledge_windows > 0 {
+            model::ChatTemplate::for_checkpoint(&ckpt)
+                .map_err(|e| format!("{}: chat template: {e}", cfg.model.path.display()))?
+        } else {
+            None
         };
+        let stops = eval::stop_tokens(&ckpt);
+        let tokenizer = Arc::new(ckpt.tokenizer);
+        let knowledge = knowledge_calibration(cfg, template.as_ref(), tokenizer.as_ref())?;
         // The model takes the tensors by value: no one else holds the dense weights,
         // so pruning in place (the Executor's commits) really releases them.
         let device = device::resolve(cfg.model.device)?;
@@ -71,13 +74,12 @@ impl Engine {
         // The weights were uploaded on this thread's stream; the actors read them from
         // their own threads.
         device::settle(&device)?;
-        let tokenizer = Arc::new(ckpt.tokenizer);
-        let probe = match (questions, probe_parts) {
-            (Some(q), Some((template, stops))) => {
+        let probe = match questions {
+            Some(q) => {
                 let codec: Arc<dyn eval::Codec> = tokenizer.clone();
                 Some(ProbeSet::new(probe_cfg, q, codec, template, stops)?)
             }
-            _ => None,
+            None => None,
         };
         let encode = move |text: &str| -> Result<Vec<u32>, Error> {
             tokenizer
@@ -85,7 +87,7 @@ impl Engine {
                 .map(|e| e.get_ids().to_vec())
                 .map_err(|e| format!("tokenizer: {e}"))
         };
-        let (calib, eval) = samples(cfg, &encode)?;
+        let (calib, eval) = samples(cfg, &encode, knowledge)?;
         let layers = model.prunable_layers();
         Ok(Self {
             model: Arc::new(model),
@@ -107,13 +109,47 @@ impl Engine {
     }
 }
 
+/// The `[calibration.knowledge]` windows of `cfg` for a model with `template` and
+/// `codec`: answered questions of its file, less those the in-loop probe asks (when it
+/// is on), as the chat template writes them. `secateur compare` gives its baselines
+/// the same windows.
+pub fn knowledge_calibration(
+    cfg: &Config,
+    template: Option<&model::ChatTemplate>,
+    codec: &dyn eval::Codec,
+) -> Result<Vec<Vec<u32>>, Error> {
+    let c = &cfg.calibration;
+    let count = c.knowledge.windows(c.samples);
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let path = &c.knowledge.path;
+    let named = |e: &dyn std::fmt::Display| format!("calibration.knowledge.path: {e}");
+    let mut items = eval::data::read_qa(path).map_err(|e| named(&e))?;
+    if cfg.evaluation.probe.every > 0 {
+        let asked = ProbeSet::read_questions(&cfg.evaluation.probe)?;
+        let asked: std::collections::HashSet<&str> =
+            asked.iter().map(|q| q.question.as_str()).collect();
+        items.retain(|q| !asked.contains(q.question.as_str()));
+    }
+    eval::knowledge::calibration_windows(&items, template, codec, c.seq_len, count).map_err(|e| {
+        named(&format!(
+            "{}: {e} (after leaving out the probe's questions)",
+            path.display()
+        ))
+    })
+}
+
 /// Deterministic sample selection: the source's texts in file order, joined by blank
 /// lines and tokenised, cut into consecutive windows — `calibration.offset` windows
-/// skipped, then the calibration pool, then the held-out slice. Reads more texts
+/// skipped, then the calibration pool, then the held-out slice. With `knowledge`
+/// windows the pool takes that many fewer windows of the source and the knowledge ones
+/// are spread through it; the held-out slice stays where it was. Reads more texts
 /// (doubling) until there are enough tokens.
 pub fn samples(
     cfg: &Config,
     encode: &dyn Fn(&str) -> Result<Vec<u32>, Error>,
+    knowledge: Vec<Vec<u32>>,
 ) -> Result<Samples, Error> {
     let c = &cfg.calibration;
     let e = &cfg.evaluation;
@@ -131,7 +167,14 @@ pub fn samples(
         let tokens = encode(&texts.join("\n\n"))?;
         if tokens.len() >= need {
             let (cal, rest) = tokens[skip..].split_at(c.samples * c.seq_len);
-            let calib = cal.chunks(c.seq_len).map(<[u32]>::to_vec).collect();
+            let text_windows = c.samples.saturating_sub(knowledge.len());
+            let calib = eval::knowledge::interleave(
+                cal.chunks(c.seq_len)
+                    .take(text_windows)
+                    .map(<[u32]>::to_vec)
+                    .collect(),
+                knowledge,
+            );
             let eval = rest[..e.ppl_samples * e.ppl_seq_len]
                 .chunks(e.ppl_seq_len)
                 .map(<[u32]>::to_vec)
@@ -181,16 +224,80 @@ mod tests {
     fn calibration_offset_skips_whole_windows_and_the_held_out_slice_follows() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = setup(dir.path());
-        let (calib, eval) = samples(&cfg, &encode).unwrap();
+        let (calib, eval) = samples(&cfg, &encode, Vec::new()).unwrap();
         assert_eq!(calib, vec![vec![0, 1], vec![2, 3], vec![4, 5]]);
         assert_eq!(eval, vec![vec![6, 7], vec![8, 9]]);
         cfg.calibration.offset = 3;
-        let (calib, eval) = samples(&cfg, &encode).unwrap();
+        let (calib, eval) = samples(&cfg, &encode, Vec::new()).unwrap();
         assert_eq!(calib, vec![vec![6, 7], vec![8, 9], vec![10, 11]]);
+        assert_eq!(eval, vec![vec![12, 13], vec![14, 15]]);
+        // A knowledge window replaces the pool's last text window; the held-out slice
+        // does not move.
+        let (calib, eval) = samples(&cfg, &encode, vec![vec![99, 99]]).unwrap();
+        assert_eq!(calib, vec![vec![99, 99], vec![6, 7], vec![8, 9]]);
         assert_eq!(eval, vec![vec![12, 13], vec![14, 15]]);
         // More than the source holds: an error that names the offset.
         cfg.calibration.offset = 60;
-        let err = samples(&cfg, &encode).unwrap_err();
+        let err = samples(&cfg, &encode, Vec::new()).unwrap_err();
         assert!(err.contains("calibration.offset"), "{err}");
+    }
+
+    /// Numbers of the questions (`q<n>?`) in a decoded window.
+    fn question_numbers(text: &str) -> Vec<usize> {
+        text.split('q')
+            .skip(1)
+            .filter_map(|part| part.split_once('?'))
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn knowledge_windows_leave_out_what_the_probe_asks() {
+        use eval::Codec;
+        let dir = tempfile::tempdir().unwrap();
+        let facts = dir.path().join("facts.jsonl");
+        let lines: Vec<String> = (0..40)
+            .map(|i| format!("{{\"question\": \"q{i}?\", \"answer\": [\"a{i}\"]}}"))
+            .collect();
+        std::fs::write(&facts, lines.join("\n")).unwrap();
+        let mut cfg = Config::default();
+        cfg.calibration.samples = 4;
+        cfg.calibration.seq_len = 64;
+        cfg.calibration.knowledge.share = 0.5;
+        cfg.calibration.knowledge.path = facts.clone();
+        cfg.evaluation.probe.path = facts.clone();
+        // The probe asks every other question (0, 2, 4, …).
+        cfg.evaluation.probe.questions = 20;
+        let codec = eval::CharCodec::tiny();
+        let windows = knowledge_calibration(&cfg, None, &codec).unwrap();
+        assert_eq!(windows.len(), 2);
+        let mut seen = Vec::new();
+        for w in &windows {
+            assert_eq!(w.len(), 64);
+            seen.extend(question_numbers(&codec.decode(w).unwrap()));
+        }
+        assert!(!seen.is_empty());
+        assert!(
+            seen.iter().all(|n| n % 2 == 1),
+            "probe questions leaked: {seen:?}"
+        );
+        // Probe off: every question may be used.
+        cfg.evaluation.probe.every = 0;
+        let windows = knowledge_calibration(&cfg, None, &codec).unwrap();
+        let first = question_numbers(&codec.decode(&windows[0]).unwrap());
+        assert_eq!(first.first(), Some(&0));
+        // Off: no windows, the file is not read.
+        cfg.calibration.knowledge.share = 0.0;
+        cfg.calibration.knowledge.path = dir.path().join("missing.jsonl");
+        assert!(knowledge_calibration(&cfg, None, &codec)
+            .unwrap()
+            .is_empty());
+        // Too few questions for the windows: an error naming the field and the file.
+        cfg.calibration.knowledge.share = 0.5;
+        cfg.calibration.knowledge.path = facts;
+        cfg.calibration.seq_len = 4096;
+        let err = knowledge_calibration(&cfg, None, &codec).unwrap_err();
+        assert!(err.starts_with("calibration.knowledge.path: "), "{err}");
+        assert!(err.contains("facts.jsonl"), "{err}");
     }
 }

@@ -42,8 +42,8 @@ pub struct ProbeSet {
 }
 
 impl ProbeSet {
-    /// Read the question file and take the fixed subset: every (n / questions)-th
-    /// question ([`eval::probe::select`]), so every point asks the same questions.
+    /// Read the question file and take the fixed subset: `questions` of them spread
+    /// evenly over the file ([`eval::probe::select`]), so every point asks the same ones.
     /// Called before the checkpoint is loaded, so a bad file fails the run at set-up
     /// with an error naming it.
     pub fn read_questions(cfg: &ProbeConfig) -> Result<Vec<QaItem>, String> {

@@ -29,8 +29,8 @@ pub use error::{ConfigError, FieldError};
 pub use planning::{Allocation, HeuristicConfig, PromptConfig};
 pub use protocol;
 pub use sections::{
-    CalibrationConfig, Device, EvaluationConfig, FinalPplConfig, ModelConfig, ProbeConfig,
-    ProbeStyle, PruningConfig, Repair, RunConfig, MAX_CANDIDATES,
+    CalibrationConfig, Device, EvaluationConfig, FinalPplConfig, KnowledgeCalibration, ModelConfig,
+    ProbeConfig, ProbeStyle, PruningConfig, Repair, RunConfig, MAX_CANDIDATES,
 };
 
 /// The whole configuration of a run.

@@ -143,6 +143,8 @@ pub struct CalibrationConfig {
     /// the same text, e.g. 16 for the second 16 × 256 block; the held-out slice follows
     /// the pool as always.
     pub offset: usize,
+    /// Answered factual questions mixed into the pool.
+    pub knowledge: KnowledgeCalibration,
 }
 
 impl Default for CalibrationConfig {
@@ -155,7 +157,39 @@ impl Default for CalibrationConfig {
             activation_samples: 16,
             gradient_samples: 4,
             offset: 0,
+            knowledge: KnowledgeCalibration::default(),
         }
+    }
+}
+
+/// `[calibration.knowledge]`: a share of the calibration pool made of answered factual
+/// questions, written as the QA evaluation asks them, spread evenly through the pool
+/// (so the gradient samples, the pool's first windows, hold their share too). News
+/// text alone never exercises recalling a fact; with these windows the statistics,
+/// the measured layer costs and the OBS repair also see it. Questions the in-loop
+/// probe asks are left out, so the probe stays an unseen measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgeCalibration {
+    /// Share of the pool's windows (0 = off, at most 0.5); rounded to whole windows.
+    pub share: f64,
+    /// Factual QA file (NQ-open style JSONL or FreebaseQA json).
+    pub path: PathBuf,
+}
+
+impl Default for KnowledgeCalibration {
+    fn default() -> Self {
+        Self {
+            share: 0.0,
+            path: PathBuf::from(crate::assets::FACTS_PROBE),
+        }
+    }
+}
+
+impl KnowledgeCalibration {
+    /// Knowledge windows in a pool of `samples`.
+    pub fn windows(&self, samples: usize) -> usize {
+        (self.share * samples as f64).round() as usize
     }
 }
 
@@ -184,6 +218,11 @@ impl CalibrationConfig {
             0,
             self.samples.max(1) as u64,
         );
+        let k = &self.knowledge;
+        c.closed(&at(p, "knowledge.share"), k.share, 0.0, 0.5);
+        if k.share > 0.0 {
+            c.non_empty(&at(p, "knowledge.path"), &k.path.to_string_lossy());
+        }
     }
 }
 
@@ -273,7 +312,7 @@ pub struct ProbeConfig {
     pub every: u32,
     /// Factual QA file: NQ-open style JSONL (`question`, `answer` list) or FreebaseQA.
     pub path: PathBuf,
-    /// Questions asked: every (n / questions)-th of the file, the same set each time.
+    /// Questions asked, spread evenly over the file: the same set each time.
     pub questions: usize,
     pub style: ProbeStyle,
     /// Tokens generated per answer.

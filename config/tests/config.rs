@@ -128,6 +128,14 @@ fn each_invalid_value_names_field_and_value() {
             "calibration.gradient_samples = 17: must be an integer in [0, 16]",
         ),
         (
+            "[calibration.knowledge]\nshare = 0.6",
+            "calibration.knowledge.share = 0.6: must be in [0, 0.5]",
+        ),
+        (
+            "[calibration.knowledge]\nshare = 0.25\npath = \"\"",
+            "calibration.knowledge.path = \"\": must not be empty",
+        ),
+        (
             "[calibration]\nseq_len = 1",
             "calibration.seq_len = 1: must be an integer in [2, 131072]",
         ),

@@ -8,6 +8,7 @@
 //! - [`qa`]: factual QA in the LLM-KICK style, `raw` or `chat` prompts, greedy
 //!   generation, alias matching on the generated continuation only;
 //! - [`probe`]: the cheap in-loop knowledge probe built on [`qa`];
+//! - [`knowledge`]: answered questions as calibration text, spread through a pool;
 //! - [`verdict`]: chance levels and the "uninformative" flag every report shows;
 //! - [`suite`]: the MMLU + QA suite `secateur eval` and `compare` share (question sets
 //!   and shot splits, scoring, report lines) and windowed perplexity of a token stream;
@@ -20,6 +21,7 @@
 pub mod codec;
 pub mod data;
 mod error;
+pub mod knowledge;
 pub mod mmlu;
 pub mod probe;
 pub mod progress;

@@ -18,14 +18,33 @@ pub struct ProbeScore {
     pub seconds: f64,
 }
 
-/// A fixed probe set: every `len / size`-th question of `items`, so the probe spans the
-/// file rather than its first topic, and is the same set on every call.
+/// A fixed probe set: `size` questions spread evenly over `items` (the `⌊i·n/size⌋`-th),
+/// so the probe spans the file rather than its first topic, and is the same set on
+/// every call. All of them when `size ≥ n`.
 pub fn select(items: &[QaItem], size: usize) -> Vec<QaItem> {
-    if size == 0 || items.is_empty() {
-        return Vec::new();
+    selected_indices(items.len(), size)
+        .map(|i| items[i].clone())
+        .collect()
+}
+
+/// The questions [`select`] leaves out, in file order: material that never overlaps
+/// what the probe asks (e.g. knowledge calibration text).
+pub fn unselected(items: &[QaItem], size: usize) -> Vec<QaItem> {
+    let mut asked = vec![false; items.len()];
+    for i in selected_indices(items.len(), size) {
+        asked[i] = true;
     }
-    let stride = (items.len() / size).max(1);
-    items.iter().step_by(stride).take(size).cloned().collect()
+    items
+        .iter()
+        .zip(asked)
+        .filter(|(_, a)| !a)
+        .map(|(q, _)| q.clone())
+        .collect()
+}
+
+fn selected_indices(n: usize, size: usize) -> impl Iterator<Item = usize> {
+    let size = size.min(n);
+    (0..size).map(move |i| i * n / size)
 }
 
 /// Answer `questions` on `target` (its overlay is the candidate's masks) and count

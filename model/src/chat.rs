@@ -129,6 +129,16 @@ impl ChatTemplate {
 
     /// Render `messages` followed by the assistant header (`add_generation_prompt`).
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_with(messages, true)
+    }
+
+    /// Render a finished conversation (its last turn included, no assistant header
+    /// after it): text the model was trained on, e.g. for calibration.
+    pub fn render_conversation(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.render_with(messages, false)
+    }
+
+    fn render_with(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -136,7 +146,7 @@ impl ChatTemplate {
         template
             .render(context! {
                 messages => messages,
-                add_generation_prompt => true,
+                add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
@@ -220,6 +230,14 @@ mod tests {
         assert_eq!(
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let out = t
+            .render_conversation(&[ChatMessage::user("Hi"), ChatMessage::assistant("Hello")])
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+             <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
         );
     }
 

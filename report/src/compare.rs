@@ -75,6 +75,10 @@ pub struct Table {
     /// Windows skipped before the calibration windows (another slice of the same text).
     #[serde(default)]
     pub calibration_offset: usize,
+    /// Of the baselines' calibration windows, those of answered questions
+    /// (`--knowledge-share`).
+    #[serde(default)]
+    pub calibration_knowledge: usize,
     pub ppl_text: String,
     pub ppl_tokens: usize,
     pub window: usize,
@@ -167,6 +171,13 @@ pub fn markdown(t: &Table) -> String {
             String::new()
         }
     );
+    if t.calibration_knowledge > 0 {
+        let _ = writeln!(
+            s,
+            "  ({} of the windows are answered factual questions, `--knowledge-share`)",
+            t.calibration_knowledge
+        );
+    }
     let _ = writeln!(
         s,
         "- perplexity: first {} tokens of `{}`, windows of {}",

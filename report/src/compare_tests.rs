@@ -74,6 +74,7 @@ fn table(rows: Vec<Row>, best: Option<String>) -> Table {
         calibration_windows: 16,
         calibration_len: 256,
         calibration_offset: 0,
+        calibration_knowledge: 0,
         ppl_text: "wiki.test.raw".into(),
         ppl_tokens: 4096,
         window: 512,

@@ -32,6 +32,7 @@ fn table(target: f64, rows: Vec<Row>) -> Table {
         calibration_windows: 16,
         calibration_len: 256,
         calibration_offset: 0,
+        calibration_knowledge: 0,
         ppl_text: "p".into(),
         ppl_tokens: 1000,
         window: 512,

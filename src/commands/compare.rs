@@ -60,6 +60,12 @@ pub struct CompareArgs {
     /// (`calibration.offset`).
     #[arg(long, default_value_t = 0)]
     calib_offset: usize,
+    /// Share of every row's calibration windows made of answered factual questions
+    /// (`[calibration.knowledge]` of the agent's config, at this share), so baselines
+    /// and agent see the same calibration. Unset: baselines get none and the agent its
+    /// config's.
+    #[arg(long)]
+    knowledge_share: Option<f64>,
     /// Perplexity text (must not be the calibration text).
     #[arg(long, default_value = config::assets::PPL_TEXT_SPEC)]
     ppl: String,
@@ -179,9 +185,34 @@ impl Bench<'_> {
     }
 }
 
+/// `--knowledge-share`: the `[calibration.knowledge]` windows of the agent's config at
+/// that share, built as the loop builds them, for the baselines' pool.
+fn knowledge_windows(
+    args: &CompareArgs,
+    template: Option<&model::ChatTemplate>,
+    ckpt: &model::Checkpoint,
+) -> Result<Vec<Vec<u32>>> {
+    let Some(share) = args.knowledge_share else {
+        return Ok(Vec::new());
+    };
+    let mut cfg = match &args.agent_config {
+        Some(p) => config::Config::load(p)?,
+        None => config::Config::default(),
+    };
+    cfg.calibration.samples = args.calib_samples;
+    cfg.calibration.seq_len = args.calib_len;
+    cfg.calibration.knowledge.share = share;
+    cfg.validate().context("--knowledge-share")?;
+    actors::engine::knowledge_calibration(&cfg, template, &ckpt.tokenizer)
+        .map_err(anyhow::Error::msg)
+}
+
 pub fn run(args: CompareArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.sparsity) {
         bail!("--sparsity {}: must be in [0, 1)", args.sparsity);
+    }
+    if let Some(k) = args.knowledge_share.filter(|k| !(0.0..=0.5).contains(k)) {
+        bail!("--knowledge-share {k}: must be in [0, 0.5]");
     }
     if let Some(s) = args.sweep.iter().find(|s| !(0.0..1.0).contains(*s)) {
         bail!("--sweep {s}: every sparsity must be in [0, 1)");
@@ -219,8 +250,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .calib_offset
         .saturating_mul(args.calib_len)
         .min(calib_tokens.len());
+    let knowledge = knowledge_windows(&args, template.as_ref(), &ckpt)?;
+    let text_windows = args.calib_samples.saturating_sub(knowledge.len());
     let windows =
-        baselines::calibration_windows(&calib_tokens[skip..], args.calib_len, args.calib_samples);
+        baselines::calibration_windows(&calib_tokens[skip..], args.calib_len, text_windows);
     if windows.is_empty() {
         bail!(
             "{}: fewer than {} calibration tokens",
@@ -228,6 +261,8 @@ pub fn run(args: CompareArgs) -> Result<()> {
             args.calib_len
         );
     }
+    let knowledge_count = knowledge.len();
+    let windows = ::eval::knowledge::interleave(windows, knowledge);
     let mut ppl_tokens = common::encode(&ckpt, &ppl_texts.join("\n\n"))?;
     if args.ppl_tokens > 0 {
         ppl_tokens.truncate(args.ppl_tokens);
@@ -283,6 +318,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         bench: &bench,
         methods: &methods,
         windows: &windows,
+        knowledge_windows: knowledge_count,
         path: &path,
         sets: &sets,
         dense,
@@ -323,6 +359,8 @@ struct Point<'a> {
     bench: &'a Bench<'a>,
     methods: &'a [Method],
     windows: &'a [Vec<u32>],
+    /// Of `windows`, those of answered questions.
+    knowledge_windows: usize,
     path: &'a PathBuf,
     sets: &'a Sets,
     dense: Row,
@@ -358,6 +396,7 @@ impl Point<'_> {
                 sparsity: target,
                 calib: &args.calib,
                 calib_offset: args.calib_offset,
+                knowledge_share: args.knowledge_share,
                 runs_dir: out.join("agent-runs"),
                 device: args.device.device,
                 quiet: args.json,
@@ -382,6 +421,7 @@ impl Point<'_> {
             calibration_windows: windows.len(),
             calibration_len: args.calib_len,
             calibration_offset: args.calib_offset,
+            calibration_knowledge: self.knowledge_windows,
             ppl_text: args.ppl.clone(),
             ppl_tokens: bench.ppl_tokens.len(),
             window: args.window,

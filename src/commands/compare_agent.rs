@@ -23,6 +23,8 @@ pub enum AgentSource<'a> {
         calib: &'a str,
         /// Calibration windows skipped first (`calibration.offset`).
         calib_offset: usize,
+        /// `--knowledge-share`, replacing the config's `calibration.knowledge.share`.
+        knowledge_share: Option<f64>,
         runs_dir: PathBuf,
         /// The baselines' device, so that every row of the table ran on the same one.
         device: config::Device,
@@ -44,12 +46,16 @@ pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
             sparsity,
             calib,
             calib_offset,
+            knowledge_share,
             runs_dir,
             device,
             quiet,
         } => {
             let mut cfg = loop_config(config, model_path, sparsity, calib, runs_dir)?;
             cfg.calibration.offset = calib_offset;
+            if let Some(share) = knowledge_share {
+                cfg.calibration.knowledge.share = share;
+            }
             cfg.model.device = device;
             if !quiet {
                 eprintln!(
