@@ -55,8 +55,8 @@ impl Engine {
         let f32_bytes = ckpt.parameter_count() as u64 * 4;
         // What the probe and the knowledge calibration need from the checkpoint, taken
         // before the tensors move.
-        let knowledge_windows = cfg.calibration.knowledge.windows(cfg.calibration.samples);
-        let template = if questions.is_some() || knowledge_windows > 0 {
+        let knowledge_count = cfg.calibration.knowledge.windows(cfg.calibration.samples);
+        let template = if questions.is_some() || knowledge_count > 0 {
             model::ChatTemplate::for_checkpoint(&ckpt)
                 .map_err(|e| format!("{}: chat template: {e}", cfg.model.path.display()))?
         } else {
@@ -64,7 +64,12 @@ impl Engine {
         };
         let stops = eval::stop_tokens(&ckpt);
         let tokenizer = Arc::new(ckpt.tokenizer);
-        let knowledge = knowledge_calibration(cfg, template.as_ref(), tokenizer.as_ref())?;
+        let knowledge = knowledge_windows(
+            cfg,
+            questions.as_deref(),
+            template.as_ref(),
+            tokenizer.as_ref(),
+        )?;
         // The model takes the tensors by value: no one else holds the dense weights,
         // so pruning in place (the Executor's commits) really releases them.
         let device = device::resolve(cfg.model.device)?;
@@ -110,11 +115,28 @@ impl Engine {
 }
 
 /// The `[calibration.knowledge]` windows of `cfg` for a model with `template` and
-/// `codec`: answered questions of its file, less those the in-loop probe asks (when it
-/// is on), as the chat template writes them. `secateur compare` gives its baselines
-/// the same windows.
+/// `codec`, for callers that have not read the probe's questions (`secateur compare`
+/// gives its baselines the same windows as the loop).
 pub fn knowledge_calibration(
     cfg: &Config,
+    template: Option<&model::ChatTemplate>,
+    codec: &dyn eval::Codec,
+) -> Result<Vec<Vec<u32>>, Error> {
+    let c = &cfg.calibration;
+    if c.knowledge.windows(c.samples) == 0 {
+        return Ok(Vec::new());
+    }
+    let asked = (cfg.evaluation.probe.every > 0)
+        .then(|| ProbeSet::read_questions(&cfg.evaluation.probe))
+        .transpose()?;
+    knowledge_windows(cfg, asked.as_deref(), template, codec)
+}
+
+/// The knowledge windows: answered questions of `calibration.knowledge.path`, less
+/// those the in-loop probe asks (`asked`), as the chat template writes them.
+fn knowledge_windows(
+    cfg: &Config,
+    asked: Option<&[eval::data::QaItem]>,
     template: Option<&model::ChatTemplate>,
     codec: &dyn eval::Codec,
 ) -> Result<Vec<Vec<u32>>, Error> {
@@ -126,8 +148,7 @@ pub fn knowledge_calibration(
     let path = &c.knowledge.path;
     let named = |e: &dyn std::fmt::Display| format!("calibration.knowledge.path: {e}");
     let mut items = eval::data::read_qa(path).map_err(|e| named(&e))?;
-    if cfg.evaluation.probe.every > 0 {
-        let asked = ProbeSet::read_questions(&cfg.evaluation.probe)?;
+    if let Some(asked) = asked {
         let asked: std::collections::HashSet<&str> =
             asked.iter().map(|q| q.question.as_str()).collect();
         items.retain(|q| !asked.contains(q.question.as_str()));

@@ -27,21 +27,6 @@ pub fn select(items: &[QaItem], size: usize) -> Vec<QaItem> {
         .collect()
 }
 
-/// The questions [`select`] leaves out, in file order: material that never overlaps
-/// what the probe asks (e.g. knowledge calibration text).
-pub fn unselected(items: &[QaItem], size: usize) -> Vec<QaItem> {
-    let mut asked = vec![false; items.len()];
-    for i in selected_indices(items.len(), size) {
-        asked[i] = true;
-    }
-    items
-        .iter()
-        .zip(asked)
-        .filter(|(_, a)| !a)
-        .map(|(q, _)| q.clone())
-        .collect()
-}
-
 fn selected_indices(n: usize, size: usize) -> impl Iterator<Item = usize> {
     let size = size.min(n);
     (0..size).map(move |i| i * n / size)

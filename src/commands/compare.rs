@@ -185,15 +185,11 @@ impl Bench<'_> {
     }
 }
 
-/// `--knowledge-share`: the `[calibration.knowledge]` windows of the agent's config at
-/// that share, built as the loop builds them, for the baselines' pool.
-fn knowledge_windows(
-    args: &CompareArgs,
-    template: Option<&model::ChatTemplate>,
-    ckpt: &model::Checkpoint,
-) -> Result<Vec<Vec<u32>>> {
+/// `--knowledge-share`: the agent's config with `[calibration.knowledge]` at that share
+/// and compare's pool size, validated before the (slow) model load.
+fn knowledge_config(args: &CompareArgs) -> Result<Option<config::Config>> {
     let Some(share) = args.knowledge_share else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let mut cfg = match &args.agent_config {
         Some(p) => config::Config::load(p)?,
@@ -203,16 +199,12 @@ fn knowledge_windows(
     cfg.calibration.seq_len = args.calib_len;
     cfg.calibration.knowledge.share = share;
     cfg.validate().context("--knowledge-share")?;
-    actors::engine::knowledge_calibration(&cfg, template, &ckpt.tokenizer)
-        .map_err(anyhow::Error::msg)
+    Ok(Some(cfg))
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.sparsity) {
         bail!("--sparsity {}: must be in [0, 1)", args.sparsity);
-    }
-    if let Some(k) = args.knowledge_share.filter(|k| !(0.0..=0.5).contains(k)) {
-        bail!("--knowledge-share {k}: must be in [0, 0.5]");
     }
     if let Some(s) = args.sweep.iter().find(|s| !(0.0..1.0).contains(*s)) {
         bail!("--sweep {s}: every sparsity must be in [0, 1)");
@@ -228,6 +220,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .map(|m| m.parse())
             .collect::<Result<_, _>>()?
     };
+    let knowledge_cfg = knowledge_config(&args)?;
     let path = common::model_path(args.model.clone())?;
     let suite = args.suite.spec();
     let sets = suite.load()?;
@@ -250,7 +243,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .calib_offset
         .saturating_mul(args.calib_len)
         .min(calib_tokens.len());
-    let knowledge = knowledge_windows(&args, template.as_ref(), &ckpt)?;
+    // The baselines get the loop's knowledge windows, built by the same function.
+    let knowledge = match &knowledge_cfg {
+        Some(cfg) => actors::engine::knowledge_calibration(cfg, template.as_ref(), &ckpt.tokenizer)
+            .map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
     let text_windows = args.calib_samples.saturating_sub(knowledge.len());
     let windows =
         baselines::calibration_windows(&calib_tokens[skip..], args.calib_len, text_windows);
