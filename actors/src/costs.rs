@@ -14,7 +14,7 @@
 //! Raw OBS saliencies are not comparable across layers — an output error in a q_proj
 //! and in a down_proj do not cost the loss alike — and allocating by them was measured
 //! far worse than uniform (2.70× against 2.09× the dense QuAC PPL at 50 % on
-//! SmolLM2-135M, `model/examples/obs_gradual.rs`); weighted by the output Fisher the
+//! SmolLM2-135M, `model/examples/obs_gradual/main.rs`); weighted by the output Fisher the
 //! same greedy allocation beat uniform (1.98×).
 //!
 //! One blockwise pass over the activation windows: block by block, the Grams of the

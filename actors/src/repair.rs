@@ -12,7 +12,7 @@
 //! block is repaired, and the block is run again with its repaired weights to give the
 //! next block its inputs. Aiming at the dense layer's output instead would need the
 //! dense weights alongside the pruned ones (a second copy of the model, 425 MB for
-//! SmolLM2-135M in f32). Measured with `model/examples/obs_gradual.rs` (cost
+//! SmolLM2-135M in f32). Measured with `model/examples/obs_gradual/main.rs` (cost
 //! allocation, 0.1 steps, QuAC PPL over 30,720 tokens), re-solving each step from the
 //! dense weights on the current inputs (SparseGPT's own target, `FROM_DENSE`) ends at
 //! 59.02 / 106.72 / 263.18 at 50 / 60 / 70 % against 59.39 / 106.73 / 234.18 for the

@@ -27,7 +27,7 @@
 //! (per row) or flat index `r · cols + c` (tile).
 //!
 //! Measured (SmolLM2-135M, one-shot 50 % from dense Grams of 16 × 256 XSum tokens, QuAC
-//! PPL over 60 × 512 tokens, dense 30.03, `model/examples/obs_gradual.rs`): `Tile` leaves
+//! PPL over 60 × 512 tokens, dense 30.03, `model/examples/obs_gradual/main.rs`): `Tile` leaves
 //! 9 % less summed layer output error (1.48e-3 against 1.62e-3 of the output energy) but
 //! a worse perplexity (68.77 against 63.76), so `PerRow` is the one to use. Weighting each
 //! row's keys by its output Fisher ([`obs_prune_weighted`], tile counts) did not help

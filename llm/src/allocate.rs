@@ -6,7 +6,7 @@
 //! knapsack optimum for the given step: every layer ends where its marginal cost per
 //! weight reaches the common threshold. Measured on SmolLM2-135M with the OBS repair,
 //! this allocation of 0.1 steps ended at 1.98× the dense QuAC PPL at 50 % and 3.56× at
-//! 60 %, against 2.09× and ~4.5× for uniform steps (`model/examples/obs_gradual.rs`).
+//! 60 %, against 2.09× and ~4.5× for uniform steps (`model/examples/obs_gradual/main.rs`).
 
 use protocol::{COST_STEP, DELTA_MIN};
 
