@@ -89,7 +89,7 @@ impl Model {
         self.logits(&normed)
     }
 
-    fn block(&self, i: usize) -> Result<&crate::decoder::DecoderLayer> {
+    pub(crate) fn block(&self, i: usize) -> Result<&crate::decoder::DecoderLayer> {
         self.decoder_layers().get(i).ok_or_else(|| {
             ModelError::InvalidArgument(format!(
                 "block {i} does not exist (the model has {})",

@@ -43,9 +43,10 @@ pub struct ReconstructStats {
 
 impl Model {
     /// Fits block `i`'s given projections so that its output on each `inputs[k]`
-    /// (`[batch, seq, hidden]`) approaches `targets[k]` (same shape), mean squared
-    /// error per token, one Adam step per batch. Projections not in `weights` keep their stored
-    /// weights. Returns the new weights (masked, in `weights`' order) and the losses.
+    /// (`[batch, seq, hidden]`, one `seq` for all) approaches `targets[k]` (same
+    /// shape), squared error per token, one Adam step per batch. Projections not in
+    /// `weights` keep their stored weights. Returns the new weights (masked, in
+    /// `weights`' order) and the losses.
     pub fn reconstruct_block(
         &self,
         i: usize,
@@ -61,6 +62,19 @@ impl Model {
                 targets.len()
             )));
         }
+        let seq = inputs[0].dim(1)?;
+        if let Some(x) = inputs.iter().find(|x| x.dim(1).ok() != Some(seq)) {
+            return Err(ModelError::InvalidArgument(format!(
+                "reconstruct block {i}: input batches of {seq} and {:?} tokens",
+                x.dims()
+            )));
+        }
+        let block = Fit {
+            block: self.block(i)?,
+            rope: RopeTables::new(self.config(), 0, seq, self.dtype(), self.device())?,
+            mask: causal_mask(seq, 0, self.dtype(), self.device())?,
+            weights,
+        };
         let vars = weights
             .iter()
             .map(|w| Ok(Var::from_tensor(&w.weight.to_dtype(DType::F32)?)?))
@@ -75,14 +89,14 @@ impl Model {
             ..ParamsAdamW::default()
         };
         let mut adam = AdamW::new(vars.clone(), params)?;
-        let loss_before = self.block_loss(i, inputs, targets, weights, &vars, &keeps, false)?;
+        let loss_before = block.mean_loss(self, inputs, targets, &vars, &keeps)?;
         for _ in 0..opts.epochs {
             for (x, y) in inputs.iter().zip(targets) {
-                let loss = self.block_mse(i, x, y, weights, &vars, &keeps, true)?;
+                let loss = block.loss(self, x, y, &vars, &keeps, true)?;
                 adam.backward_step(&loss)?;
             }
         }
-        let loss_after = self.block_loss(i, inputs, targets, weights, &vars, &keeps, false)?;
+        let loss_after = block.mean_loss(self, inputs, targets, &vars, &keeps)?;
         let fitted = vars
             .iter()
             .zip(&keeps)
@@ -96,66 +110,68 @@ impl Model {
             },
         ))
     }
+}
 
-    /// Mean over batches of [`Model::block_mse`], no graph kept.
-    #[allow(clippy::too_many_arguments)]
-    fn block_loss(
+/// One block's fit: the block, its per-call tables for the inputs' length, and the
+/// projections being fitted.
+struct Fit<'a> {
+    block: &'a crate::decoder::DecoderLayer,
+    rope: RopeTables,
+    mask: Option<Tensor>,
+    weights: &'a [BlockWeight],
+}
+
+impl Fit<'_> {
+    /// Mean over batches of [`Fit::loss`], no graph kept.
+    fn mean_loss(
         &self,
-        i: usize,
+        model: &Model,
         inputs: &[Tensor],
         targets: &[Tensor],
-        weights: &[BlockWeight],
         vars: &[Var],
         keeps: &[Tensor],
-        grad: bool,
     ) -> Result<f64> {
         let mut sum = 0.0;
         for (x, y) in inputs.iter().zip(targets) {
-            let l = self.block_mse(i, x, y, weights, vars, keeps, grad)?;
+            let l = self.loss(model, x, y, vars, keeps, false)?;
             sum += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         }
         Ok(sum / inputs.len() as f64)
     }
 
-    /// Squared error per token of block `i`'s output on `x` against `y` with the masked
-    /// variables in place of the named projections.
-    #[allow(clippy::too_many_arguments)]
-    fn block_mse(
+    /// Squared error per token of the block's output on `x` against `y`, with the
+    /// masked variables in place of the fitted projections; a graph for `backward`
+    /// only when `grad`.
+    fn loss(
         &self,
-        i: usize,
+        model: &Model,
         x: &Tensor,
         y: &Tensor,
-        weights: &[BlockWeight],
         vars: &[Var],
         keeps: &[Tensor],
         grad: bool,
     ) -> Result<Tensor> {
-        let block = self
-            .decoder_layers()
-            .get(i)
-            .ok_or_else(|| ModelError::InvalidArgument(format!("block {i} does not exist")))?;
         let mut overlay = WeightOverlay::new();
-        for ((w, v), k) in weights.iter().zip(vars).zip(keeps) {
-            let t = if grad {
-                (v.as_tensor() * k)?
+        for ((w, v), k) in self.weights.iter().zip(vars).zip(keeps) {
+            let v = if grad {
+                v.as_tensor().clone()
             } else {
-                (v.as_tensor().detach() * k)?
+                v.as_tensor().detach()
             };
-            overlay.insert(w.name.clone(), t.to_dtype(self.dtype())?);
+            overlay.insert(w.name.clone(), (v * k)?.to_dtype(model.dtype())?);
         }
-        let l = x.dim(1)?;
-        let rope = RopeTables::new(self.config(), 0, l, self.dtype(), self.device())?;
-        let mask = causal_mask(l, 0, self.dtype(), self.device())?;
         let pass = Pass {
             overlay: Some(&overlay),
             record_stats: false,
             grad,
             capture: None,
         };
-        let out = block.forward(x, &rope, mask.as_ref(), None, pass)?;
-        // Squared error per token, summed over the hidden width: a mean over every
-        // element would make each gradient ~1/(tokens × hidden) and Adam's second
-        // moments denormal floats, which slow the CPU's arithmetic many times over.
+        let out = self
+            .block
+            .forward(x, &self.rope, self.mask.as_ref(), None, pass)?;
+        // Per token, summed over the hidden width, so the loss and its gradients keep
+        // the scale of one token's error whatever the batch (a mean over every element
+        // made each gradient ~1/(tokens × hidden)).
         let tokens = (x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1)) as f64;
         Ok(((out - y)?.sqr()?.sum_all()? / tokens)?.to_dtype(DType::F32)?)
     }
