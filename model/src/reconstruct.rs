@@ -27,6 +27,7 @@ pub struct ReconstructOptions {
 
 /// One projection of the block: its current weight and its keep mask (1 = kept), both
 /// `[out, in]` in the model's dtype.
+#[derive(Debug, Clone)]
 pub struct BlockWeight {
     pub name: String,
     pub weight: Tensor,
@@ -100,7 +101,10 @@ impl Model {
         let fitted = vars
             .iter()
             .zip(&keeps)
-            .map(|(v, k)| Ok((v.as_tensor() * k)?.to_dtype(self.dtype())?))
+            // Detached: a fitted weight that still tracked the variables would drag
+            // this block's graph into every later block's backward (the inputs of the
+            // next block are computed with it), making each step slower than the last.
+            .map(|(v, k)| Ok((v.as_tensor().detach() * k)?.to_dtype(self.dtype())?))
             .collect::<Result<Vec<_>>>()?;
         Ok((
             fitted,
@@ -242,6 +246,7 @@ mod tests {
             "the fit should at least halve the error: {stats:?}"
         );
         for (w, f) in weights.iter().zip(&fitted) {
+            assert!(!f.track_op(), "{} still carries the fit's graph", w.name);
             let pruned_sum: f32 = ((f.abs().unwrap() * (1.0 - &w.keep).unwrap()).unwrap())
                 .sum_all()
                 .unwrap()

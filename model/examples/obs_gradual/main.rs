@@ -41,10 +41,10 @@
 //! Block reconstruction (`FT_EPOCHS=4 FT_LR=1e-4`, dense targets, one run on a 2-core
 //! CPU shared with a build): one-shot per-row at 50 % 63.763 → 58.701 (1.955×, −7.9 %);
 //! the summed per-token block error fell 7 % (block 11, where the pruned path's error
-//! jumps, from 1.59e4 to 3.56e3). The fit took 3,656 s wall (16 Adam steps of 4 × 256
-//! tokens per block; 1.5 s per step on block 0 growing to ~15 s by block 29).
-//! One epoch at lr 4e-4 (4 steps per block) does as well: 58.749 (1.957×), fit 1,536 s
-//! wall on the same shared machine.
+//! jumps, from 1.59e4 to 3.56e3). One epoch at lr 4e-4 (4 Adam steps of 4 × 256 tokens
+//! per block) does as well: 58.749 (1.957×), fit 393 s wall (~13 s per block, shared
+//! with a build; before the fitted weights were detached from the fit's graph, each
+//! block's backward also walked every earlier block's and the same fit took 1,536 s).
 
 use std::collections::HashMap;
 use std::time::Instant;
