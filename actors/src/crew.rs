@@ -23,6 +23,7 @@ use crate::faults::Faults;
 use crate::folder::WeightFiles;
 use crate::planner::{Planner, PlannerMsg};
 use crate::profiler::{Profiler, ProfilerMsg};
+use crate::repair::FitSpec;
 
 /// Restarts of one child per request before the run fails.
 pub const MAX_RESTARTS: usize = 2;
@@ -262,7 +263,20 @@ impl CrewSpec {
             engine: self.engine.clone(),
             repair: self.cfg.pruning.repair,
             damp: self.cfg.pruning.repair_damp,
+            fit: self.fit(),
         }
+    }
+
+    /// `[pruning.reconstruct]` when it is on (and the repair with it).
+    fn fit(&self) -> Option<FitSpec> {
+        let p = &self.cfg.pruning;
+        p.reconstruct.enabled(p.repair).then_some(FitSpec {
+            opts: model::ReconstructOptions {
+                epochs: p.reconstruct.epochs as usize,
+                lr: p.reconstruct.lr,
+            },
+            target_sparsity: p.target_sparsity,
+        })
     }
 
     fn evaluator(&self) -> Evaluator {

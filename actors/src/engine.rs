@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use candle_core::Tensor;
 use config::Config;
 use model::text::TextSource;
 use model::{LayerInfo, Model};
@@ -36,6 +37,12 @@ pub struct Engine {
     pub encode: Encoder,
     /// The in-loop knowledge probe, when `evaluation.probe.every > 0`.
     pub probe: Option<ProbeSet>,
+    /// The dense model's block outputs on the calibration pool, when
+    /// `pruning.reconstruct` is on: `[block][batch]`, each `[batch, seq, hidden]`,
+    /// batches of [`model::FORWARD_BATCH`] windows. Computed before any pruning (a
+    /// resumed run reloads the dense checkpoint first), so the fit can aim at them
+    /// after the dense weights are gone.
+    pub dense_outputs: Option<Vec<Vec<Tensor>>>,
 }
 
 impl Engine {
@@ -94,6 +101,10 @@ impl Engine {
         };
         let (calib, eval) = samples(cfg, &encode, knowledge)?;
         let layers = model.prunable_layers();
+        let reconstruct = cfg.pruning.reconstruct.enabled(cfg.pruning.repair);
+        let dense_outputs = reconstruct
+            .then(|| dense_block_outputs(&model, &calib))
+            .transpose()?;
         Ok(Self {
             model: Arc::new(model),
             layers,
@@ -102,6 +113,7 @@ impl Engine {
             f32_bytes,
             encode: Box::new(encode),
             probe,
+            dense_outputs,
         })
     }
 
@@ -112,6 +124,37 @@ impl Engine {
             .map(|l| (l.out_features * l.in_features) as u64)
             .collect()
     }
+}
+
+/// Every block's output of the (still dense) `model` on `calib`, in batches of
+/// [`model::FORWARD_BATCH`] windows: `[block][batch]`.
+fn dense_block_outputs(model: &Model, calib: &[Vec<u32>]) -> Result<Vec<Vec<Tensor>>, Error> {
+    let err = |e: &dyn std::fmt::Display| format!("dense block outputs for the block fit: {e}");
+    let mut hidden = calib
+        .chunks(model::FORWARD_BATCH)
+        .map(|batch| {
+            let len = batch.first().map_or(0, Vec::len);
+            let ids = Tensor::from_vec(batch.concat(), (batch.len(), len), model.device())
+                .map_err(|e| err(&e))?;
+            model.embed_tokens(&ids).map_err(|e| err(&e))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut outputs = Vec::with_capacity(model.num_blocks());
+    for b in 0..model.num_blocks() {
+        hidden = hidden
+            .iter()
+            .map(|h| model.forward_block(b, h, None))
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(&e))?;
+        outputs.push(hidden.clone());
+    }
+    let bytes: usize = outputs
+        .iter()
+        .flatten()
+        .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        .sum();
+    tracing::info!(bytes, "dense block outputs for the block fit");
+    Ok(outputs)
 }
 
 /// The `[calibration.knowledge]` windows of `cfg` for a model with `template` and

@@ -24,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::engine::Engine;
 use crate::error::{ActorError, Result};
-use crate::repair::{repair_all, RepairedWeights};
+use crate::repair::{repair_all, FitSpec, RepairedWeights};
 use crate::state::PruningState;
 use crate::util::blocking;
 
@@ -34,6 +34,9 @@ pub struct Executor {
     pub repair: config::Repair,
     /// The repair's Hessian dampening (`pruning.repair_damp`).
     pub damp: f64,
+    /// The block fit of the candidate that reaches the target (`pruning.reconstruct`,
+    /// with the OBS repair only).
+    pub fit: Option<FitSpec>,
 }
 
 /// One executed candidate: its masks, and its repaired weights when the Executor
@@ -106,30 +109,31 @@ impl Actor for Executor {
             } => {
                 let start = Instant::now();
                 let engine = self.engine.clone();
-                let (repair, damp) = (self.repair, self.damp);
+                let (repair, damp, fit) = (self.repair, self.damp, self.fit);
                 // The previous iteration's candidates (and their weights) go first.
                 state.pending.clear();
-                let out = blocking(move || match repair {
-                    config::Repair::None => {
-                        apply_all(&engine, &committed, &act_sum_sq, plans).map(|c| {
-                            c.into_iter()
-                                .map(|masks| Executed {
-                                    masks,
-                                    weights: None,
-                                })
-                                .collect()
-                        })
-                    }
-                    config::Repair::Obs => repair_all(&engine, &committed, plans, damp).map(|c| {
-                        c.into_iter()
-                            .map(|(masks, w)| Executed {
-                                masks,
-                                weights: Some(w),
-                            })
-                            .collect::<Vec<_>>()
-                    }),
-                })
-                .await;
+                let out =
+                    blocking(move || match repair {
+                        config::Repair::None => apply_all(&engine, &committed, &act_sum_sq, plans)
+                            .map(|c| {
+                                c.into_iter()
+                                    .map(|masks| Executed {
+                                        masks,
+                                        weights: None,
+                                    })
+                                    .collect()
+                            }),
+                        config::Repair::Obs => repair_all(&engine, &committed, plans, damp, fit)
+                            .map(|c| {
+                                c.into_iter()
+                                    .map(|(masks, w)| Executed {
+                                        masks,
+                                        weights: Some(w),
+                                    })
+                                    .collect::<Vec<_>>()
+                            }),
+                    })
+                    .await;
                 state.pending = match &out {
                     Ok(c) => c
                         .iter()

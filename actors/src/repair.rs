@@ -24,6 +24,8 @@
 //! alive at a time, and the candidate's repaired weights of the touched layers (a full
 //! tensor per layer, in the model's dtype) until the next `Apply`.
 
+mod fit;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,11 +33,13 @@ use candle_core::{DType, Device, Tensor};
 use kernels::obs::{hessian_factor, obs_prune, InverseHessian};
 use kernels::{Mask, MaskDelta, Selection, DEFAULT_BLOCK};
 use model::{gram_source, LayerInfo, Model, WeightOverlay};
-use protocol::{CandidateId, CandidateMasks, LayerDelta, Plan};
+use protocol::{target_reached, CandidateId, CandidateMasks, LayerDelta, Plan};
 
 use crate::engine::Engine;
 use crate::error::{ActorError, Result};
 use crate::state::PruningState;
+
+pub use fit::{FitSpec, FitStats};
 
 /// A candidate's repaired layers: the full new weight (`⊙ M'`, model dtype and device)
 /// and the new mask `M'` of every layer its plan touched.
@@ -60,12 +64,14 @@ pub fn stored_bytes(r: &RepairedLayers) -> u64 {
 /// Calibration windows per block pass (the forward's own batch).
 const BATCH: usize = model::FORWARD_BATCH;
 
-/// Masks and repaired weights for every plan, one candidate after the other.
+/// Masks and repaired weights for every plan, one candidate after the other; with
+/// `fit`, a candidate that reaches the target is also block-fitted ([`fit`]).
 pub fn repair_all(
     engine: &Engine,
     committed: &PruningState,
     plans: Vec<(CandidateId, Plan)>,
     damp: f64,
+    fit: Option<FitSpec>,
 ) -> Result<Vec<(CandidateMasks, RepairedWeights)>> {
     let total: u64 = engine.params().iter().sum();
     let pruned = committed.pruned()?;
@@ -73,16 +79,21 @@ pub fn repair_all(
     plans
         .into_iter()
         .map(|(id, plan)| {
-            let (deltas, newly, layers) = repair_plan(engine, committed, &plan, &inputs, damp)?;
+            let (mut deltas, newly, mut layers) =
+                repair_plan(engine, committed, &plan, &inputs, damp)?;
+            let sparsity_after = if total == 0 {
+                0.0
+            } else {
+                (pruned + newly) as f64 / total as f64
+            };
+            if let Some(f) = fit.filter(|f| target_reached(sparsity_after, f.target_sparsity)) {
+                fit::fit_candidate(engine, committed, &inputs, f.opts, &mut layers, &mut deltas)?;
+            }
             let masks = CandidateMasks {
                 id,
                 deltas,
                 newly_pruned: newly,
-                sparsity_after: if total == 0 {
-                    0.0
-                } else {
-                    (pruned + newly) as f64 / total as f64
-                },
+                sparsity_after,
                 plan,
             };
             Ok((masks, Arc::new(layers)))

@@ -10,6 +10,16 @@ use actors::{run_pruning, RunOptions};
 use candle_core::Device;
 use protocol::{RunState, StopReason};
 
+/// A block fit that lowers the fixture's block errors: its weights are small, so the
+/// default step (sized for SmolLM2) would raise them and every block would keep its
+/// OBS weights.
+fn fixture_fit() -> config::ReconstructConfig {
+    config::ReconstructConfig {
+        epochs: 3,
+        lr: 1e-5,
+    }
+}
+
 fn opts(id: &str, resume: bool, faults: Faults) -> RunOptions {
     RunOptions {
         run_id: Some(id.to_string()),
@@ -27,6 +37,7 @@ async fn repaired_weights_are_committed_stored_and_resumed_bit_identically() {
     let mut cfg = fixture_config(&fx, &runs);
     cfg.pruning.target_sparsity = 0.3;
     cfg.pruning.repair = config::Repair::Obs;
+    cfg.pruning.reconstruct = fixture_fit();
 
     let whole = run_pruning(cfg.clone(), opts("whole", false, Faults::default()))
         .await
@@ -112,4 +123,43 @@ async fn repaired_weights_are_committed_stored_and_resumed_bit_identically() {
         );
     }
     assert_eq!(resumed.summary.final_ppl, whole.summary.final_ppl);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_block_fit_changes_the_final_weights_not_the_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = write_fixture(dir.path(), 11, 24, 48).unwrap();
+    let mut cfg = fixture_config(&fx, &dir.path().join("runs"));
+    cfg.pruning.target_sparsity = 0.3;
+    cfg.pruning.repair = config::Repair::Obs;
+    cfg.pruning.reconstruct.epochs = 0;
+    let plain = run_pruning(cfg.clone(), opts("plain", false, Faults::default()))
+        .await
+        .unwrap();
+    cfg.pruning.reconstruct = fixture_fit();
+    let fitted = run_pruning(cfg, opts("fitted", false, Faults::default()))
+        .await
+        .unwrap();
+    assert_eq!(plain.summary.stop_reason, StopReason::TargetReached);
+    assert_eq!(fitted.summary.stop_reason, StopReason::TargetReached);
+    assert_eq!(fitted.masks, plain.masks, "the fit only moves kept weights");
+    let (p, f) = (
+        plain.folder.pruned_model().unwrap(),
+        fitted.folder.pruned_model().unwrap(),
+    );
+    let masks: HashMap<_, _> = f.masks.iter().cloned().collect();
+    let mut moved = 0usize;
+    for (name, w) in &f.weights {
+        let keep = masks[name].to_bools();
+        let before = p.weights.get(name);
+        for (i, (x, k)) in w.iter().zip(&keep).enumerate() {
+            if !k {
+                assert_eq!(*x, 0.0, "{name}: a pruned weight is not zero");
+            } else if before.is_some_and(|b| b[i] != *x) {
+                moved += 1;
+            }
+        }
+    }
+    assert!(moved > 0, "the fit changed no weight");
+    assert_ne!(fitted.summary.final_ppl, plain.summary.final_ppl);
 }

@@ -16,6 +16,7 @@ mod critic;
 mod daemon;
 mod error;
 mod planning;
+mod reconstruct;
 mod sections;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ pub use daemon::{DaemonConfig, DaemonSection, TelemetryConfig, OFFICIAL_API_HOST
 pub use error::{ConfigError, FieldError};
 pub use planning::{Allocation, HeuristicConfig, PromptConfig};
 pub use protocol;
+pub use reconstruct::ReconstructConfig;
 pub use sections::{
     CalibrationConfig, Device, EvaluationConfig, FinalPplConfig, KnowledgeCalibration, ModelConfig,
     ProbeConfig, ProbeStyle, PruningConfig, Repair, RunConfig, MAX_CANDIDATES,

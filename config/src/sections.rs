@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::check::{at, Checker};
+use crate::reconstruct::ReconstructConfig;
 
 /// `[run]`: identity and reproducibility of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -399,6 +400,8 @@ pub struct PruningConfig {
     /// output Fisher. Costs one Gram pass and one backward pass per iteration; needs
     /// `calibration.gradient_samples` > 0.
     pub layer_costs: bool,
+    /// `[pruning.reconstruct]`: the block fit of the candidate that reaches the target.
+    pub reconstruct: ReconstructConfig,
 }
 
 /// `pruning.repair`: the Executor's weight update when it prunes.
@@ -437,6 +440,7 @@ impl Default for PruningConfig {
             repair: Repair::Obs,
             repair_damp: 0.01,
             layer_costs: true,
+            reconstruct: ReconstructConfig::default(),
         }
     }
 }
@@ -473,5 +477,6 @@ impl PruningConfig {
             MAX_CANDIDATES as u64,
         );
         c.open_closed("pruning.repair_damp", self.repair_damp, 0.0, 1.0);
+        self.reconstruct.check(c);
     }
 }
