@@ -23,16 +23,16 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use config::Repair;
 use kernels::obs::{hessian_factor, obs_saliency_weighted};
 use kernels::Mask;
 use model::{gram_source, Model};
 use protocol::{COST_POINTS, COST_STEP};
 
-use crate::engine::Engine;
+use crate::engine::{embedded_batches, Engine};
 use crate::error::{ActorError, Result};
-use crate::repair::{block_grams, token_batches, Gram};
+use crate::repair::{block_grams, Gram};
 
 /// How the curves are measured.
 #[derive(Debug, Clone, Copy)]
@@ -52,11 +52,7 @@ pub fn measure(
 ) -> Result<HashMap<String, Vec<f64>>> {
     let model = &engine.model;
     let merr = |e: model::ModelError| ActorError::Model(format!("layer costs: {e}"));
-    let mut hidden: Vec<Tensor> = token_batches(engine, samples)?
-        .iter()
-        .map(|t| model.embed_tokens(t))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(merr)?;
+    let mut hidden = embedded_batches(model, samples).map_err(merr)?;
     let deltas: Vec<f64> = (1..=COST_POINTS).map(|k| k as f64 * COST_STEP).collect();
     let mut curves = HashMap::new();
     for b in 0..model.num_blocks() {

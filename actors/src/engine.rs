@@ -126,19 +126,24 @@ impl Engine {
     }
 }
 
+/// `samples` (windows of one length) in batches of [`model::FORWARD_BATCH`], embedded:
+/// the first block's inputs `[n, seq, hidden]`, on the model's device.
+pub(crate) fn embedded_batches(model: &Model, samples: &[Vec<u32>]) -> model::Result<Vec<Tensor>> {
+    samples
+        .chunks(model::FORWARD_BATCH)
+        .map(|batch| {
+            let len = batch.first().map_or(0, Vec::len);
+            let ids = Tensor::from_vec(batch.concat(), (batch.len(), len), model.device())?;
+            model.embed_tokens(&ids)
+        })
+        .collect()
+}
+
 /// Every block's output of the (still dense) `model` on `calib`, in batches of
 /// [`model::FORWARD_BATCH`] windows: `[block][batch]`.
 fn dense_block_outputs(model: &Model, calib: &[Vec<u32>]) -> Result<Vec<Vec<Tensor>>, Error> {
     let err = |e: &dyn std::fmt::Display| format!("dense block outputs for the block fit: {e}");
-    let mut hidden = calib
-        .chunks(model::FORWARD_BATCH)
-        .map(|batch| {
-            let len = batch.first().map_or(0, Vec::len);
-            let ids = Tensor::from_vec(batch.concat(), (batch.len(), len), model.device())
-                .map_err(|e| err(&e))?;
-            model.embed_tokens(&ids).map_err(|e| err(&e))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let mut hidden = embedded_batches(model, calib).map_err(|e| err(&e))?;
     let mut outputs = Vec::with_capacity(model.num_blocks());
     for b in 0..model.num_blocks() {
         hidden = hidden

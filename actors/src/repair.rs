@@ -35,11 +35,11 @@ use kernels::{Mask, MaskDelta, Selection, DEFAULT_BLOCK};
 use model::{gram_source, LayerInfo, Model, WeightOverlay};
 use protocol::{target_reached, CandidateId, CandidateMasks, LayerDelta, Plan};
 
-use crate::engine::Engine;
+use crate::engine::{embedded_batches, Engine};
 use crate::error::{ActorError, Result};
 use crate::state::PruningState;
 
-pub use fit::{FitSpec, FitStats};
+pub use fit::FitSpec;
 
 /// A candidate's repaired layers: the full new weight (`⊙ M'`, model dtype and device)
 /// and the new mask `M'` of every layer its plan touched.
@@ -61,9 +61,6 @@ pub fn stored_bytes(r: &RepairedLayers) -> u64 {
         .sum()
 }
 
-/// Calibration windows per block pass (the forward's own batch).
-const BATCH: usize = model::FORWARD_BATCH;
-
 /// Masks and repaired weights for every plan, one candidate after the other; with
 /// `fit`, a candidate that reaches the target is also block-fitted ([`fit`]).
 pub fn repair_all(
@@ -75,7 +72,8 @@ pub fn repair_all(
 ) -> Result<Vec<(CandidateMasks, RepairedWeights)>> {
     let total: u64 = engine.params().iter().sum();
     let pruned = committed.pruned()?;
-    let inputs = token_batches(engine, &engine.calib)?;
+    let inputs = embedded_batches(&engine.model, &engine.calib)
+        .map_err(|e| ActorError::Model(format!("calibration batches: {e}")))?;
     plans
         .into_iter()
         .map(|(id, plan)| {
@@ -101,27 +99,13 @@ pub fn repair_all(
         .collect()
 }
 
-/// `samples` (windows of one length) as token batches `[n, seq]` on the model's device.
-pub(crate) fn token_batches(engine: &Engine, samples: &[Vec<u32>]) -> Result<Vec<Tensor>> {
-    let device = engine.model.device();
-    let err = |e: candle_core::Error| ActorError::Model(format!("calibration batches: {e}"));
-    samples
-        .chunks(BATCH)
-        .map(|batch| {
-            let len = batch.first().map_or(0, Vec::len);
-            let ids: Vec<u32> = batch.concat();
-            Tensor::from_vec(ids, (batch.len(), len), device).map_err(err)
-        })
-        .collect()
-}
-
 /// One plan: per touched layer its target sparsity (committed level + δ, as the
 /// masks-only path aims), then the blocks in order up to the last touched one.
 fn repair_plan(
     engine: &Engine,
     committed: &PruningState,
     plan: &Plan,
-    tokens: &[Tensor],
+    embedded: &[Tensor],
     damp: f64,
 ) -> Result<(Vec<LayerDelta>, u64, RepairedLayers)> {
     let model = &engine.model;
@@ -152,11 +136,7 @@ fn repair_plan(
         return Ok((Vec::new(), 0, empty));
     };
     let merr = |e: model::ModelError| ActorError::Model(format!("repair: {e}"));
-    let mut hidden: Vec<Tensor> = tokens
-        .iter()
-        .map(|t| model.embed_tokens(t))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(merr)?;
+    let mut hidden = embedded.to_vec();
     for (b, layers) in blocks.iter().enumerate().take(last + 1) {
         let touched: Vec<&LayerInfo> = layers
             .iter()

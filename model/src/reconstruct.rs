@@ -27,7 +27,6 @@ pub struct ReconstructOptions {
 
 /// One projection of the block: its current weight and its keep mask (1 = kept), both
 /// `[out, in]` in the model's dtype.
-#[derive(Debug, Clone)]
 pub struct BlockWeight {
     pub name: String,
     pub weight: Tensor,

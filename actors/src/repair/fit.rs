@@ -39,41 +39,36 @@ pub struct FitSpec {
 }
 
 /// Summed per-token calibration error of the blocks before and after their fit, and
-/// how many blocks kept the fitted weights.
+/// how many blocks kept the fitted weights (logged).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FitStats {
-    pub loss_before: f64,
-    pub loss_after: f64,
-    pub blocks_fitted: usize,
+struct FitStats {
+    loss_before: f64,
+    loss_after: f64,
+    blocks_fitted: usize,
 }
 
 /// Fits every block of a repaired candidate (`layers`, with its `deltas`) to the dense
-/// block outputs. A block whose error did not fall keeps its weights; the layers of a
+/// block outputs, starting from the `embedded` calibration batches. A block whose error did not fall keeps its weights; the layers of a
 /// fitted block that the plan did not touch join `layers` with their committed mask and
 /// an empty delta, so commit, checkpoint and resume carry their new weights like any
 /// other.
 pub(super) fn fit_candidate(
     engine: &Engine,
     committed: &PruningState,
-    tokens: &[Tensor],
+    embedded: &[Tensor],
     opts: ReconstructOptions,
     layers: &mut RepairedLayers,
     deltas: &mut Vec<LayerDelta>,
-) -> Result<FitStats> {
+) -> Result<()> {
     let model = &engine.model;
     let targets = engine.dense_outputs.as_ref().ok_or_else(|| {
         ActorError::Model("block fit: the dense block outputs were not computed".into())
     })?;
     let merr = |e: model::ModelError| ActorError::Model(format!("block fit: {e}"));
-    let mut hidden: Vec<Tensor> = tokens
-        .iter()
-        .map(|t| model.embed_tokens(t))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(merr)?;
+    let mut hidden = embedded.to_vec();
     let mut stats = FitStats::default();
     for (b, target) in targets.iter().enumerate() {
-        let block = block_weights(engine, committed, b, layers)?;
-        let weights: Vec<BlockWeight> = block.iter().map(|(w, _)| w.clone()).collect();
+        let (weights, masks) = block_weights(engine, committed, b, layers)?;
         let (fitted, s) = model
             .reconstruct_block(b, &hidden, target, &weights, opts)
             .map_err(merr)?;
@@ -87,7 +82,7 @@ pub(super) fn fit_candidate(
         if s.loss_after < s.loss_before {
             stats.loss_after += s.loss_after;
             stats.blocks_fitted += 1;
-            for ((w, mask), new) in block.into_iter().zip(fitted) {
+            for ((w, mask), new) in weights.into_iter().zip(masks).zip(fitted) {
                 if !layers.masks.contains_key(&w.name) {
                     deltas.push(unchanged(&w.name, &mask)?);
                     layers.masks.insert(w.name.clone(), mask);
@@ -109,17 +104,17 @@ pub(super) fn fit_candidate(
         blocks = stats.blocks_fitted,
         "block fit of the final candidate"
     );
-    Ok(stats)
+    Ok(())
 }
 
 /// Block `b`'s projections as the candidate has them (its repaired weight and new mask
-/// where it touched the layer, the committed ones elsewhere), with their masks.
+/// where it touched the layer, the committed ones elsewhere), and their masks.
 fn block_weights(
     engine: &Engine,
     committed: &PruningState,
     b: usize,
     layers: &RepairedLayers,
-) -> Result<Vec<(BlockWeight, Mask)>> {
+) -> Result<(Vec<BlockWeight>, Vec<Mask>)> {
     let model = &engine.model;
     let infos = model
         .block_layers(b)
@@ -148,7 +143,8 @@ fn block_weights(
             };
             Ok((w, mask))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .map(|pairs| pairs.into_iter().unzip())
 }
 
 /// An empty delta: the layer's weights change, its mask does not.
@@ -178,6 +174,15 @@ mod tests {
         cfg.pruning.repair = config::Repair::Obs;
         cfg.pruning.reconstruct.epochs = 1;
         Arc::new(Engine::load(&cfg).unwrap())
+    }
+
+    /// Σ |a − b|.
+    fn abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.sum_all())
+            .and_then(|d| d.to_scalar())
+            .unwrap()
     }
 
     fn plan(layer: &str) -> Vec<(u32, Plan)> {
@@ -225,15 +230,10 @@ mod tests {
             .remove(0);
         assert_eq!(unfit.deltas, plain.deltas);
         assert_eq!(unfit_w.masks.len(), 1);
-        let same: f32 = (unfit_w.weights.get(&first).unwrap()
-            - plain_w.weights.get(&first).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+        let same = abs_diff(
+            unfit_w.weights.get(&first).unwrap(),
+            plain_w.weights.get(&first).unwrap(),
+        );
         assert_eq!(same, 0.0, "a block kept a fit that raised its error");
         // At the target (the same plan): every layer of every fitted block travels.
         let (fitted, fitted_w) =
@@ -271,14 +271,7 @@ mod tests {
             assert_eq!(fitted_w.masks[&d.layer].count_pruned(), 0, "{}", d.layer);
             let stored = engine.model.layer_weight(&d.layer).unwrap();
             let new = fitted_w.weights.get(&d.layer).unwrap();
-            let moved: f32 = (new - &stored)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let moved = abs_diff(new, &stored);
             assert!(moved > 0.0, "{} was not fitted", d.layer);
         }
     }
