@@ -47,4 +47,5 @@ pub use error::{ActorError, FailureKind};
 pub use events::{ProgressEvent, ProgressFn, RunControl, StopRequest};
 pub use faults::Faults;
 pub use folder::RunFolder;
+pub use report::Usage;
 pub use run::{run_pruning, run_pruning_blocking, FinalEval, RunError, RunOptions, RunOutput};

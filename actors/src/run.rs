@@ -80,14 +80,15 @@ pub struct RunOutput {
 }
 
 impl RunOutput {
-    /// The report's extras for this run: model, sizes, final PPL; `wall_seconds` and
-    /// `peak_rss_bytes` as the caller measured them.
-    pub fn extras(&self, wall_seconds: f64, peak_rss_bytes: Option<u64>) -> report::Extras {
+    /// The report's extras for this run: model, sizes, final PPL, and what the run cost
+    /// as the caller measured it.
+    pub fn extras(&self, usage: report::Usage) -> report::Extras {
         report::Extras {
             model: self.config.model.path.display().to_string(),
             model_f32_bytes: self.model_f32_bytes,
-            wall_seconds,
-            peak_rss_bytes,
+            wall_seconds: usage.wall_seconds,
+            cpu_seconds: usage.cpu_seconds,
+            peak_rss_bytes: usage.peak_rss_bytes,
             final_ppl: self.final_eval.as_ref().map(|f| report::FinalPpl {
                 text: f.text.clone(),
                 tokens_scored: f.tokens_scored,
@@ -100,10 +101,9 @@ impl RunOutput {
     /// Write `masks.bin` and the report files into the run folder.
     pub fn write_outputs(
         &self,
-        wall_seconds: f64,
-        peak_rss_bytes: Option<u64>,
+        usage: report::Usage,
     ) -> Result<Vec<std::path::PathBuf>, crate::folder::FolderError> {
-        let extras = self.extras(wall_seconds, peak_rss_bytes);
+        let extras = self.extras(usage);
         self.folder
             .write_outputs(&self.summary, &self.masks, &extras)
     }

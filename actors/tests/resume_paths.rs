@@ -52,7 +52,12 @@ async fn a_finished_run_resumes_to_the_same_stop_reason_and_then_says_it_is_fini
     assert_eq!(again.masks, first.masks);
     assert!(again.final_eval.is_some());
     // Once the outputs are written, a resume says the run is finished.
-    again.write_outputs(1.0, None).unwrap();
+    again
+        .write_outputs(actors::Usage {
+            wall_seconds: 1.0,
+            ..Default::default()
+        })
+        .unwrap();
     match run_pruning(cfg, opts(Some("fin"), "fin")).await {
         Err(e @ RunError::Finished { .. }) => {
             let text = e.to_string();

@@ -258,7 +258,11 @@ async fn write_outputs(out: &RunOutput, wall_seconds: f64) {
     }))
     .unwrap_or_default();
     let (folder, run, masks) = (out.folder.clone(), out.summary.clone(), out.masks.clone());
-    let extras = out.extras(wall_seconds, None);
+    // The daemon's process runs several jobs at once: its CPU time is no one run's.
+    let extras = out.extras(actors::Usage {
+        wall_seconds,
+        ..Default::default()
+    });
     let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
         folder
             .write_outputs(&run, &masks, &extras)

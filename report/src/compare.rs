@@ -37,6 +37,12 @@ pub struct Row {
     pub qa: Option<f64>,
     pub prune_seconds: f64,
     pub eval_seconds: f64,
+    /// CPU seconds (process, all threads) of the pruning and of the evaluation; `None`
+    /// where not measured (older tables, a run folder whose report lacks it).
+    #[serde(default)]
+    pub prune_cpu_seconds: Option<f64>,
+    #[serde(default)]
+    pub eval_cpu_seconds: Option<f64>,
     pub vs_dense: Rel,
     pub vs_best_baseline: Rel,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,6 +62,8 @@ impl Row {
             qa: None,
             prune_seconds: 0.0,
             eval_seconds: 0.0,
+            prune_cpu_seconds: None,
+            eval_cpu_seconds: None,
             vs_dense: Rel::default(),
             vs_best_baseline: Rel::default(),
             detail: None,
@@ -210,16 +218,16 @@ pub fn markdown(t: &Table) -> String {
     );
     let _ = writeln!(
         s,
-        "| method | sparsity | PPL | MMLU | QA | Δ PPL vs dense | Δ MMLU vs dense | Δ QA vs dense | Δ PPL vs best | Δ MMLU vs best | Δ QA vs best | prune s | eval s | status |"
+        "| method | sparsity | PPL | MMLU | QA | Δ PPL vs dense | Δ MMLU vs dense | Δ QA vs dense | Δ PPL vs best | Δ MMLU vs best | Δ QA vs best | prune s | prune CPU s | eval s | eval CPU s | status |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in &t.rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} |",
             r.method,
             pct(r.sparsity),
             r.ppl.map_or("–".into(), |p| format!("{p:.2}")),
@@ -232,11 +240,18 @@ pub fn markdown(t: &Table) -> String {
             change(r.vs_best_baseline.mmlu),
             change(r.vs_best_baseline.qa),
             r.prune_seconds,
+            seconds(r.prune_cpu_seconds),
             r.eval_seconds,
+            seconds(r.eval_cpu_seconds),
             r.status
         );
     }
     s
+}
+
+/// Seconds with one decimal, "–" when not measured.
+fn seconds(s: Option<f64>) -> String {
+    s.map_or("–".into(), |s| format!("{s:.1}"))
 }
 
 #[cfg(test)]

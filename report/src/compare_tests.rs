@@ -17,6 +17,8 @@ fn row(method: &str, sparsity: f64, ppl: f64, mmlu: f64, qa: f64) -> Row {
         qa: Some(qa),
         prune_seconds: 1.5,
         eval_seconds: 2.0,
+        prune_cpu_seconds: Some(2.75),
+        eval_cpu_seconds: Some(3.5),
         vs_dense: Rel::default(),
         vs_best_baseline: Rel::default(),
         detail: None,
@@ -188,10 +190,10 @@ fn markdown_lists_the_settings_and_one_line_per_row() {
         .any(|l| l.starts_with("- dense factual QA 0-shot (chat, ≤24 new tokens): 20.0 %")));
     assert!(!md.contains("e.g."));
     assert!(lines.contains(
-        &"| wanda | 50.0 % | 12.34 | 45.0 % | 10.0 % | +23.4 % | -10.0 % | -50.0 % | +0.0 % | +0.0 % | +0.0 % | 1.5 | 2.0 | ok |"
+        &"| wanda | 50.0 % | 12.34 | 45.0 % | 10.0 % | +23.4 % | -10.0 % | -50.0 % | +0.0 % | +0.0 % | +0.0 % | 1.5 | 2.8 | 2.0 | 3.5 | ok |"
     ));
     assert!(lines.contains(
-        &"| sparsegpt | – | – | – | – | – | – | – | – | – | – | 0.0 | 0.0 | not run: out of memory |"
+        &"| sparsegpt | – | – | – | – | – | – | – | – | – | – | 0.0 | – | 0.0 | – | not run: out of memory |"
     ));
     assert_eq!(lines.iter().filter(|l| l.starts_with("| ")).count(), 6);
 }
@@ -226,6 +228,14 @@ fn compare_json_keeps_its_field_order() {
     assert!(v["rows"][3].get("detail").is_none());
     let back: Row = serde_json::from_value(v["rows"][2].clone()).unwrap();
     assert_eq!((back.method.as_str(), back.ppl), ("wanda", Some(12.34)));
+    assert_eq!(back.prune_cpu_seconds, Some(2.75));
+    // A dense row cached before CPU times were recorded still reads.
+    let mut old = v["rows"][0].clone();
+    let fields = old.as_object_mut().unwrap();
+    fields.remove("prune_cpu_seconds").unwrap();
+    fields.remove("eval_cpu_seconds").unwrap();
+    let back: Row = serde_json::from_value(old).unwrap();
+    assert_eq!((back.ppl, back.eval_cpu_seconds), (Some(10.0), None));
 }
 
 #[test]

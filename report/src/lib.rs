@@ -94,8 +94,20 @@ pub struct Extras {
     pub model: String,
     pub model_f32_bytes: u64,
     pub wall_seconds: f64,
+    /// CPU seconds of the process, all threads, user + system (`None` where the
+    /// process also ran other work, as the daemon does, or the platform has no count).
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
     pub final_ppl: Option<FinalPpl>,
+}
+
+/// What a run cost its process, as the caller measured it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub wall_seconds: f64,
+    pub cpu_seconds: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// The JSON document of `report.json`. Has a `probe` object (dense and final accuracy,
@@ -112,6 +124,7 @@ pub fn report_json(s: &RunSummary, x: &Extras) -> serde_json::Value {
         "table4": Table4::of(s),
         "final_ppl": x.final_ppl,
         "wall_seconds": x.wall_seconds,
+        "cpu_seconds": x.cpu_seconds,
         "peak_rss_bytes": x.peak_rss_bytes,
         "model_f32_bytes": x.model_f32_bytes,
         "checkpoint_bytes_per_commit": mean_delta,
@@ -282,8 +295,12 @@ pub fn report_md(s: &RunSummary, x: &Extras) -> String {
     }
     out.push_str(&rejected_md(s));
     let tm = &s.timings;
+    let cpu = x
+        .cpu_seconds
+        .map(|c| format!(", CPU time {c:.1} s"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "\n## Cost\n\nWall time {:.1} s. Time by actor (ms): profiler {}, planner {}, critic {}, executor {}, evaluator {}, checkpointer {}.\n",
+        "\n## Cost\n\nWall time {:.1} s{cpu}. Time by actor (ms): profiler {}, planner {}, critic {}, executor {}, evaluator {}, checkpointer {}.\n",
         x.wall_seconds, tm.profiler_ms, tm.planner_ms, tm.critic_ms, tm.executor_ms, tm.evaluator_ms, tm.checkpointer_ms
     ));
     if let Some(rss) = x.peak_rss_bytes {

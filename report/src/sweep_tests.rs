@@ -18,6 +18,8 @@ fn row(method: &str, sparsity: f64, ppl: f64, qa: f64) -> Row {
         qa: Some(qa),
         prune_seconds: 1.0,
         eval_seconds: 1.0,
+        prune_cpu_seconds: None,
+        eval_cpu_seconds: None,
         vs_dense: Rel::default(),
         vs_best_baseline: Rel::default(),
         detail: None,

@@ -115,11 +115,15 @@ fn table4_counts_and_rates() {
     assert_eq!((t.iterations, t.successful, t.rollbacks), (4, 3, 1));
     assert_eq!(t.rollback_rate, 0.25);
     assert!((t.ppl_degradation - 0.25).abs() < 1e-12);
-    let x = Extras {
+    let mut x = Extras {
         model_f32_bytes: 100_000,
         ..Default::default()
     };
+    assert!(!report_md(&summary(), &x).contains("CPU time"));
+    x.wall_seconds = 12.5;
+    x.cpu_seconds = Some(20.0);
     let md = report_md(&summary(), &x);
+    assert!(md.contains("Wall time 12.5 s, CPU time 20.0 s."), "{md}");
     assert!(md.contains("| Rollback rate | 25.00 % |"), "{md}");
     assert!(md.contains("| Final PPL (in-loop) | 12.500 |"));
     assert!(
@@ -128,6 +132,7 @@ fn table4_counts_and_rates() {
     );
     let j = report_json(&summary(), &x);
     assert_eq!(j["table4"]["rollbacks"], 1);
+    assert_eq!(j["cpu_seconds"], 20.0);
     assert_eq!(j["iterations"].as_array().unwrap().len(), 4);
 }
 

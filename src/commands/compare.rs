@@ -16,7 +16,6 @@
 //! its relative changes and its files' contents are `report::compare`'s.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use ::eval::suite::{perplexity, run_suite, Sets, SuiteSpec};
 use ::eval::Target;
@@ -150,9 +149,9 @@ impl Bench<'_> {
         method: &str,
         overlay: Option<&WeightOverlay>,
         sparsity: f64,
-        prune_seconds: f64,
+        pruning: actors::Usage,
     ) -> Result<Row> {
-        let start = Instant::now();
+        let clock = common::Stopwatch::start();
         let ppl = perplexity(
             self.model,
             overlay,
@@ -176,8 +175,10 @@ impl Bench<'_> {
             ppl: Some(ppl.ppl),
             mmlu: suite.mmlu.as_ref().map(|m| m.accuracy),
             qa: suite.qa.as_ref().map(|q| q.accuracy),
-            prune_seconds,
-            eval_seconds: start.elapsed().as_secs_f64(),
+            prune_seconds: pruning.wall_seconds,
+            eval_seconds: clock.wall_seconds(),
+            prune_cpu_seconds: pruning.cpu_seconds,
+            eval_cpu_seconds: clock.cpu_seconds(),
             vs_dense: Rel::default(),
             vs_best_baseline: Rel::default(),
             detail: Some(suite),
@@ -301,7 +302,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
             c.row
         }
         None => {
-            let row = bench.evaluate("dense", None, 0.0, 0.0)?;
+            // Nothing to prune: no time spent.
+            let none = actors::Usage {
+                cpu_seconds: Some(0.0),
+                ..Default::default()
+            };
+            let row = bench.evaluate("dense", None, 0.0, none)?;
             let cache = DenseCache {
                 key,
                 row: row.clone(),
@@ -373,7 +379,7 @@ impl Point<'_> {
         for method in self.methods {
             let name = method.name();
             eprintln!("{name}: pruning to {target}");
-            let start = Instant::now();
+            let clock = common::Stopwatch::start();
             let pruned = match baselines::prune(model, method, target, windows) {
                 Ok(p) => p,
                 Err(e) => {
@@ -381,9 +387,9 @@ impl Point<'_> {
                     continue;
                 }
             };
-            let prune_seconds = start.elapsed().as_secs_f64();
+            let pruning = clock.usage();
             let overlay = pruned.overlay(model)?;
-            rows.push(bench.evaluate(&name, Some(&overlay), pruned.sparsity(), prune_seconds)?);
+            rows.push(bench.evaluate(&name, Some(&overlay), pruned.sparsity(), pruning)?);
         }
         let source = match &args.agent_run {
             Some(dir) => Some(AgentSource::Run(dir)),
@@ -403,9 +409,9 @@ impl Point<'_> {
         rows.push(match source {
             None => Row::not_run("agent", "--no-agent".into()),
             Some(source) => match agent_result(source) {
-                Ok((p, prune_seconds)) => {
+                Ok((p, pruning)) => {
                     let overlay = p.overlay(model)?;
-                    bench.evaluate("agent", Some(&overlay), p.sparsity(), prune_seconds)?
+                    bench.evaluate("agent", Some(&overlay), p.sparsity(), pruning)?
                 }
                 Err(e) => Row::not_run("agent", format!("{e:#}")),
             },

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use baselines::Pruned;
@@ -32,13 +31,13 @@ pub enum AgentSource<'a> {
     },
 }
 
-/// The agent's masks and the seconds its pruning took (the run's own wall time when it
-/// is read from a folder whose report records it, else 0).
-pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
+/// The agent's masks and what its pruning cost (as the run's own report recorded it
+/// when it is read from a folder: 0 s wall and no CPU time when the report lacks them).
+pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, actors::Usage)> {
     match source {
         AgentSource::Run(dir) => {
             let run = actors::RunFolder::find(&dir.to_string_lossy(), Path::new(""))?;
-            Ok((committed_model(&run)?, recorded_wall_seconds(dir)))
+            Ok((committed_model(&run)?, recorded_usage(dir)))
         }
         AgentSource::Loop {
             config,
@@ -64,7 +63,7 @@ pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
                     cfg.run.runs_dir.display()
                 );
             }
-            let start = Instant::now();
+            let clock = super::common::Stopwatch::start();
             let out = actors::run_pruning_blocking(
                 cfg,
                 actors::RunOptions {
@@ -72,13 +71,13 @@ pub fn agent_result(source: AgentSource<'_>) -> Result<(Pruned, f64)> {
                     ..Default::default()
                 },
             )?;
-            let seconds = start.elapsed().as_secs_f64();
+            let usage = clock.usage();
             if let Some(f) = &out.summary.failure {
                 bail!("agent run {} failed: {f}", out.summary.run_id);
             }
             // The run folder gets its own report and masks.bin, like `prune` writes.
-            out.write_outputs(seconds, super::common::peak_rss_bytes())?;
-            Ok((committed_model(&out.folder)?, seconds))
+            out.write_outputs(usage)?;
+            Ok((committed_model(&out.folder)?, usage))
         }
     }
 }
@@ -126,11 +125,16 @@ pub fn loop_config(
     Ok(cfg)
 }
 
-/// `wall_seconds` of the run's `report.json`, 0 when the report is missing or lacks it.
-fn recorded_wall_seconds(run_dir: &Path) -> f64 {
-    std::fs::read(run_dir.join("report.json"))
+/// `wall_seconds` (0 when missing) and `cpu_seconds` of the run's `report.json`. A
+/// resumed run's report counts the last process only.
+fn recorded_usage(run_dir: &Path) -> actors::Usage {
+    let report = std::fs::read(run_dir.join("report.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("wall_seconds")?.as_f64())
-        .unwrap_or(0.0)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let field = |name: &str| report.as_ref().and_then(|v| v.get(name)?.as_f64());
+    actors::Usage {
+        wall_seconds: field("wall_seconds").unwrap_or(0.0),
+        cpu_seconds: field("cpu_seconds"),
+        peak_rss_bytes: None,
+    }
 }

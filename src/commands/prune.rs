@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use actors::{ProgressEvent, RunOptions};
 use anyhow::{Context, Result};
@@ -182,7 +181,7 @@ pub fn run(args: PruneArgs) -> Result<()> {
         let bar = progress_bar.lock().unwrap_or_else(|p| p.into_inner());
         on_progress(&bar, e, target);
     });
-    let start = Instant::now();
+    let clock = common::Stopwatch::start();
     let out = match actors::run_pruning_blocking(
         cfg,
         RunOptions {
@@ -208,11 +207,10 @@ pub fn run(args: PruneArgs) -> Result<()> {
     bar.lock()
         .unwrap_or_else(|p| p.into_inner())
         .finish_and_clear();
-    let wall = start.elapsed().as_secs_f64();
     let s = &out.summary;
-    let peak_rss = common::peak_rss_bytes();
-    let written = out.write_outputs(wall, peak_rss)?;
-    let extras = out.extras(wall, peak_rss);
+    let usage = clock.usage();
+    let written = out.write_outputs(usage)?;
+    let extras = out.extras(usage);
     if args.json {
         common::print(&serde_json::to_string_pretty(&report::report_json(
             s, &extras,
