@@ -132,7 +132,8 @@ pub fn candidate_style(index: usize) -> &'static str {
 /// The system prompt: role, meaning of the statistics, rules, the instruction to
 /// analyse past decisions, and the answer schema.
 pub fn system_prompt() -> String {
-    let schema = serde_json::to_string(&plan_json_schema(None)).unwrap_or_default();
+    // Keys in the paper's order (reasoning first), as the structured-output request has them.
+    let schema = plan_json_schema(None).to_json();
     format!(
         "You are a pruning agent. One iteration at a time, you decide which linear layers of a \
 large language model to prune further and by how much, so that the model reaches a target \

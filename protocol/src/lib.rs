@@ -7,14 +7,15 @@
 
 pub mod masks_file;
 pub mod plan;
+pub mod plan_schema;
 pub mod probe;
 pub mod request;
 pub mod run;
 
 pub use plan::{
-    plan_json_schema, LayerDecision, LayerProfile, Plan, PlanError, COST_POINTS, COST_STEP,
-    DELTA_MAX, DELTA_MIN,
+    LayerDecision, LayerProfile, Plan, PlanError, COST_POINTS, COST_STEP, DELTA_MAX, DELTA_MIN,
 };
+pub use plan_schema::{plan_json_schema, PlanSchema, DECISION_KEYS, PLAN_KEYS};
 pub use probe::{probe_due, ProbePoint, ProbeSeries};
 pub use request::{
     global_sparsity, projected_sparsity, recent_rollbacks, recently_rolled_back, target_reached,

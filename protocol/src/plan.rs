@@ -106,36 +106,6 @@ impl Plan {
     }
 }
 
-/// JSON schema of [`Plan`], as sent to LLM backends for structured output.
-/// `layers`, when given, restricts `layer` to an enum of the model's layer names.
-pub fn plan_json_schema(layers: Option<&[&str]>) -> serde_json::Value {
-    let mut layer = serde_json::json!({ "type": "string" });
-    if let Some(names) = layers {
-        layer["enum"] = serde_json::json!(names);
-    }
-    serde_json::json!({
-        "type": "object",
-        "properties": {
-            "reasoning": { "type": "string" },
-            "stop_pruning": { "type": "boolean" },
-            "layer_decisions": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "layer": layer,
-                        "delta": { "type": "number", "minimum": DELTA_MIN, "maximum": DELTA_MAX }
-                    },
-                    "required": ["layer", "delta"],
-                    "additionalProperties": false
-                }
-            }
-        },
-        "required": ["reasoning", "stop_pruning", "layer_decisions"],
-        "additionalProperties": false
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,14 +137,5 @@ mod tests {
             ]
         );
         assert!(Plan::from_json("{\"reasoning\":1}").is_err());
-    }
-
-    #[test]
-    fn schema_lists_layers_and_bounds() {
-        let s = plan_json_schema(Some(&["x", "y"]));
-        let item = &s["properties"]["layer_decisions"]["items"]["properties"];
-        assert_eq!(item["layer"]["enum"], serde_json::json!(["x", "y"]));
-        assert_eq!(item["delta"]["maximum"], serde_json::json!(0.15));
-        assert_eq!(s["required"].as_array().unwrap().len(), 3);
     }
 }

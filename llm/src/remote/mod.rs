@@ -8,21 +8,31 @@
 //! errors back once (the repair round). A candidate that still fails fails the whole
 //! call, so the configured fallback backend (see [`crate::factory`]) answers instead of
 //! a partial, unaudited mix.
+//!
+//! Structured output: the request asks for the portable plan schema
+//! ([`protocol::plan_schema`]). When a server refuses it anyway (a 400 naming the
+//! response format, the schema or its grammar, [`Wire::refuses_schema`]), the call is
+//! sent once more in [`JsonMode::Object`] (`json_object` plus the schema in the
+//! prompt) and the answer goes through the same check and repair round. The backend
+//! remembers the mode, so later plans do not pay the refused request again, and
+//! records it in `PlanResponse::backend` (`openai (json_object mode: …)`), which the
+//! per-iteration planner line of `secateur prune` and report.json show.
 
 pub mod transport;
 pub mod wire;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use config::{BackendConfig, PromptConfig};
-use protocol::{plan_json_schema, Plan, PlanRequest, PlanResponse};
+use protocol::{plan_json_schema, Plan, PlanRequest, PlanResponse, PlanSchema};
 
 use crate::error::{LlmError, Result};
 use crate::planner::{check_request, PlannerBackend};
 use crate::prompt::build_prompt;
 pub use transport::{CallError, RetryPolicy, Secret, Transport};
-pub use wire::{Answer, Anthropic, Conversation, Gemini, OpenAi, Sampling, Wire};
+pub use wire::{Answer, Anthropic, Conversation, Gemini, JsonMode, OpenAi, Sampling, Wire};
 
 /// A planner that asks a hosted model through API `W`.
 pub struct RemoteBackend<W: Wire> {
@@ -31,6 +41,9 @@ pub struct RemoteBackend<W: Wire> {
     sampling: Sampling,
     prompt: PromptConfig,
     transport: Transport,
+    /// Set once the server refused the schema: every later call uses
+    /// [`JsonMode::Object`] (per backend, i.e. per planner).
+    object_mode: AtomicBool,
 }
 
 impl<W: Wire> fmt::Debug for RemoteBackend<W> {
@@ -40,6 +53,7 @@ impl<W: Wire> fmt::Debug for RemoteBackend<W> {
             .field("base_url", &self.base_url)
             .field("sampling", &self.sampling)
             .field("transport", &self.transport)
+            .field("mode", &self.mode())
             .finish()
     }
 }
@@ -107,6 +121,25 @@ impl<W: Wire> RemoteBackend<W> {
             base_url,
             prompt,
             transport: Transport::new(timeout, policy, key, seed),
+            object_mode: AtomicBool::new(false),
+        }
+    }
+
+    /// The JSON mode calls use now.
+    pub fn mode(&self) -> JsonMode {
+        if self.object_mode.load(Ordering::Relaxed) {
+            JsonMode::Object
+        } else {
+            JsonMode::Schema
+        }
+    }
+
+    /// `PlanResponse::backend`: the API's name, and the JSON mode when it is not the
+    /// default one.
+    fn recorded_name(&self) -> String {
+        match self.mode() {
+            JsonMode::Schema => self.wire.name().to_string(),
+            m => format!("{} ({})", self.wire.name(), m.label()),
         }
     }
 
@@ -117,21 +150,49 @@ impl<W: Wire> RemoteBackend<W> {
         }
     }
 
-    /// One model call: the answer text, or a transport/service error.
-    fn ask(&self, conv: &Conversation, schema: &serde_json::Value) -> Result<Answer> {
+    /// One model call: the answer text, or a transport/service error. A refusal of the
+    /// schema in [`JsonMode::Schema`] switches this backend to [`JsonMode::Object`] and
+    /// sends the call once more.
+    fn ask(&self, conv: &Conversation, schema: &PlanSchema) -> Result<Answer> {
+        let mode = self.mode();
+        let body = match self.send(conv, schema, mode) {
+            Ok(body) => body,
+            Err(CallError::Refused { status, body })
+                if mode == JsonMode::Schema && self.wire.refuses_schema(status, &body) =>
+            {
+                self.object_mode.store(true, Ordering::Relaxed);
+                self.send(conv, schema, JsonMode::Object).map_err(|e| {
+                    self.backend_err(format!(
+                        "{e} (json_object mode, after the json_schema request was refused \
+with HTTP {status})"
+                    ))
+                })?
+            }
+            Err(e) => return Err(self.backend_err(e.to_string())),
+        };
+        self.read(&body)
+    }
+
+    fn send(
+        &self,
+        conv: &Conversation,
+        schema: &PlanSchema,
+        mode: JsonMode,
+    ) -> std::result::Result<serde_json::Value, CallError> {
         let call = self.wire.request(
             &self.base_url,
             self.transport.key(),
             &self.sampling,
             conv,
             schema,
+            mode,
         );
-        let body = self
-            .transport
-            .post_json(&call)
-            .map_err(|e| self.backend_err(e.to_string()))?;
+        self.transport.post_json(&call)
+    }
+
+    fn read(&self, body: &serde_json::Value) -> Result<Answer> {
         self.wire
-            .answer(&body)
+            .answer(body)
             .map_err(|m| self.backend_err(self.transport.key().scrub(&m)))
     }
 
@@ -140,7 +201,7 @@ impl<W: Wire> RemoteBackend<W> {
         system: &str,
         user: &str,
         layers: &[&str],
-        schema: &serde_json::Value,
+        schema: &PlanSchema,
     ) -> Result<Exchange> {
         let first = self.ask(
             &Conversation {
@@ -187,6 +248,25 @@ impl<W: Wire> RemoteBackend<W> {
                 reason: format!("after one repair round: {}", again.join("; ")),
             }),
         }
+    }
+}
+
+/// The names the schema's `layer` enum offers: the layers the constraints allow (a
+/// model picks from the enum, and a forbidden or full layer would only be dropped by
+/// the critic). Answers are still validated against every layer, so the critic, not
+/// the parser, deals with a disallowed one. All layers when none is allowed (an empty
+/// enum is not valid JSON Schema).
+pub fn allowed_layers(request: &PlanRequest) -> Vec<&str> {
+    let allowed: Vec<&str> = request
+        .profiles
+        .iter()
+        .filter(|p| request.constraints.allows(p))
+        .map(|p| p.name.as_str())
+        .collect();
+    if allowed.is_empty() {
+        request.profiles.iter().map(|p| p.name.as_str()).collect()
+    } else {
+        allowed
     }
 }
 
@@ -237,21 +317,26 @@ impl<W: Wire> PlannerBackend for RemoteBackend<W> {
     fn propose(&self, request: &PlanRequest, k: usize) -> Result<Vec<PlanResponse>> {
         check_request(request, k)?;
         let layers: Vec<&str> = request.profiles.iter().map(|p| p.name.as_str()).collect();
-        let schema = plan_json_schema(Some(&layers));
+        let schema = plan_json_schema(Some(&allowed_layers(request)));
         let mut out = Vec::with_capacity(k);
         for i in 0..k {
             let prompt = build_prompt(request, &self.prompt, i, k);
             let start = Instant::now();
             let ex = self.candidate(&prompt.system, &prompt.user, &layers, &schema)?;
+            let mut system_prompt = prompt.system;
+            if self.mode() == JsonMode::Object {
+                // What was sent: the wire appends the format note in this mode.
+                system_prompt.push_str(&wire::object_mode_note());
+            }
             let mut user_prompt = prompt.user;
             if let Some(note) = ex.repair_note {
                 user_prompt.push_str(&note);
             }
             out.push(PlanResponse {
                 plan: ex.plan,
-                backend: self.wire.name().to_string(),
+                backend: self.recorded_name(),
                 model: Some(self.sampling.model.clone()),
-                system_prompt: prompt.system,
+                system_prompt,
                 user_prompt,
                 raw_response: ex.raw,
                 latency_ms: start.elapsed().as_millis() as u64,

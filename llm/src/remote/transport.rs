@@ -117,7 +117,12 @@ pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
 pub enum CallError {
     /// Every attempt failed with a retryable error; the last one is described.
     Exhausted { attempts: u32, last: String },
-    /// A failure retrying cannot fix (4xx other than 429, a body that is not JSON).
+    /// A 4xx answer other than 401, 403 and 429: the request itself was refused, and
+    /// the same request would be refused again. The whole body (key scrubbed) is kept
+    /// so the caller can tell what was refused (e.g. the response format, see
+    /// [`super::Wire::refuses_schema`]); messages quote an excerpt.
+    Refused { status: u16, body: String },
+    /// A failure retrying cannot fix (authentication, a body that is not JSON).
     Fatal(String),
 }
 
@@ -127,16 +132,22 @@ impl fmt::Display for CallError {
             Self::Exhausted { attempts, last } => {
                 write!(f, "gave up after {attempts} attempt(s): {last}")
             }
+            Self::Refused { status, body } => {
+                let status = StatusCode::from_u16(*status)
+                    .map_or_else(|_| status.to_string(), |s| s.to_string());
+                write!(f, "HTTP {status}: {}", excerpt(body))
+            }
             Self::Fatal(m) => f.write_str(m),
         }
     }
 }
 
-/// A prepared request: where, which headers, which JSON body.
+/// A prepared request: where, which headers, which JSON body (serialized text, so a
+/// wire format can fix the order of its keys; see [`super::wire`]).
 pub struct HttpCall {
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
-    pub body: serde_json::Value,
+    pub body: String,
 }
 
 /// A blocking client (built on first use, on the caller's blocking thread: reqwest's
@@ -202,6 +213,12 @@ impl Transport {
             let (retry_after, message) = match self.once(client, call) {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fatal(m) => return Err(CallError::Fatal(self.key.scrub(&m))),
+                Attempt::Refused { status, body } => {
+                    return Err(CallError::Refused {
+                        status,
+                        body: self.key.scrub(&body),
+                    })
+                }
                 Attempt::Retry {
                     retry_after,
                     message,
@@ -226,7 +243,10 @@ impl Transport {
     }
 
     fn once(&self, client: &Client, call: &HttpCall) -> Attempt {
-        let mut req = client.post(&call.url).json(&call.body);
+        let mut req = client
+            .post(&call.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(call.body.clone());
         for (k, v) in &call.headers {
             req = req.header(*k, v);
         }
@@ -267,6 +287,12 @@ impl Transport {
                 "HTTP {status}: authentication failed (check the API key variable)"
             ));
         }
+        if status.is_client_error() {
+            return Attempt::Refused {
+                status: status.as_u16(),
+                body: text,
+            };
+        }
         if !status.is_success() {
             return Attempt::Fatal(format!("HTTP {status}: {}", excerpt(&text)));
         }
@@ -285,6 +311,10 @@ enum Attempt {
     Retry {
         retry_after: Option<Duration>,
         message: String,
+    },
+    Refused {
+        status: u16,
+        body: String,
     },
     Fatal(String),
 }

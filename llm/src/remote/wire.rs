@@ -1,8 +1,15 @@
 //! The three hosted APIs' wire formats: how a conversation and the plan schema become a
 //! request body, and where the answer text and token counts sit in the response. Pure
 //! JSON in, JSON out, so the shapes can be asserted without a network.
+//!
+//! Bodies that embed the plan schema are serialized from structs, not built as a
+//! `serde_json::Value`: without serde_json's `preserve_order` a `Value` sorts keys, which
+//! would undo the schema's order (reasoning first; see [`protocol::plan_schema`]).
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+
+use protocol::{plan_json_schema, PlanSchema};
 
 use super::transport::{HttpCall, Secret};
 
@@ -30,32 +37,111 @@ pub struct Answer {
     pub output_tokens: Option<u64>,
 }
 
+/// How an API is asked for JSON. Only the OpenAI-compatible wire has a second mode:
+/// Gemini and Anthropic accept the portable schema as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonMode {
+    /// The server constrains decoding to the schema (`response_format: json_schema`).
+    Schema,
+    /// `response_format: json_object` with the schema in the prompt text, for servers
+    /// whose schema converter refuses the schema; the answer is then checked (and
+    /// repaired) like any other.
+    Object,
+}
+
+impl JsonMode {
+    /// How the mode is named in `PlanResponse::backend` (empty for the default).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Schema => "",
+            Self::Object => "json_object mode: the server refused the json_schema response format",
+        }
+    }
+}
+
 /// One hosted API.
 pub trait Wire: Send + Sync {
     /// Recorded as `PlanResponse::backend`.
     fn name(&self) -> &'static str;
     /// API root used when the config sets none.
     fn default_base_url(&self) -> &'static str;
-    /// The request for `conv`, asking for JSON that follows `schema`.
+    /// The request for `conv`, asking for JSON that follows `schema` in `mode`.
     fn request(
         &self,
         base_url: &str,
         key: &Secret,
         s: &Sampling,
         conv: &Conversation,
-        schema: &Value,
+        schema: &PlanSchema,
+        mode: JsonMode,
     ) -> HttpCall;
     /// The answer in a successful response body, or why there is none.
     fn answer(&self, body: &Value) -> Result<Answer, String>;
+    /// Whether an error response (`status`, `body`) refuses the structured-output
+    /// request itself, so [`JsonMode::Object`] may succeed where [`JsonMode::Schema`]
+    /// failed. APIs without a fallback mode say no.
+    fn refuses_schema(&self, _status: u16, _body: &str) -> bool {
+        false
+    }
 }
 
 fn tokens(v: &Value) -> Option<u64> {
     v.as_u64()
 }
 
+/// Serialized request text (a struct of ours never fails to serialize).
+fn text<T: Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
+/// The instruction appended to the system prompt in [`JsonMode::Object`]: the server
+/// no longer enforces the schema, so the model is told it (without the layer enum —
+/// the prompt lists the names, and 200 of them would double the request).
+pub fn object_mode_note() -> String {
+    format!(
+        "\n\nThe server does not enforce the answer format: answer with exactly one JSON \
+object and nothing else, keys in this order, following this JSON schema:\n{}",
+        plan_json_schema(None).to_json()
+    )
+}
+
+/// The OpenAI chat-completions body. `response_format` is
+/// `{"type": "json_schema", "json_schema": {…}}` or `{"type": "json_object"}`.
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<Value>,
+    temperature: f64,
+    max_tokens: u32,
+    response_format: ResponseFormat<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat<'a> {
+    JsonSchema { json_schema: NamedSchema<'a> },
+    JsonObject,
+}
+
+#[derive(Serialize)]
+struct NamedSchema<'a> {
+    name: &'static str,
+    strict: bool,
+    schema: &'a PlanSchema,
+}
+
+/// Phrases of error bodies that refuse the structured-output request, lower-cased.
+/// Recorded bodies (llm/tests/fixtures/): llama.cpp server's "JSON schema conversion
+/// failed", vLLM's "JSON schema contains features not supported by xgrammar",
+/// OpenAI's "Invalid schema for response_format"; older servers that know only
+/// `json_object` name `response_format` or `json_schema`.
+const SCHEMA_REFUSALS: [&str; 4] = ["response_format", "json_schema", "schema", "grammar"];
+
 /// OpenAI chat completions with a strict `json_schema` response format. The same
 /// request works against vLLM, llama.cpp server, Ollama, LM Studio and Gemini's
-/// OpenAI-compatible endpoint; the key is optional because local servers need none.
+/// OpenAI-compatible endpoint; the key is optional because local servers need none. A
+/// server that refuses the schema anyway ([`Wire::refuses_schema`]) is asked again in
+/// [`JsonMode::Object`].
 pub struct OpenAi;
 
 impl Wire for OpenAi {
@@ -71,10 +157,27 @@ impl Wire for OpenAi {
         key: &Secret,
         s: &Sampling,
         conv: &Conversation,
-        schema: &Value,
+        schema: &PlanSchema,
+        mode: JsonMode,
     ) -> HttpCall {
+        let (system, response_format) = match mode {
+            JsonMode::Schema => (
+                conv.system.to_string(),
+                ResponseFormat::JsonSchema {
+                    json_schema: NamedSchema {
+                        name: "plan",
+                        strict: true,
+                        schema,
+                    },
+                },
+            ),
+            JsonMode::Object => (
+                format!("{}{}", conv.system, object_mode_note()),
+                ResponseFormat::JsonObject,
+            ),
+        };
         let mut messages = vec![
-            json!({"role": "system", "content": conv.system}),
+            json!({"role": "system", "content": system}),
             json!({"role": "user", "content": conv.user}),
         ];
         if let Some((bad, errors)) = conv.repair {
@@ -88,17 +191,21 @@ impl Wire for OpenAi {
         HttpCall {
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             headers,
-            body: json!({
-                "model": s.model,
-                "messages": messages,
-                "temperature": s.temperature,
-                "max_tokens": s.max_tokens,
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "plan", "strict": true, "schema": schema}
-                }
+            body: text(&ChatBody {
+                model: &s.model,
+                messages,
+                temperature: s.temperature,
+                max_tokens: s.max_tokens,
+                response_format,
             }),
         }
+    }
+    /// A 400 (422 from FastAPI-based servers) whose body names the response format,
+    /// the schema or the grammar built from it. Other 400s (context too long, unknown
+    /// model) would fail in `json_object` mode as well.
+    fn refuses_schema(&self, status: u16, body: &str) -> bool {
+        let body = body.to_lowercase();
+        matches!(status, 400 | 422) && SCHEMA_REFUSALS.iter().any(|p| body.contains(p))
     }
     fn answer(&self, body: &Value) -> Result<Answer, String> {
         let msg = &body["choices"][0]["message"];
@@ -173,7 +280,8 @@ impl Wire for Gemini {
         key: &Secret,
         s: &Sampling,
         conv: &Conversation,
-        schema: &Value,
+        schema: &PlanSchema,
+        _mode: JsonMode,
     ) -> HttpCall {
         let mut contents = vec![json!({"role": "user", "parts": [{"text": conv.user}]})];
         if let Some((bad, errors)) = conv.repair {
@@ -198,9 +306,10 @@ impl Wire for Gemini {
                     "temperature": s.temperature,
                     "maxOutputTokens": s.max_tokens,
                     "responseMimeType": "application/json",
-                    "responseSchema": gemini_schema(schema)
+                    "responseSchema": gemini_schema(&schema.to_value())
                 }
-            }),
+            })
+            .to_string(),
         }
     }
     fn answer(&self, body: &Value) -> Result<Answer, String> {
@@ -244,6 +353,25 @@ pub const ANTHROPIC_TOOL: &str = "submit_plan";
 /// Messages API version header value.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// The Anthropic messages body; the forced tool's `input_schema` is the plan schema.
+#[derive(Serialize)]
+struct MessagesBody<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    temperature: f64,
+    system: &'a str,
+    messages: Vec<Value>,
+    tools: [Tool<'a>; 1],
+    tool_choice: Value,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    name: &'static str,
+    description: &'static str,
+    input_schema: &'a PlanSchema,
+}
+
 impl Wire for Anthropic {
     fn name(&self) -> &'static str {
         "anthropic"
@@ -257,7 +385,8 @@ impl Wire for Anthropic {
         key: &Secret,
         s: &Sampling,
         conv: &Conversation,
-        schema: &Value,
+        schema: &PlanSchema,
+        _mode: JsonMode,
     ) -> HttpCall {
         let mut messages = vec![json!({"role": "user", "content": conv.user})];
         if let Some((bad, errors)) = conv.repair {
@@ -271,19 +400,19 @@ impl Wire for Anthropic {
         HttpCall {
             url: format!("{}/messages", base_url.trim_end_matches('/')),
             headers,
-            body: json!({
-                "model": s.model,
-                "max_tokens": s.max_tokens,
+            body: text(&MessagesBody {
+                model: &s.model,
+                max_tokens: s.max_tokens,
                 // The messages API accepts [0, 1]; configs allow up to 2 for other APIs.
-                "temperature": s.temperature.min(1.0),
-                "system": conv.system,
-                "messages": messages,
-                "tools": [{
-                    "name": ANTHROPIC_TOOL,
-                    "description": "Submit the pruning plan for this iteration.",
-                    "input_schema": schema
+                temperature: s.temperature.min(1.0),
+                system: conv.system,
+                messages,
+                tools: [Tool {
+                    name: ANTHROPIC_TOOL,
+                    description: "Submit the pruning plan for this iteration.",
+                    input_schema: schema,
                 }],
-                "tool_choice": {"type": "tool", "name": ANTHROPIC_TOOL}
+                tool_choice: json!({"type": "tool", "name": ANTHROPIC_TOOL}),
             }),
         }
     }
@@ -315,7 +444,7 @@ mod tests {
 
     #[test]
     fn gemini_schema_is_openapi_shaped_and_ordered() {
-        let s = gemini_schema(&protocol::plan_json_schema(Some(&["a"])));
+        let s = gemini_schema(&plan_json_schema(Some(&["a"])).to_value());
         assert_eq!(s["type"], "OBJECT");
         assert!(s.get("additionalProperties").is_none());
         assert_eq!(

@@ -3,6 +3,9 @@
 //! the client never reuses it); every request is recorded for shape assertions. Only
 //! loopback addresses are ever contacted.
 
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,8 @@ pub struct Seen {
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
+    /// The body as sent, for what a `Value` loses (the order of keys).
+    pub raw: String,
 }
 
 impl Seen {
@@ -107,12 +112,14 @@ fn serve(stream: TcpStream, reply: Reply, log: &Mutex<Vec<Seen>>) {
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).unwrap();
+    let raw = String::from_utf8_lossy(&body).into_owned();
     let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     log.lock().unwrap().push(Seen {
         method,
         path,
         headers,
         body,
+        raw,
     });
     let mut stream = stream;
     match reply {
