@@ -2,10 +2,11 @@
 //! testable without actors.
 //!
 //! [`review`] applies the switchable rules of `[critic.rules]` to one candidate plan:
-//! per decision, in this order — unknown layer, duplicate layer, δ bounds, recent
-//! rollback, high z_grad, layer sparsity cap — then, on the surviving decisions, the
-//! empty-plan check, overshoot, the pace (`under_pace`, [`crate::critic_pace`]) and
-//! minimum progress. An `amend` rule repairs the plan
+//! first a stop before the target (`premature_stop`: by default the stop is cleared
+//! and the decisions kept); per decision, in this order — unknown layer, duplicate
+//! layer, δ bounds, recent rollback, high z_grad, layer sparsity cap — then, on the
+//! surviving decisions, the empty-plan check, overshoot, the pace (`under_pace`,
+//! [`crate::critic_pace`]) and minimum progress. An `amend` rule repairs the plan
 //! and records a reason naming the layer and the value; a `veto` rule records a reason
 //! and the verdict becomes a veto (all reasons are collected, so the planner sees every
 //! problem at once).
@@ -82,16 +83,34 @@ pub fn review(plan: &Plan, ctx: &ReviewContext, rules: &CriticRules) -> Verdict 
     let current = global_sparsity(ctx.profiles);
     let target = ctx.target_sparsity;
 
+    let mut f = Findings::default();
     if plan.stop_pruning {
-        // Algorithm 1 stops before applying anything, so decisions do not matter.
-        if rules.premature_stop == RuleAction::Veto && !target_reached(current, target) {
-            return Verdict::Veto {
-                reasons: vec![format!(
-                    "stop_pruning at global sparsity {current:.4}, below the target {target:.4}"
-                )],
-            };
+        if target_reached(current, target) {
+            // Algorithm 1 stops before applying anything, so decisions do not matter.
+            return Verdict::Approve;
         }
-        return Verdict::Approve;
+        let why =
+            format!("stop_pruning at global sparsity {current:.4}, below the target {target:.4}");
+        match rules.premature_stop {
+            RuleAction::Off => return Verdict::Approve,
+            RuleAction::Veto => return Verdict::Veto { reasons: vec![why] },
+            RuleAction::Amend if plan.layer_decisions.is_empty() => {
+                // Nothing to keep: an empty plan that does not stop.
+                return match rules.empty_plan {
+                    RuleAction::Veto => Verdict::Veto {
+                        reasons: vec![format!("{why}, and no layer decisions to keep")],
+                    },
+                    _ => Verdict::Amend {
+                        plan: Plan {
+                            stop_pruning: false,
+                            ..plan.clone()
+                        },
+                        reasons: vec![format!("{why}: cleared (no layer decisions)")],
+                    },
+                };
+            }
+            RuleAction::Amend => f.amends.push(format!("{why}: cleared, decisions kept")),
+        }
     }
     if plan.layer_decisions.is_empty() {
         return match rules.empty_plan {
@@ -102,7 +121,6 @@ pub fn review(plan: &Plan, ctx: &ReviewContext, rules: &CriticRules) -> Verdict 
         };
     }
 
-    let mut f = Findings::default();
     let kept = check_decisions(plan, ctx, rules, &mut f);
     let mut amended = Plan {
         reasoning: plan.reasoning.clone(),

@@ -386,13 +386,51 @@ fn min_progress_vetoes_tiny_plans_but_not_the_last_step() {
 }
 
 #[test]
-fn stop_pruning_is_approved_unless_premature_stop_is_on() {
-    let stop = Plan {
+fn an_early_stop_is_cleared_by_default_and_its_decisions_kept() {
+    let mut stop = plan(vec![d("a", 0.05)]);
+    stop.stop_pruning = true;
+    let (fixed, reasons) = amended(verdict(&stop, &rules()));
+    assert!(!fixed.stop_pruning);
+    assert_eq!(fixed.layer_decisions, vec![d("a", 0.05)]);
+    assert_eq!(
+        reasons,
+        vec!["stop_pruning at global sparsity 0.2000, below the target 0.5000: cleared, decisions kept"]
+    );
+    // Its decisions are reviewed like any other plan's: `hot` is still dropped.
+    stop.layer_decisions.push(d("hot", 0.05));
+    let (fixed, reasons) = amended(verdict(&stop, &rules()));
+    assert_eq!(fixed.layer_decisions, vec![d("a", 0.05)]);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    // A stop with nothing to keep is an empty plan: vetoed, with the reason.
+    let bare = Plan {
         reasoning: "enough".into(),
         stop_pruning: true,
         layer_decisions: vec![],
     };
-    assert_eq!(verdict(&stop, &rules()), Verdict::Approve);
+    assert_eq!(
+        vetoed(verdict(&bare, &rules())),
+        vec!["stop_pruning at global sparsity 0.2000, below the target 0.5000, and no layer decisions to keep"]
+    );
+    let lax = CriticRules {
+        empty_plan: RuleAction::Off,
+        ..rules()
+    };
+    let (fixed, _) = amended(verdict(&bare, &lax));
+    assert!(!fixed.stop_pruning && fixed.layer_decisions.is_empty());
+}
+
+#[test]
+fn premature_stop_off_approves_and_veto_refuses() {
+    let stop = Plan {
+        reasoning: "enough".into(),
+        stop_pruning: true,
+        layer_decisions: vec![d("a", 0.05)],
+    };
+    let off = CriticRules {
+        premature_stop: RuleAction::Off,
+        ..rules()
+    };
+    assert_eq!(verdict(&stop, &off), Verdict::Approve);
     let strict = CriticRules {
         premature_stop: RuleAction::Veto,
         ..rules()
@@ -401,6 +439,12 @@ fn stop_pruning_is_approved_unless_premature_stop_is_on() {
         vetoed(verdict(&stop, &strict)),
         vec!["stop_pruning at global sparsity 0.2000, below the target 0.5000"]
     );
+    // At the target a stop is always approved.
+    let prof: Vec<_> = profiles()
+        .into_iter()
+        .map(|p| LayerProfile { sparsity: 0.5, ..p })
+        .collect();
+    assert_eq!(review(&stop, &ctx(&prof, &[]), &strict), Verdict::Approve);
 }
 
 #[test]

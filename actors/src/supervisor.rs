@@ -117,6 +117,7 @@ impl Actor for Supervisor {
             probe_points: start.probe_points,
             stored_final_probe: start.final_probe,
             rejected: Vec::new(),
+            stopped_by: Vec::new(),
         };
         Ok(SupervisorState {
             crew,
@@ -324,6 +325,7 @@ impl Supervisor {
             started_at_iteration: state.started_at,
             probe: probe::series(&self.ctx(), state),
             rejected: state.rejected.clone(),
+            stopped_by: state.stopped_by.clone(),
         };
         self.ctx().emit(ProgressEvent::Finished {
             state: terminal,

@@ -8,6 +8,7 @@ use actors::critic_rules::ROLLBACK_ASSESSMENT;
 use actors::pipeline::choose;
 use actors::testing::{fixture_config, write_fixture, Fixture};
 use actors::{run_pruning, Faults, RunOptions, RunOutput};
+use config::RuleAction;
 use llm::{LlmError, PlanRequest, PlanResponse, PlannerBackend};
 use protocol::{LayerDecision, Plan, RunState, StopReason, Verdict};
 
@@ -75,6 +76,8 @@ async fn over_aggressive_plan_is_rolled_back_and_the_next_prompt_says_so() {
     let (dir, fx) = fixture();
     let mut cfg = fixture_config(&fx, &dir.path().join("runs"));
     cfg.pruning.tau = 0.01;
+    // The script ends the run by stopping.
+    cfg.critic.rules.premature_stop = RuleAction::Off;
     let planner = scripted(|r| match r.iteration {
         1 => plan(all_layers(r, 0.01), false),
         2 => plan(all_layers(r, 0.15), false),
@@ -92,6 +95,11 @@ async fn over_aggressive_plan_is_rolled_back_and_the_next_prompt_says_so() {
     let s = &out.summary;
     assert_eq!(s.stop_reason, StopReason::PlannerStopped);
     assert_eq!(s.records.len(), 2);
+    // The plan that stopped the run is kept with its verdict (no iteration stores it).
+    assert_eq!(s.stopped_by.len(), 1);
+    assert!(s.stopped_by[0].plan.stop_pruning);
+    assert_eq!(s.stopped_by[0].verdict, Verdict::Approve);
+    assert_eq!(s.stopped_by[0].backend, "scripted");
     let (ok, rb) = (&s.records[0].outcome, &s.records[1].outcome);
     assert!(!ok.rolled_back && ok.ppl_change() <= 0.01, "{ok:?}");
     assert!(rb.rolled_back && rb.ppl_change() > 0.01, "{rb:?}");
@@ -119,7 +127,8 @@ async fn over_aggressive_plan_is_rolled_back_and_the_next_prompt_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vetoed_plan_goes_back_with_reasons_and_amended_plan_is_applied() {
     let (dir, fx) = fixture();
-    let cfg = fixture_config(&fx, &dir.path().join("runs"));
+    let mut cfg = fixture_config(&fx, &dir.path().join("runs"));
+    cfg.critic.rules.premature_stop = RuleAction::Off;
     let planner = scripted(|r| {
         if r.iteration >= 2 {
             plan(vec![], true)
@@ -163,6 +172,50 @@ async fn vetoed_plan_goes_back_with_reasons_and_amended_plan_is_applied() {
         .iter()
         .enumerate()
         .all(|(i, l)| i == 4 || l.1 == 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_stop_is_cleared_by_default_and_its_decisions_applied() {
+    let (dir, fx) = fixture();
+    let mut cfg = fixture_config(&fx, &dir.path().join("runs"));
+    cfg.critic.max_replans = 1;
+    // Iteration 1: stop at 0 % with decisions (cleared, decisions applied). Then a
+    // bare stop: nothing to keep, vetoed, and the run ends with no acceptable plan.
+    let planner = scripted(|r| match r.iteration {
+        1 => plan(vec![(r.profiles[0].name.clone(), 0.1)], true),
+        _ => plan(vec![], true),
+    });
+    let out = run(
+        cfg,
+        RunOptions {
+            planner: Some(planner.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let s = &out.summary;
+    assert_eq!(s.stop_reason, StopReason::NoAcceptablePlan);
+    assert_eq!(s.records.len(), 1);
+    assert!(!s.records[0].outcome.rolled_back);
+    assert!(s.layer_sparsity[0].1 > 0.05, "{:?}", s.layer_sparsity[0]);
+    assert!(s.stopped_by.is_empty());
+    assert_eq!(s.rejected.len(), 2);
+    assert!(
+        s.rejected[0].reasons[0].ends_with("and no layer decisions to keep"),
+        "{:?}",
+        s.rejected[0].reasons
+    );
+    let stored = out.folder.load().unwrap();
+    match &stored.iterations[0].candidates[0].verdict {
+        Verdict::Amend { plan, reasons } => {
+            assert!(!plan.stop_pruning);
+            assert!(
+                reasons[0].ends_with("cleared, decisions kept"),
+                "{reasons:?}"
+            );
+        }
+        v => panic!("expected an amendment, got {v:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,8 +59,8 @@ impl PaceRule {
 }
 
 /// `[critic.rules]`. Each `*` rule is an action (`off` | `amend` | `veto`), with its
-/// threshold next to it. Rules that can only refuse (`empty_plan`, `min_progress`,
-/// `premature_stop`) accept `off` | `veto`.
+/// threshold next to it. Rules that can only refuse (`empty_plan`, `min_progress`)
+/// accept `off` | `veto`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CriticRules {
@@ -102,8 +102,13 @@ pub struct CriticRules {
     /// iteration within the last `rollback_window` was rolled back: then a smaller step
     /// is the right answer.
     pub under_pace: PaceRule,
-    /// `stop_pruning` while the target is not reached (the paper lets the agent stop
-    /// early, so this is off by default). Veto only.
+    /// `stop_pruning` while the target is not reached. Amend (the default): the stop is
+    /// cleared and the plan's layer decisions are kept (and reviewed like any other);
+    /// a plan with no decisions to keep is then an empty plan. Veto: the plan goes back
+    /// with the reason. Off: the stop is approved and the run ends, as the paper
+    /// allows. Not off by default: LLM planners (local or remote) said stop at 0 %
+    /// sparsity and a run ended with nothing pruned; the heuristic stops early only
+    /// when no layer can take more, which amend turns into an empty-plan veto.
     pub premature_stop: RuleAction,
 }
 
@@ -125,7 +130,7 @@ impl Default for CriticRules {
             min_progress: RuleAction::Veto,
             min_gain: 0.001,
             under_pace: PaceRule::Auto,
-            premature_stop: RuleAction::Off,
+            premature_stop: RuleAction::Amend,
         }
     }
 }
@@ -136,7 +141,6 @@ impl CriticRules {
         for (name, action) in [
             ("empty_plan", self.empty_plan),
             ("min_progress", self.min_progress),
-            ("premature_stop", self.premature_stop),
         ] {
             if action == RuleAction::Amend {
                 c.fail(

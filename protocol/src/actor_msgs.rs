@@ -238,6 +238,11 @@ pub struct RunSummary {
     /// iteration was committed or stored), and they say why the run ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected: Vec<Rejection>,
+    /// When the run stopped on `PlannerStopped`: every candidate of that iteration's
+    /// planning rounds with the critic's verdict. Like `rejected`, nothing else records
+    /// them (a run that stopped at its first plan has no iterations at all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped_by: Vec<crate::StoppingPlan>,
 }
 
 impl RunSummary {

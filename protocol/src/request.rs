@@ -151,6 +151,17 @@ pub struct Rejection {
     pub reasons: Vec<String>,
 }
 
+/// A candidate of the iteration that ended the run with `stop_pruning`, with the
+/// critic's verdict on it: no iteration is stored for that planning round, so this is
+/// the only record of the plan that stopped the run (and of its siblings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoppingPlan {
+    /// `PlanResponse::backend` (and, for remote backends, its JSON mode).
+    pub backend: String,
+    pub plan: Plan,
+    pub verdict: crate::Verdict,
+}
+
 /// Everything a planner backend needs for one iteration (paper §3.3's agent inputs plus
 /// the constraints and memory our critic adds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -139,6 +139,11 @@ pub fn report_json(s: &RunSummary, x: &Extras) -> serde_json::Value {
             obj.insert("rejected".into(), serde_json::json!(s.rejected));
         }
     }
+    if !s.stopped_by.is_empty() {
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("stopped_by".into(), serde_json::json!(s.stopped_by));
+        }
+    }
     if let (Some(p), Some(obj)) = (probe_of(s), doc.as_object_mut()) {
         obj.insert(
             "probe".into(),
@@ -232,17 +237,55 @@ fn rejected_md(s: &RunSummary) -> String {
         s.rejected.len()
     );
     for (i, r) in s.rejected.iter().enumerate() {
-        let plan = if r.plan.layer_decisions.is_empty() {
-            "no layer decisions".to_string()
-        } else {
-            r.plan
-                .layer_decisions
-                .iter()
-                .map(|d| format!("`{}` {}", d.layer, d.delta))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let plan = decisions_md(&r.plan);
         out.push_str(&format!("{}. {plan}: {}\n", i + 1, r.reasons.join("; ")));
+    }
+    out
+}
+
+/// A plan's layers and δs, or that it has none.
+fn decisions_md(plan: &protocol::Plan) -> String {
+    if plan.layer_decisions.is_empty() {
+        return "no layer decisions".to_string();
+    }
+    plan.layer_decisions
+        .iter()
+        .map(|d| format!("`{}` {}", d.layer, d.delta))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plans of the iteration in which the planner stopped the run, one line each:
+/// stop or not, the layers, the verdict, the planner's reasoning. Empty otherwise.
+fn stopped_md(s: &RunSummary) -> String {
+    if s.stopped_by.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n## Stopped by the planner\n\nThe planner ended the run at global sparsity {:.2} % \
+(target {:.2} %); the last iteration's {} plan(s):\n\n",
+        s.final_sparsity * 100.0,
+        s.target_sparsity * 100.0,
+        s.stopped_by.len()
+    );
+    for (i, p) in s.stopped_by.iter().enumerate() {
+        let verdict = match &p.verdict {
+            protocol::Verdict::Approve => "approved".to_string(),
+            protocol::Verdict::Amend { reasons, .. } => format!("amended ({})", reasons.join("; ")),
+            protocol::Verdict::Veto { reasons } => format!("vetoed ({})", reasons.join("; ")),
+        };
+        out.push_str(&format!(
+            "{}. {} {}, {}: {verdict}. Reasoning: {}\n",
+            i + 1,
+            p.backend,
+            if p.plan.stop_pruning {
+                "stop"
+            } else {
+                "continue"
+            },
+            decisions_md(&p.plan),
+            p.plan.reasoning.replace('\n', " ")
+        ));
     }
     out
 }
@@ -294,6 +337,7 @@ pub fn report_md(s: &RunSummary, x: &Extras) -> String {
         out.push_str(&probe_md(p));
     }
     out.push_str(&rejected_md(s));
+    out.push_str(&stopped_md(s));
     let tm = &s.timings;
     let cpu = x
         .cpu_seconds

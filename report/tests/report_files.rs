@@ -3,7 +3,7 @@
 
 use protocol::{
     ActorTimings, Feedback, IterationOutcome, IterationRecord, LayerDecision, Plan, ProbePoint,
-    ProbeSeries, Rejection, RunState, RunSummary, StopReason,
+    ProbeSeries, Rejection, RunState, RunSummary, StopReason, StoppingPlan, Verdict,
 };
 use report::{report_json, report_md, write_all, Extras, Table4};
 
@@ -73,6 +73,7 @@ fn summary() -> RunSummary {
         started_at_iteration: 1,
         probe: None,
         rejected: vec![],
+        stopped_by: vec![],
     }
 }
 
@@ -268,4 +269,37 @@ fn vetoed_plans_of_a_run_without_an_acceptable_plan_are_reported() {
     assert_eq!(j["rejected"].as_array().unwrap().len(), 2);
     assert_eq!(j["rejected"][1]["reasons"][1], "second");
     assert_eq!(j["rejected"][1]["plan"]["reasoning"], "tiny");
+}
+
+#[test]
+fn the_plan_that_stopped_the_run_is_kept_with_its_verdict() {
+    let x = Extras::default();
+    let plain = summary();
+    assert!(!report_md(&plain, &x).contains("Stopped by the planner"));
+    assert!(report_json(&plain, &x).get("stopped_by").is_none());
+    // A run that stopped at its first plan: no iterations, but the plan is there.
+    let stopped = RunSummary {
+        stop_reason: StopReason::PlannerStopped,
+        records: vec![],
+        stopped_by: vec![StoppingPlan {
+            backend: "openai".into(),
+            plan: Plan {
+                reasoning: "the model\nis fine".into(),
+                stop_pruning: true,
+                layer_decisions: vec![],
+            },
+            verdict: Verdict::Approve,
+        }],
+        ..summary()
+    };
+    let md = report_md(&stopped, &x);
+    assert!(md.contains("## Stopped by the planner\n"), "{md}");
+    assert!(
+        md.contains("1. openai stop, no layer decisions: approved. Reasoning: the model is fine\n"),
+        "{md}"
+    );
+    let j = report_json(&stopped, &x);
+    assert_eq!(j["iterations"], serde_json::json!([]));
+    assert_eq!(j["stopped_by"][0]["verdict"]["verdict"], "approve");
+    assert_eq!(j["stopped_by"][0]["plan"]["stop_pruning"], true);
 }

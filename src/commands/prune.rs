@@ -229,6 +229,13 @@ pub fn run(args: PruneArgs) -> Result<()> {
                 last.reasons.join("; ")
             ))?;
         }
+        if let Some(stop) = s.stopped_by.iter().find(|p| p.plan.stop_pruning) {
+            common::print(&format!(
+                "the planner ({}) stopped the run; its reasoning: {} (all in report.md)",
+                stop.backend,
+                stop.plan.reasoning.replace('\n', " ")
+            ))?;
+        }
         if let Some(f) = &out.final_eval {
             common::print(&format!(
                 "final PPL on {}: dense {:.3} -> pruned {:.3}",

@@ -34,7 +34,7 @@ mod stages;
 use config::Config;
 use protocol::{
     ActorTimings, CandidateMasks, CandidateScore, IterationRecord, Plan, ProbePoint, Rejection,
-    ReviewedCandidate, RunMeta, RunState, RunStatus, StopReason, Verdict,
+    ReviewedCandidate, RunMeta, RunState, RunStatus, StopReason, StoppingPlan, Verdict,
 };
 use tracing::field::Empty;
 use tracing::{info_span, Span};
@@ -171,6 +171,9 @@ pub struct LoopState {
     /// The vetoed candidates of an iteration that found no acceptable plan (the run's
     /// last); see [`protocol::RunSummary::rejected`].
     pub rejected: Vec<Rejection>,
+    /// The candidates of the iteration whose plans stopped the run, with their
+    /// verdicts; see [`protocol::RunSummary::stopped_by`].
+    pub stopped_by: Vec<StoppingPlan>,
 }
 
 impl LoopState {

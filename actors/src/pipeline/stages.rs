@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use protocol::{
     probe_due, target_reached, ActorTimings, IterationOutcome, IterationRecord, Plan, PlanRequest,
-    ProbePoint, ProfileReport, Rejection, ReviewedCandidate, RunState, StopReason, StoredIteration,
-    Verdict,
+    ProbePoint, ProfileReport, Rejection, ReviewedCandidate, RunState, StopReason, StoppingPlan,
+    StoredIteration, Verdict,
 };
 use tracing::{Instrument, Span};
 
@@ -70,6 +70,16 @@ impl<'a> Iteration<'a> {
             .filter_map(Candidate::surviving_plan)
             .collect();
         if !survivors.is_empty() && survivors.iter().all(|p| p.stop_pruning) {
+            // No iteration is stored for this round: keep its plans and verdicts for
+            // the run summary (report.json), or the plan that ended the run is lost.
+            self.state.stopped_by = candidates
+                .iter()
+                .map(|c| StoppingPlan {
+                    backend: c.reviewed.response.backend.clone(),
+                    plan: c.reviewed.response.plan.clone(),
+                    verdict: c.reviewed.verdict.clone(),
+                })
+                .collect();
             return Ok(Some(StopReason::PlannerStopped));
         }
         // No survivor, or survivors that prune nothing (a plan without decisions).
