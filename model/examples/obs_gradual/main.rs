@@ -24,7 +24,9 @@
 //! `WeightOverlay` and Grams on (one per distinct layer input: q/k/v share q's, gate/up
 //! share gate's), then `obs_prune` of every layer from its mask to its new target.
 //! `gradual-dense` re-solves each step from the dense weights (current inputs, forced
-//! current mask) instead of from the current repaired weights.
+//! current mask) instead of from the current repaired weights. Env `RESOLVE_DENSE`
+//! also scores, at each requested sparsity, the gradual masks with their kept weights
+//! re-solved once from the dense weights (`+resolve` rows).
 //!
 //! Measured 2026-12-06 on a shared 2-core CPU (dense QuAC PPL 30.026 over 60 × 512
 //! tokens): one-shot per-row 63.76 (2.124×) at 50 %, 136.81 (4.556×) at 60 %; one-shot
@@ -47,6 +49,12 @@
 //! block's backward also walked every earlier block's and the same fit took 1,536 s).
 //! At 60 % the same fit takes one-shot per-row OBS from 136.81 to 108.36 (3.609×, −20.8 %;
 //! fit 255 s).
+//! Measured 2026-12-07 (2-core CPU shared with other jobs): `alloc-fisher` with 0.1 steps
+//! at 50 %, 59.387 again, and with the fit 57.985 (1.931×; the fit gains 2.4 % here
+//! against 7.9 % after uniform one-shot OBS: the cost allocation leaves it less to
+//! undo). The same allocation with 0.04 steps (the agent's base step) ends at 60.884
+//! (2.028×): smaller OBS steps end worse, which is in line with the agent loop's 62.10
+//! at 50 % (0.02–0.08 steps).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -459,9 +467,37 @@ fn gradual(
         first = false;
         if levels.iter().any(|&s| (s - level).abs() < 1e-9) {
             report(method, level, &state, t)?;
+            if std::env::var_os("RESOLVE_DENSE").is_some() {
+                let resolved = resolve_from_dense(ctx, &state)?;
+                report(&format!("{method}+resolve"), level, &resolved, t)?;
+            }
         }
     }
     Ok(())
+}
+
+/// The gradual state's masks, kept weights re-solved once from the dense weights (the
+/// OBS sweep with the whole final mask forced, on the current model's inputs): is what
+/// many small steps lose in the weights or in the masks?
+fn resolve_from_dense(ctx: &Ctx, state: &State) -> Res<State> {
+    let inputs = collect(ctx, Some(state))?;
+    let mut resolved = State {
+        w: state.w.clone(),
+        masks: state.masks.clone(),
+    };
+    let targets = ctx
+        .layers
+        .iter()
+        .map(|l| (l.name.clone(), state.masks[&l.name].sparsity()))
+        .collect();
+    prune_all(ctx, &mut resolved, &inputs, &targets, true, None)?;
+    let changed = ctx
+        .layers
+        .iter()
+        .filter(|l| resolved.masks[&l.name] != state.masks[&l.name])
+        .count();
+    eprintln!("  re-solved from dense: {changed} masks changed (expected 0)");
+    Ok(resolved)
 }
 
 /// Per-layer targets whose pruned total reaches `global` sparsity: greedy chunks of
