@@ -255,6 +255,7 @@ impl CrewSpec {
         Critic {
             cfg,
             tau: self.cfg.pruning.tau,
+            tau_span: self.cfg.pruning.tau_span,
         }
     }
 

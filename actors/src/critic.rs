@@ -4,15 +4,16 @@
 //! on the executor.
 
 use config::CriticConfig;
-use protocol::{Feedback, IterationOutcome, Plan, PlanRequest, Verdict};
+use protocol::{allowed_rise, Feedback, IterationOutcome, Plan, PlanRequest, Verdict};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::critic_rules::{reflect, review, ReviewContext};
 
-/// Immutable setup: the `[critic]` section and τ.
+/// Immutable setup: the `[critic]` section, τ and the sparsity gain it applies to.
 pub struct Critic {
     pub cfg: CriticConfig,
     pub tau: f64,
+    pub tau_span: f64,
 }
 
 /// Messages the Critic answers.
@@ -68,7 +69,9 @@ impl Actor for Critic {
                 plan,
                 reply,
             } => {
-                let _ = reply.send(reflect(&outcome, &plan, self.tau, &self.cfg.assessment));
+                // The threshold this step was judged by (τ grows with the step).
+                let tau = allowed_rise(self.tau, self.tau_span, outcome.sparsity_gain());
+                let _ = reply.send(reflect(&outcome, &plan, tau, &self.cfg.assessment));
             }
         }
         Ok(())

@@ -76,6 +76,8 @@ async fn over_aggressive_plan_is_rolled_back_and_the_next_prompt_says_so() {
     let (dir, fx) = fixture();
     let mut cfg = fixture_config(&fx, &dir.path().join("runs"));
     cfg.pruning.tau = 0.01;
+    // τ per iteration (the paper's rule): the 0.15 step must be judged by 1 % itself.
+    cfg.pruning.tau_span = 0.0;
     // The script ends the run by stopping.
     cfg.critic.rules.premature_stop = RuleAction::Off;
     let planner = scripted(|r| match r.iteration {
@@ -261,6 +263,10 @@ async fn three_candidates_are_evaluated_and_the_best_is_committed() {
     let (dir, fx) = fixture();
     let mut cfg = fixture_config(&fx, &dir.path().join("runs"));
     cfg.pruning.candidates = 3;
+    // Steps small enough that the ladder's three rungs stay distinct until the end (at
+    // the default 0.125 the gap clips balanced and bold to the same plan).
+    cfg.heuristic.base_step = 0.04;
+    cfg.heuristic.max_aggressiveness = 2.0;
     let out = run(
         cfg.clone(),
         RunOptions {
@@ -281,7 +287,13 @@ async fn three_candidates_are_evaluated_and_the_best_is_committed() {
             .collect();
         assert_eq!(scores.len(), 3, "iteration {}", it.record.outcome.iteration);
         let o = &it.record.outcome;
-        let best = choose(&scores, o.sparsity_before, o.ppl_before, cfg.pruning.tau);
+        let best = choose(
+            &scores,
+            o.sparsity_before,
+            o.ppl_before,
+            cfg.pruning.tau,
+            cfg.pruning.tau_span,
+        );
         assert_eq!(it.committed, best.map(|i| scores[i].id));
         if let Some(i) = best {
             assert_eq!(o.ppl_after, scores[i].ppl);

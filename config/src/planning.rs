@@ -28,12 +28,14 @@ pub struct HeuristicConfig {
     /// block, …) before tilting, so the tilt ranks blocks rather than kinds: across all
     /// layers the Wanda-score percentile mostly reflects each kind's scale.
     pub within_kind: bool,
-    /// Fraction of τ one step may spend, judged by the PPL cost per unit sparsity seen in
-    /// the last iteration that gained sparsity.
+    /// Fraction of the PPL rise τ allows a step (`pruning.tau_span`) that one step may
+    /// spend, judged by the PPL cost per unit sparsity seen in the last iteration that
+    /// gained sparsity and its growth.
     pub ppl_budget: f64,
     /// Aggressiveness multiplier after a rollback (< 1: more conservative).
     pub rollback_factor: f64,
-    /// A committed gain is "cheap" when its PPL rise is at most this fraction of τ.
+    /// A committed gain is "cheap" when its PPL rise is at most this fraction of the rise
+    /// τ allowed it.
     pub cheap_cost: f64,
     /// Aggressiveness multiplier after a cheap gain (> 1: bolder).
     pub bold_factor: f64,
@@ -63,7 +65,7 @@ pub enum Allocation {
 impl Default for HeuristicConfig {
     fn default() -> Self {
         Self {
-            base_step: 0.04,
+            base_step: 0.125,
             tilt: 0.2,
             grad_weight: 0.5,
             within_kind: false,
@@ -72,7 +74,7 @@ impl Default for HeuristicConfig {
             cheap_cost: 0.25,
             bold_factor: 1.25,
             min_aggressiveness: 0.125,
-            max_aggressiveness: 2.0,
+            max_aggressiveness: 1.0,
             allocation: Allocation::Cost,
         }
     }

@@ -380,6 +380,11 @@ pub struct PruningConfig {
     pub target_sparsity: f64,
     /// Rollback threshold τ: an iteration raising PPL by more than this fraction is undone.
     pub tau: f64,
+    /// Sparsity gain τ applies to: a step gaining `k·tau_span` of global sparsity may
+    /// raise the PPL by `(1 + τ)^k − 1` (never less than τ); 0 = τ per iteration
+    /// whatever the step, as in the paper. Few large repaired steps end better than
+    /// many small ones, and their PPL rise grows with their size.
+    pub tau_span: f64,
     /// Hard cap on iterations, whatever the planner says.
     pub max_iterations: u32,
     /// Recollect gradients every this many iterations (paper: 3); activations each one.
@@ -433,6 +438,7 @@ impl Default for PruningConfig {
         Self {
             target_sparsity: 0.5,
             tau: 0.15,
+            tau_span: 0.02,
             max_iterations: 40,
             gradient_every: 3,
             sensitivity_percentile: 10.0,
@@ -452,6 +458,7 @@ impl PruningConfig {
     pub(crate) fn check(&self, c: &mut Checker) {
         c.open("pruning.target_sparsity", self.target_sparsity, 0.0, 1.0);
         c.open_closed("pruning.tau", self.tau, 0.0, 1.0);
+        c.closed("pruning.tau_span", self.tau_span, 0.0, 0.5);
         c.int_range(
             "pruning.max_iterations",
             self.max_iterations.into(),

@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use config::{Allocation, HeuristicConfig};
 use protocol::{
-    global_sparsity, projected_sparsity, target_reached, IterationRecord, LayerDecision,
-    LayerProfile, Plan, PlanRequest, PlanResponse, DELTA_MAX, DELTA_MIN,
+    allowed_rise, global_sparsity, projected_sparsity, target_reached, IterationRecord,
+    LayerDecision, LayerProfile, Plan, PlanRequest, PlanResponse, DELTA_MAX, DELTA_MIN,
 };
 
 use crate::allocate::{by_cost, CostLayer};
@@ -108,7 +108,9 @@ impl HeuristicPlanner {
     }
 
     /// Aggressiveness and observed cost from the run's memory (oldest record first).
-    pub fn posture(&self, history: &[IterationRecord], tau: f64) -> Posture {
+    /// A gain is cheap when its PPL rise is at most `cheap_cost` × the rise τ allowed it
+    /// (per `tau_span` of sparsity, [`allowed_rise`]).
+    pub fn posture(&self, history: &[IterationRecord], tau: f64, tau_span: f64) -> Posture {
         let c = &self.cfg;
         let mut p = Posture {
             aggressiveness: 1.0,
@@ -123,7 +125,9 @@ impl HeuristicPlanner {
             if o.rolled_back {
                 p.rollbacks += 1;
                 p.aggressiveness *= c.rollback_factor;
-            } else if o.sparsity_gain() > 0.0 && o.ppl_change() <= c.cheap_cost * tau {
+            } else if o.sparsity_gain() > 0.0
+                && o.ppl_change() <= c.cheap_cost * allowed_rise(tau, tau_span, o.sparsity_gain())
+            {
                 p.cheap_gains += 1;
                 p.aggressiveness *= c.bold_factor;
             }
@@ -170,7 +174,7 @@ impl HeuristicPlanner {
         }
         if let Some(cost) = posture.last_cost.filter(|c| *c > 0.0) {
             let cap = budget_step(
-                self.cfg.ppl_budget * req.tau,
+                |x| self.cfg.ppl_budget * req.allowed_rise(x),
                 cost,
                 posture.last_cost_at,
                 posture.cost_growth,
@@ -205,7 +209,7 @@ sparsity, growing x{:.2} per 0.01 of sparsity",
             ));
         }
         let v = variant(index);
-        let posture = self.posture(&req.history, req.tau);
+        let posture = self.posture(&req.history, req.tau, req.tau_span);
         let (base, why) = self.step(req, current, &posture);
         let gap = target - current;
         let step = (base * v.step).min(gap);
@@ -366,17 +370,23 @@ sparsity, growing x{:.2} per 0.01 of sparsity",
 }
 
 /// The largest step x whose predicted PPL rise x·c(current + x/2) stays within
-/// `budget`, with the cost c(s) = cost·exp(growth·(s − at)) extrapolated from the last
-/// observed one (bisection: the rise grows with x).
-fn budget_step(budget: f64, cost: f64, at: f64, growth: f64, current: f64) -> f64 {
+/// `budget(x)` (the budget may grow with the step, as τ per span does), with the cost
+/// c(s) = cost·exp(growth·(s − at)) extrapolated from the last observed one: the first
+/// crossing on a 0.001 grid, refined by bisection.
+fn budget_step(budget: impl Fn(f64) -> f64, cost: f64, at: f64, growth: f64, current: f64) -> f64 {
     let rise = |x: f64| x * cost * (growth * (current + 0.5 * x - at)).exp();
-    let (mut lo, mut hi) = (0.0, 1.0);
-    if rise(hi) <= budget {
-        return hi;
-    }
-    for _ in 0..60 {
+    let fits = |x: f64| rise(x) <= budget(x);
+    const GRID: u32 = 1000;
+    let Some(k) = (1..=GRID).find(|&k| !fits(f64::from(k) / f64::from(GRID))) else {
+        return 1.0;
+    };
+    let (mut lo, mut hi) = (
+        f64::from(k - 1) / f64::from(GRID),
+        f64::from(k) / f64::from(GRID),
+    );
+    for _ in 0..50 {
         let mid = 0.5 * (lo + hi);
-        if rise(mid) <= budget {
+        if fits(mid) {
             lo = mid;
         } else {
             hi = mid;

@@ -1,5 +1,6 @@
 //! The heuristic planner with measured cost curves (`allocation = "cost"`).
 
+use super::tests::small_steps;
 use super::*;
 use protocol::PlanConstraints;
 
@@ -46,7 +47,7 @@ fn cheaper_layers_take_more_of_the_step() {
         layer("b.mid", 2.0, 1000),
         layer("c.dear", 8.0, 1000),
     ]);
-    let plan = HeuristicPlanner::new(HeuristicConfig::default(), 1).plan(&req, 0);
+    let plan = HeuristicPlanner::new(small_steps(), 1).plan(&req, 0);
     let (a, b, c) = (
         delta_of(&plan, "a.cheap"),
         delta_of(&plan, "b.mid"),
@@ -71,10 +72,10 @@ fn without_curves_the_plan_is_the_level_plan() {
     let mut profiles = vec![layer("a", 1.0, 1000), layer("b", 4.0, 1000)];
     profiles[1].cost.clear();
     let req = request(profiles);
-    let cost = HeuristicPlanner::new(HeuristicConfig::default(), 1).plan(&req, 0);
+    let cost = HeuristicPlanner::new(small_steps(), 1).plan(&req, 0);
     let level_cfg = HeuristicConfig {
         allocation: Allocation::Level,
-        ..HeuristicConfig::default()
+        ..small_steps()
     };
     let level = HeuristicPlanner::new(level_cfg.clone(), 1).plan(&req, 0);
     assert_eq!(cost, level);
@@ -90,7 +91,7 @@ fn the_ladder_still_gives_distinct_cost_plans() {
         .map(|i| layer(&format!("l{i}"), 1.0 + f64::from(i) * 0.1, 1000))
         .collect();
     let req = request(profiles);
-    let p = HeuristicPlanner::new(HeuristicConfig::default(), 9);
+    let p = HeuristicPlanner::new(small_steps(), 9);
     let plans = p.candidates(&req, 5);
     assert_eq!(plans.len(), 5);
     for (i, a) in plans.iter().enumerate() {
@@ -114,7 +115,7 @@ fn the_last_step_lands_on_the_target_by_cost() {
         p.sparsity = 0.48;
     }
     let req = request(profiles);
-    let plan = HeuristicPlanner::new(HeuristicConfig::default(), 1).plan(&req, 0);
+    let plan = HeuristicPlanner::new(small_steps(), 1).plan(&req, 0);
     let after = projected_sparsity(&req.profiles, &plan.layer_decisions);
     assert!((after - 0.5).abs() < 1e-9, "{after}");
     assert!(plan

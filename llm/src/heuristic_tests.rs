@@ -2,8 +2,18 @@ use super::*;
 use crate::sim::SimModel;
 use protocol::{Feedback, IterationOutcome, PlanConstraints, Rejection};
 
+/// The step policy these tests' figures were worked out for: base step 0.04 and
+/// aggressiveness up to 2 (the default takes 0.125 steps at aggressiveness ≤ 1).
+pub(super) fn small_steps() -> HeuristicConfig {
+    HeuristicConfig {
+        base_step: 0.04,
+        max_aggressiveness: 2.0,
+        ..HeuristicConfig::default()
+    }
+}
+
 fn planner() -> HeuristicPlanner {
-    HeuristicPlanner::new(HeuristicConfig::default(), 42)
+    HeuristicPlanner::new(small_steps(), 42)
 }
 
 fn layer(name: &str, z_sens: f64, z_grad: f64, sparsity: f64, params: u64) -> LayerProfile {
@@ -80,7 +90,7 @@ fn prefers_negative_z_sens_and_non_positive_z_grad() {
     profiles.push(layer(&name(20), -1.2, 3.0, 0.0, 1000));
     let cfg = HeuristicConfig {
         base_step: 0.05,
-        ..HeuristicConfig::default()
+        ..small_steps()
     };
     let p = HeuristicPlanner::new(cfg, 1);
     let req = PlanRequest::new(1, 40, profiles, 0.5, 10.0, 10.0, 0.15);
@@ -173,7 +183,7 @@ fn conservative_after_rollback_bolder_after_cheap_gain() {
     assert!((g_none - 0.04).abs() < 1e-3, "{g_none}");
     assert!((g_cheap - 0.05).abs() < 1e-3, "{g_cheap}");
     assert!((g_rb - 0.015).abs() < 1e-3, "{g_rb}");
-    let posture = planner().posture(&[record(1, 0.04, 0.2, true)], 0.15);
+    let posture = planner().posture(&[record(1, 0.04, 0.2, true)], 0.15, 0.0);
     assert_eq!(posture.aggressiveness, 0.5);
     assert_eq!(posture.rollbacks, 1);
     assert!((posture.last_cost.unwrap() - 5.0).abs() < 1e-9);
@@ -221,7 +231,7 @@ fn k_candidates_differ_and_are_deterministic() {
     assert_ne!(order(&plans[5]), order(&plans[0]));
     // Same seed: same plans. Other seed: only the seeded rung changes.
     assert_eq!(planner().candidates(&req, 6), plans);
-    let other = HeuristicPlanner::new(HeuristicConfig::default(), 7).candidates(&req, 6);
+    let other = HeuristicPlanner::new(small_steps(), 7).candidates(&req, 6);
     assert_eq!(other[..5], plans[..5]);
     assert_ne!(other[5], plans[5]);
 }
@@ -292,6 +302,17 @@ struct SimRun {
 }
 
 fn simulate(cfg: HeuristicConfig, ratio: f64, seed: u64, max_iterations: u32) -> SimRun {
+    simulate_spanned(cfg, ratio, seed, max_iterations, 0.0)
+}
+
+/// The loop on a simulated model with τ per `span` of sparsity (0: per iteration).
+fn simulate_spanned(
+    cfg: HeuristicConfig,
+    ratio: f64,
+    seed: u64,
+    max_iterations: u32,
+    span: f64,
+) -> SimRun {
     let planner = HeuristicPlanner::new(cfg, 42);
     let mut m = SimModel::smollm_like(30, seed, ratio);
     let (target, tau) = (0.5, 0.15);
@@ -307,7 +328,8 @@ fn simulate(cfg: HeuristicConfig, ratio: f64, seed: u64, max_iterations: u32) ->
             m.base_ppl,
             ppl,
             tau,
-        );
+        )
+        .with_tau_span(span);
         req.history = history.clone();
         req.constraints = PlanConstraints {
             max_layer_sparsity: 0.9,
@@ -325,7 +347,7 @@ fn simulate(cfg: HeuristicConfig, ratio: f64, seed: u64, max_iterations: u32) ->
         let before = global_sparsity(&req.profiles);
         let after = projected_sparsity(&req.profiles, &plan.layer_decisions);
         let new_ppl = m.ppl_with(&plan.layer_decisions);
-        let rolled_back = (new_ppl - ppl) / ppl > tau;
+        let rolled_back = (new_ppl - ppl) / ppl > req.allowed_rise(after - before);
         if !rolled_back {
             m.apply(&plan.layer_decisions);
         }
@@ -365,7 +387,7 @@ fn simulated_loop_reaches_target_better_than_uniform() {
     // the truth), so the tilt may use them across kinds here.
     let across = HeuristicConfig {
         within_kind: false,
-        ..HeuristicConfig::default()
+        ..small_steps()
     };
     let run = simulate(across.clone(), 2.0, 3, 40);
     let s = run.model.global_sparsity();
@@ -387,7 +409,7 @@ fn simulated_loop_reaches_target_better_than_uniform() {
     // uniform.
     let within = HeuristicConfig {
         within_kind: true,
-        ..HeuristicConfig::default()
+        ..small_steps()
     };
     let run = simulate(within, 2.0, 3, 40);
     let s = run.model.global_sparsity();
@@ -397,13 +419,32 @@ fn simulated_loop_reaches_target_better_than_uniform() {
 }
 
 #[test]
+fn default_steps_with_tau_per_span_reach_the_target_in_few_iterations() {
+    // The default policy (0.125 steps) under τ = 0.15 per 0.02 of sparsity: four or five
+    // large steps, none rolled back, still better than uniform.
+    let run = simulate_spanned(HeuristicConfig::default(), 2.0, 3, 40, 0.02);
+    let s = run.model.global_sparsity();
+    assert!(target_reached(s, 0.5) && s < 0.501, "ended at {s}");
+    let n = run.history.len();
+    assert!((4..=6).contains(&n), "{n} iterations: {:?}", run.history);
+    assert!(run.history.iter().all(|r| !r.outcome.rolled_back));
+    let first = run.history[0].outcome.sparsity_gain();
+    assert!((first - 0.125).abs() < 1e-3, "first step {first}");
+    let (ppl, uniform) = (run.model.ppl(), run.model.uniform_ppl(s));
+    assert!(ppl < uniform, "ppl {ppl} vs uniform {uniform}");
+    // The same policy under a per-iteration τ is held back by rollbacks or its budget.
+    let paper = simulate(HeuristicConfig::default(), 2.0, 3, 40);
+    assert!(paper.history.len() > n, "{} vs {n}", paper.history.len());
+}
+
+#[test]
 fn harsh_model_recovers_from_rollbacks_with_smaller_steps() {
     // A reckless configuration on a harsh model, so that rollbacks do happen.
     let reckless = HeuristicConfig {
         base_step: 0.1,
         ppl_budget: 1.0,
         bold_factor: 2.0,
-        ..HeuristicConfig::default()
+        ..small_steps()
     };
     let run = simulate(reckless, 8.0, 5, 40);
     let s = run.model.global_sparsity();
@@ -468,7 +509,7 @@ mod bounds {
                 .enumerate()
                 .map(|(i, &(g, c, rb))| record(i as u32 + 1, g, c, rb))
                 .collect();
-            let out = HeuristicPlanner::new(HeuristicConfig::default(), seed)
+            let out = HeuristicPlanner::new(small_steps(), seed)
                 .propose(&req, k)
                 .unwrap();
             prop_assert!(!out.is_empty() && out.len() <= k);
@@ -517,7 +558,7 @@ fn kinds_are_compared_within_themselves() {
     let within = HeuristicPlanner::new(
         HeuristicConfig {
             within_kind: true,
-            ..HeuristicConfig::default()
+            ..small_steps()
         },
         42,
     )
@@ -529,7 +570,7 @@ fn kinds_are_compared_within_themselves() {
     let across = HeuristicPlanner::new(
         HeuristicConfig {
             within_kind: false,
-            ..HeuristicConfig::default()
+            ..small_steps()
         },
         42,
     );
@@ -546,22 +587,34 @@ fn the_budget_expects_costs_to_keep_growing() {
     };
     // Cost 1.0 per unit over 0.20→0.25, then 2.0 over 0.25→0.30: doubling per 0.05.
     let history = vec![at(1, 0.20, 0.25, 0.05), at(2, 0.25, 0.30, 0.10)];
-    let p = planner().posture(&history, 0.15);
+    let p = planner().posture(&history, 0.15, 0.0);
     assert!((p.last_cost.unwrap() - 2.0).abs() < 1e-9);
     assert!((p.last_cost_at - 0.275).abs() < 1e-12);
     let k = 2f64.ln() / 0.05;
     assert!((p.cost_growth - k).abs() < 1e-9, "{}", p.cost_growth);
     // Without growth the budget 0.075 allows 0.075 / 2 = 0.0375; with it, the predicted
     // rise x·2·exp(k·(0.30 + x/2 − 0.275)) hits 0.075 near x = 0.0227.
-    let flat = budget_step(0.075, 2.0, 0.275, 0.0, 0.30);
+    let flat = budget_step(|_| 0.075, 2.0, 0.275, 0.0, 0.30);
     assert!((flat - 0.0375).abs() < 1e-9, "{flat}");
-    let x = budget_step(0.075, 2.0, 0.275, k, 0.30);
+    let x = budget_step(|_| 0.075, 2.0, 0.275, k, 0.30);
     let rise = x * 2.0 * (k * (0.30 + x / 2.0 - 0.275)).exp();
     assert!(
         (rise - 0.075).abs() < 1e-9 && (0.022..0.0235).contains(&x),
         "{x} {rise}"
     );
+    // A budget that grows with the step (τ = 0.15 per 0.02, half of it spent) allows
+    // a larger step than the flat one: with growth 12 the predicted rise
+    // x·2·exp(12·(0.025 + x/2)) first exceeds 0.5·(1.15^(x/0.02) − 1) near x = 0.114.
+    let grows = |x: f64| 0.5 * protocol::allowed_rise(0.15, 0.02, x);
+    let rise = |x: f64| x * 2.0 * (12.0 * (0.025 + x / 2.0)).exp();
+    let x = budget_step(grows, 2.0, 0.275, 12.0, 0.30);
+    assert!(
+        (rise(x) - grows(x)).abs() < 1e-9 && (0.113..0.115).contains(&x),
+        "{x}"
+    );
+    let flat = budget_step(|_| 0.075, 2.0, 0.275, 12.0, 0.30);
+    assert!(flat < 0.04, "{flat}");
     // Falling costs never make the planner bolder than the last cost says.
     let falling = vec![at(1, 0.20, 0.25, 0.10), at(2, 0.25, 0.30, 0.05)];
-    assert_eq!(planner().posture(&falling, 0.15).cost_growth, 0.0);
+    assert_eq!(planner().posture(&falling, 0.15, 0.0).cost_growth, 0.0);
 }

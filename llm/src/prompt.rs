@@ -217,12 +217,11 @@ pub fn build_prompt_listing(
     u.push_str(&pace_text(&pace(r)));
     let _ = writeln!(
         u,
-        "Perplexity: baseline {:.3}, current {:.3} ({:+.1}% vs baseline). An iteration that \
-raises perplexity by more than {:.1}% is rolled back.",
+        "Perplexity: baseline {:.3}, current {:.3} ({:+.1}% vs baseline). {}",
         r.baseline_ppl,
         r.current_ppl,
         pct(r.current_ppl, r.baseline_ppl),
-        r.tau * 100.0
+        rollback_text(r)
     );
     u.push_str(&constraints_text(request));
 
@@ -542,3 +541,22 @@ lowest z_sens of all layers), z_sens, z_grad, sparsity",
 #[cfg(test)]
 #[path = "prompt_tests.rs"]
 mod tests;
+
+/// The rollback rule as the planner must plan for it.
+fn rollback_text(r: &PlanRequest) -> String {
+    if r.tau_span <= 0.0 {
+        return format!(
+            "An iteration that raises perplexity by more than {:.1}% is rolled back.",
+            r.tau * 100.0
+        );
+    }
+    format!(
+        "An iteration that raises perplexity by more than {:.1}% per {:.2} of global sparsity \
+it gains (compounded, never less than {:.1}%: {:.1}% for a {:.2} step) is rolled back.",
+        r.tau * 100.0,
+        r.tau_span,
+        r.tau * 100.0,
+        r.allowed_rise(0.1) * 100.0,
+        0.1
+    )
+}

@@ -78,6 +78,15 @@ fn prompt_contains_what_the_paper_lists() {
     )));
     assert!(u.contains("Perplexity: baseline 17.300, current 21.900 (+26.6% vs baseline)"));
     assert!(u.contains("more than 15.0% is rolled back"));
+    // τ per span of sparsity: the prompt states the rule and what a 0.1 step may cost.
+    let spanned = build_prompt(&r.clone().with_tau_span(0.02), &options(), 0, 1).user;
+    assert!(
+        spanned.contains(
+            "more than 15.0% per 0.02 of global sparsity it gains (compounded, never less than \
+15.0%: 101.1% for a 0.10 step) is rolled back."
+        ),
+        "{spanned}"
+    );
     // Only the last `feedback_window` (3) reflections, oldest first.
     assert!(u.contains("- Iteration 6: You proposed 60 layers"));
     assert!(u.contains("- Iteration 8:"));

@@ -18,9 +18,9 @@ pub use plan::{
 pub use plan_schema::{plan_json_schema, PlanSchema, DECISION_KEYS, PLAN_KEYS};
 pub use probe::{probe_due, ProbePoint, ProbeSeries};
 pub use request::{
-    global_sparsity, projected_sparsity, recent_rollbacks, recently_rolled_back, target_reached,
-    IterationRecord, PlanConstraints, PlanRequest, PlanResponse, Rejection, StoppingPlan,
-    SPARSITY_EPS, TARGET_TOLERANCE,
+    allowed_rise, global_sparsity, projected_sparsity, recent_rollbacks, recently_rolled_back,
+    target_reached, IterationRecord, PlanConstraints, PlanRequest, PlanResponse, Rejection,
+    StoppingPlan, SPARSITY_EPS, TARGET_TOLERANCE,
 };
 pub use run::{Feedback, IterationOutcome, RunId, RunState, Verdict};
 

@@ -70,6 +70,20 @@ pub fn target_reached(current: f64, target: f64) -> bool {
     current + TARGET_TOLERANCE >= target
 }
 
+/// The PPL rise (a fraction) that a step gaining `gain` of global sparsity may cause
+/// before it is rolled back. `span` = 0: τ per iteration, whatever the step (the
+/// paper). `span` > 0: τ per `span` of sparsity gained, compounded — a step of
+/// `k·span` may multiply the PPL by `(1 + τ)^k` — and never less than τ, so steps up
+/// to `span` are judged as the paper judges them. The PPL a repaired (OBS) step costs
+/// grows with its size, and few large OBS steps end better than many small ones; a
+/// per-iteration τ would force small steps on every planner.
+pub fn allowed_rise(tau: f64, span: f64, gain: f64) -> f64 {
+    if span <= 0.0 || gain <= span || !gain.is_finite() {
+        return tau;
+    }
+    (1.0 + tau).powf(gain / span) - 1.0
+}
+
 /// What the planner must respect so the critic need not amend its plan. The supervisor
 /// fills it from the critic's rule configuration, so planner and critic share one truth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,8 +193,12 @@ pub struct PlanRequest {
     pub baseline_ppl: f64,
     /// PPL of the last committed state (PPL_{t-1}).
     pub current_ppl: f64,
-    /// Rollback threshold: an iteration raising PPL by more than this fraction is undone.
+    /// Rollback threshold: an iteration raising PPL by more than this fraction is undone
+    /// (per `tau_span` of sparsity gained when that is > 0: [`allowed_rise`]).
     pub tau: f64,
+    /// Sparsity gain τ applies to (0 = per iteration, the paper).
+    #[serde(default)]
+    pub tau_span: f64,
     /// Finished iterations, oldest first.
     pub history: Vec<IterationRecord>,
     pub constraints: PlanConstraints,
@@ -210,10 +228,22 @@ impl PlanRequest {
             baseline_ppl,
             current_ppl,
             tau,
+            tau_span: 0.0,
             history: Vec::new(),
             constraints: PlanConstraints::default(),
             rejections: Vec::new(),
         }
+    }
+
+    /// The same request with τ applying per `span` of sparsity gained.
+    pub fn with_tau_span(mut self, span: f64) -> Self {
+        self.tau_span = span;
+        self
+    }
+
+    /// The PPL rise a step gaining `gain` may cause before it is rolled back.
+    pub fn allowed_rise(&self, gain: f64) -> f64 {
+        allowed_rise(self.tau, self.tau_span, gain)
     }
 
     /// Names of all prunable layers, in model order (for [`Plan::validate`]).
@@ -274,6 +304,21 @@ impl IterationOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_rise_compounds_tau_per_span_and_never_goes_below_tau() {
+        // Per iteration (span 0): τ whatever the step.
+        assert_eq!(allowed_rise(0.15, 0.0, 0.3), 0.15);
+        // Steps up to the span are judged by τ itself.
+        assert_eq!(allowed_rise(0.15, 0.02, 0.001), 0.15);
+        assert_eq!(allowed_rise(0.15, 0.02, 0.02), 0.15);
+        // Five spans: 1.15^5 - 1.
+        assert!((allowed_rise(0.15, 0.02, 0.1) - 1.011_357_187_5).abs() < 1e-9);
+        assert!((allowed_rise(0.15, 0.02, 0.03) - (1.15f64.powf(1.5) - 1.0)).abs() < 1e-12);
+        assert_eq!(allowed_rise(0.15, 0.02, f64::NAN), 0.15);
+        let req = PlanRequest::new(1, 10, Vec::new(), 0.5, 30.0, 30.0, 0.15).with_tau_span(0.02);
+        assert_eq!(req.allowed_rise(0.1), allowed_rise(0.15, 0.02, 0.1));
+    }
 
     fn layer(name: &str, s: f64, params: u64) -> LayerProfile {
         LayerProfile {

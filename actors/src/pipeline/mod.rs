@@ -33,8 +33,8 @@ mod stages;
 
 use config::Config;
 use protocol::{
-    ActorTimings, CandidateMasks, CandidateScore, IterationRecord, Plan, ProbePoint, Rejection,
-    ReviewedCandidate, RunMeta, RunState, RunStatus, StopReason, StoppingPlan, Verdict,
+    allowed_rise, ActorTimings, CandidateMasks, CandidateScore, IterationRecord, Plan, ProbePoint,
+    Rejection, ReviewedCandidate, RunMeta, RunState, RunStatus, StopReason, StoppingPlan, Verdict,
 };
 use tracing::field::Empty;
 use tracing::{info_span, Span};
@@ -189,19 +189,30 @@ impl LoopState {
     }
 }
 
-/// Which candidate to commit among those within τ: the lowest PPL cost per unit of
-/// sparsity gained (a PPL drop costs 0), ties to the larger gain, then the lower id.
-/// Cost per gain approximates the PPL at the target if costs add up, so a timid
-/// candidate does not win just by pruning less. `None` when no candidate is within τ.
-pub fn choose(scores: &[CandidateScore], before: f64, ppl: f64, tau: f64) -> Option<usize> {
+/// Which candidate to commit among those within τ (per `span` of sparsity gained,
+/// [`allowed_rise`]): the lowest PPL cost per unit of sparsity gained (a PPL drop costs
+/// 0), ties to the larger gain, then the lower id. Cost per gain approximates the PPL
+/// at the target if costs add up, so a timid candidate does not win just by pruning
+/// less. `None` when no candidate is within τ.
+pub fn choose(
+    scores: &[CandidateScore],
+    before: f64,
+    ppl: f64,
+    tau: f64,
+    span: f64,
+) -> Option<usize> {
     let key = |s: &CandidateScore| {
         let gain = (s.sparsity_after - before).max(1e-12);
         ((s.ppl - ppl) / ppl).max(0.0) / gain
     };
+    let within = |s: &CandidateScore| {
+        let allowed = allowed_rise(tau, span, s.sparsity_after - before);
+        s.ppl.is_finite() && (s.ppl - ppl) / ppl <= allowed
+    };
     scores
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.ppl.is_finite() && (s.ppl - ppl) / ppl <= tau)
+        .filter(|(_, s)| within(s))
         .min_by(|(_, a), (_, b)| {
             key(a)
                 .total_cmp(&key(b))
@@ -237,8 +248,8 @@ impl Decision {
 }
 
 /// Decide on the executed candidates' scores (in execution order) with [`choose`].
-pub fn decide(scores: &[CandidateScore], before: f64, ppl: f64, tau: f64) -> Decision {
-    match choose(scores, before, ppl, tau) {
+pub fn decide(scores: &[CandidateScore], before: f64, ppl: f64, tau: f64, span: f64) -> Decision {
+    match choose(scores, before, ppl, tau, span) {
         Some(i) => Decision::Commit(i),
         None => Decision::Rollback {
             shown: lowest_ppl(scores),
@@ -276,21 +287,26 @@ mod tests {
             s(2, 12.0, 0.20), // +20 %: beyond τ
             s(3, f64::NAN, 0.3),
         ];
-        assert_eq!(choose(&scores, 0.1, 10.0, 0.15), Some(1));
+        assert_eq!(choose(&scores, 0.1, 10.0, 0.15, 0.0), Some(1));
         // A PPL drop costs nothing; ties go to the larger gain.
         let scores = [s(0, 9.9, 0.12), s(1, 9.8, 0.15)];
-        assert_eq!(choose(&scores, 0.1, 10.0, 0.15), Some(1));
-        assert_eq!(choose(&[s(0, 12.0, 0.2)], 0.1, 10.0, 0.15), None);
+        assert_eq!(choose(&scores, 0.1, 10.0, 0.15, 0.0), Some(1));
+        assert_eq!(choose(&[s(0, 12.0, 0.2)], 0.1, 10.0, 0.15, 0.0), None);
+        // With τ per 0.02 of sparsity, +20 % for a 0.1 gain is within (1.15^5 - 1 = 101 %),
+        // +20 % for a 0.01 gain is not (steps up to the span get τ itself).
+        assert_eq!(choose(&[s(0, 12.0, 0.2)], 0.1, 10.0, 0.15, 0.02), Some(0));
+        assert_eq!(choose(&[s(0, 12.0, 0.11)], 0.1, 10.0, 0.15, 0.02), None);
+        assert_eq!(choose(&[s(0, 21.0, 0.2)], 0.1, 10.0, 0.15, 0.02), None);
         assert_eq!(lowest_ppl(&[s(0, 12.0, 0.2), s(1, 11.6, 0.3)]), 1);
     }
 
     #[test]
     fn decide_commits_the_chosen_or_shows_the_lowest_ppl_on_rollback() {
         let scores = [s(0, 12.0, 0.2), s(1, 11.6, 0.3)];
-        let d = decide(&scores, 0.1, 10.0, 0.15);
+        let d = decide(&scores, 0.1, 10.0, 0.15, 0.0);
         assert_eq!(d, Decision::Rollback { shown: 1 });
         assert_eq!((d.shown(), d.committed()), (1, None));
-        let d = decide(&[s(0, 10.5, 0.2)], 0.1, 10.0, 0.15);
+        let d = decide(&[s(0, 10.5, 0.2)], 0.1, 10.0, 0.15, 0.0);
         assert_eq!((d.shown(), d.committed()), (0, Some(0)));
     }
 }

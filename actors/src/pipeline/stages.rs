@@ -95,7 +95,7 @@ impl<'a> Iteration<'a> {
             .iter()
             .filter_map(|&i| candidates[i].score().cloned())
             .collect();
-        let decision = decide(&scores, before, self.state.current_ppl, tau);
+        let decision = decide(&scores, before, self.state.current_ppl, tau, p.tau_span);
         let shown = &candidates[executed[decision.shown()]];
         let mut chosen = decision.committed().map(|k| &candidates[executed[k]]);
         let (outcome, plan) =
@@ -169,7 +169,8 @@ impl<'a> Iteration<'a> {
             self.state.baseline_ppl,
             self.state.current_ppl,
             cfg.pruning.tau,
-        );
+        )
+        .with_tau_span(cfg.pruning.tau_span);
         request.history = self.state.history.clone();
         request.constraints = cfg
             .critic
