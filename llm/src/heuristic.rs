@@ -75,6 +75,9 @@ fn variant(index: usize) -> Variant {
 /// How many extra ladder rungs `candidates` may try to fill K distinct plans.
 const EXTRA_TRIES: usize = 8;
 
+/// A gap left after a step below this share of the step is taken with it.
+const TAIL_SHARE: f64 = 0.25;
+
 /// What the planner reads from its memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Posture {
@@ -194,6 +197,12 @@ sparsity, growing x{:.2} per 0.01 of sparsity",
         if req.constraints.min_gain > step {
             step = req.constraints.min_gain;
             why = "the critic's minimum gain".into();
+        }
+        if gap > step && gap - step < TAIL_SHARE * step {
+            // A tail this small would cost a whole iteration (profiling, evaluation)
+            // for next to no sparsity: take it now.
+            step = gap;
+            why = format!("{why}, with the small rest of the gap");
         }
         (step.min(gap), why)
     }

@@ -158,6 +158,25 @@ fn the_last_step_lands_on_the_target() {
 }
 
 #[test]
+fn a_small_rest_of_the_gap_is_taken_with_the_step() {
+    // Default 0.125 steps from 0.374: a 0.001 tail would cost a whole iteration.
+    let m = SimModel::smollm_like(30, 3, 2.0);
+    let mut req = sim_request(&m, 4);
+    for p in &mut req.profiles {
+        p.sparsity = 0.374;
+    }
+    let default = HeuristicPlanner::new(HeuristicConfig::default(), 42);
+    let after = projected_sparsity(&req.profiles, &default.plan(&req, 0).layer_decisions);
+    assert!(target_reached(after, 0.5) && after < 0.501, "{after}");
+    // A tail of more than a quarter of the step waits for the next iteration.
+    for p in &mut req.profiles {
+        p.sparsity = 0.3;
+    }
+    let after = projected_sparsity(&req.profiles, &default.plan(&req, 0).layer_decisions);
+    assert!((after - 0.425).abs() < 2e-3, "{after}");
+}
+
+#[test]
 fn conservative_after_rollback_bolder_after_cheap_gain() {
     let m = SimModel::smollm_like(30, 3, 2.0);
     let base = sim_request(&m, 2);
