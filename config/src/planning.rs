@@ -69,7 +69,7 @@ impl Default for HeuristicConfig {
             tilt: 0.2,
             grad_weight: 0.5,
             within_kind: false,
-            ppl_budget: 0.5,
+            ppl_budget: 1.0,
             rollback_factor: 0.5,
             cheap_cost: 0.25,
             bold_factor: 1.25,

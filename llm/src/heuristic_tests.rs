@@ -2,12 +2,14 @@ use super::*;
 use crate::sim::SimModel;
 use protocol::{Feedback, IterationOutcome, PlanConstraints, Rejection};
 
-/// The step policy these tests' figures were worked out for: base step 0.04 and
-/// aggressiveness up to 2 (the default takes 0.125 steps at aggressiveness ≤ 1).
+/// The step policy these tests' figures were worked out for: base step 0.04,
+/// aggressiveness up to 2, half of τ per step (the default takes 0.125 steps at
+/// aggressiveness ≤ 1 and may spend all of τ's allowance).
 pub(super) fn small_steps() -> HeuristicConfig {
     HeuristicConfig {
         base_step: 0.04,
         max_aggressiveness: 2.0,
+        ppl_budget: 0.5,
         ..HeuristicConfig::default()
     }
 }
