@@ -186,7 +186,7 @@ impl HeuristicPlanner {
             if cap < step {
                 step = cap;
                 why = format!(
-                    "PPL budget: {:.0}% of tau at the last observed cost of {:.2} PPL per unit \
+                    "PPL budget: {:.0}% of the rise tau allows the step, at the last observed cost of {:.2} PPL per unit \
 sparsity, growing x{:.2} per 0.01 of sparsity",
                     self.cfg.ppl_budget * 100.0,
                     cost,
