@@ -146,15 +146,20 @@ fn layers_past_their_goal_wait_for_the_others() {
     }
 }
 
+/// Global sparsity after `planner`'s balanced plan for the simulated model with every
+/// layer at `level`.
+fn sparsity_after_plan(planner: &HeuristicPlanner, iteration: u32, level: f64) -> f64 {
+    let m = SimModel::smollm_like(30, 3, 2.0);
+    let mut req = sim_request(&m, iteration);
+    for p in &mut req.profiles {
+        p.sparsity = level;
+    }
+    projected_sparsity(&req.profiles, &planner.plan(&req, 0).layer_decisions)
+}
+
 #[test]
 fn the_last_step_lands_on_the_target() {
-    let m = SimModel::smollm_like(30, 3, 2.0);
-    let mut req = sim_request(&m, 1);
-    for p in &mut req.profiles {
-        p.sparsity = 0.47;
-    }
-    let plan = planner().plan(&req, 0);
-    let after = projected_sparsity(&req.profiles, &plan.layer_decisions);
+    let after = sparsity_after_plan(&planner(), 1, 0.47);
     assert!(target_reached(after, 0.5), "{after}");
     assert!(after < 0.5 + 0.001, "{after}");
 }
@@ -162,19 +167,11 @@ fn the_last_step_lands_on_the_target() {
 #[test]
 fn a_small_rest_of_the_gap_is_taken_with_the_step() {
     // Default 0.125 steps from 0.374: a 0.001 tail would cost a whole iteration.
-    let m = SimModel::smollm_like(30, 3, 2.0);
-    let mut req = sim_request(&m, 4);
-    for p in &mut req.profiles {
-        p.sparsity = 0.374;
-    }
     let default = HeuristicPlanner::new(HeuristicConfig::default(), 42);
-    let after = projected_sparsity(&req.profiles, &default.plan(&req, 0).layer_decisions);
+    let after = sparsity_after_plan(&default, 4, 0.374);
     assert!(target_reached(after, 0.5) && after < 0.501, "{after}");
     // A tail of more than a quarter of the step waits for the next iteration.
-    for p in &mut req.profiles {
-        p.sparsity = 0.3;
-    }
-    let after = projected_sparsity(&req.profiles, &default.plan(&req, 0).layer_decisions);
+    let after = sparsity_after_plan(&default, 4, 0.3);
     assert!((after - 0.425).abs() < 2e-3, "{after}");
 }
 
