@@ -63,9 +63,10 @@ pub struct BackendConfig {
     pub temperature: f64,
     /// Cap on generated tokens per answer.
     pub max_tokens: u32,
-    /// Per-request timeout.
+    /// Per-request timeout. A request that timed out is not sent again (a server still
+    /// working on it would get a second, concurrent one); a CPU-hosted model needs minutes.
     pub timeout_secs: u64,
-    /// Extra attempts after a 429/5xx/timeout, with backoff.
+    /// Extra attempts after a 429/5xx or a failed connection, with backoff.
     pub retries: u32,
     /// Backend used when this one fails after its retries. One level only.
     pub fallback: Option<Box<BackendConfig>>,
@@ -80,7 +81,7 @@ impl Default for BackendConfig {
             api_key_env: None,
             temperature: 0.5,
             max_tokens: 4096,
-            timeout_secs: 120,
+            timeout_secs: 600,
             retries: 2,
             fallback: None,
         }

@@ -120,6 +120,12 @@ pub struct PromptConfig {
     /// (`model.layers.{N}.mlp.down_proj`) to fit small contexts; shorter ones are one
     /// full name per line.
     pub compact_above: usize,
+    /// Layers listed in the prompt (0 = every layer): among those the constraints allow,
+    /// the cheapest per parameter by the measured cost (lowest z_sens without one), with
+    /// the scale lines that relate δ to the global gain. A 30-block model's whole table is
+    /// ~5k tokens; a CPU-hosted model re-reads it at every plan (164–812 s per plan for
+    /// Qwen2.5-0.5B on 2 cores), and a small one picked layers the critic then dropped.
+    pub listed_layers: usize,
 }
 
 impl Default for PromptConfig {
@@ -127,6 +133,7 @@ impl Default for PromptConfig {
         Self {
             feedback_window: 3,
             compact_above: 48,
+            listed_layers: 40,
         }
     }
 }
@@ -137,6 +144,12 @@ impl PromptConfig {
         c.int_range(
             "prompt.compact_above",
             self.compact_above as u64,
+            0,
+            100_000,
+        );
+        c.int_range(
+            "prompt.listed_layers",
+            self.listed_layers as u64,
             0,
             100_000,
         );

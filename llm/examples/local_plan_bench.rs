@@ -53,7 +53,11 @@ fn main() -> Result<()> {
     {
         let req = run.request();
         let (prompt, listed) = backend.plan_prompt(&req, 0, k);
-        let full = build_prompt(&req, &PromptConfig::default(), 0, k);
+        let every_layer = PromptConfig {
+            listed_layers: 0,
+            ..PromptConfig::default()
+        };
+        let full = build_prompt(&req, &every_layer, 0, k);
         println!(
             "prompt of plan 1: {} tokens with the chat template (system alone {}), listing {} of {} layers; with all layers listed it would be {} tokens",
             backend.prompt_tokens(&prompt.system, &prompt.user)?,

@@ -165,20 +165,23 @@ Answer with one JSON object and nothing else, following this JSON schema:
     )
 }
 
-/// Build the prompt for candidate `candidate` (0-based) of `k` for this request.
+/// Build the prompt for candidate `candidate` (0-based) of `k` for this request, listing
+/// the layers of [`listing`].
 pub fn build_prompt(
     request: &PlanRequest,
     options: &PromptConfig,
     candidate: usize,
     k: usize,
 ) -> Prompt {
-    build_prompt_listing(request, options, candidate, k, &request.profiles)
+    build_prompt_listing(request, options, candidate, k, &listing(request, options))
 }
 
 /// The `n` layers a small model is shown instead of the whole profile: among the layers
-/// the constraints allow, those with the lowest z_sens, in model order. A 30-block
-/// model's full table is ~5k tokens (numbers are tokenized digit by digit), which a
-/// CPU-bound local model would re-read at every plan and a 135M one cannot use anyway.
+/// the constraints allow, the cheapest per parameter by the measured cost of the next
+/// 0.05 when every one of them has a cost curve, else those with the lowest z_sens; in
+/// model order. A 30-block model's full table is ~5k tokens (numbers are tokenized
+/// digit by digit), which a CPU-bound model would re-read at every plan and a 135M one
+/// cannot use anyway.
 pub fn shortlist(request: &PlanRequest, n: usize) -> Vec<LayerProfile> {
     let mut allowed: Vec<(usize, &LayerProfile)> = request
         .profiles
@@ -186,10 +189,27 @@ pub fn shortlist(request: &PlanRequest, n: usize) -> Vec<LayerProfile> {
         .enumerate()
         .filter(|(_, p)| request.constraints.allows(p))
         .collect();
-    allowed.sort_by(|a, b| a.1.z_sens.total_cmp(&b.1.z_sens).then(a.0.cmp(&b.0)));
+    let costs = allowed.iter().all(|(_, p)| p.cost.len() >= COST_SHOWN);
+    let key = |p: &LayerProfile| {
+        if costs {
+            p.cost[COST_SHOWN - 1] / (p.params.max(1) as f64)
+        } else {
+            p.z_sens
+        }
+    };
+    allowed.sort_by(|a, b| key(a.1).total_cmp(&key(b.1)).then(a.0.cmp(&b.0)));
     allowed.truncate(n);
     allowed.sort_by_key(|(i, _)| *i);
     allowed.into_iter().map(|(_, p)| p.clone()).collect()
+}
+
+/// The layers a prompt lists under `options`: the [`shortlist`] of
+/// `options.listed_layers`, or every layer when that is 0.
+pub fn listing(request: &PlanRequest, options: &PromptConfig) -> Vec<LayerProfile> {
+    match options.listed_layers {
+        0 => request.profiles.clone(),
+        n => shortlist(request, n),
+    }
 }
 
 /// [`build_prompt`] with the layer table limited to `listed` (e.g. a [`shortlist`]);
@@ -255,10 +275,15 @@ pub fn build_prompt_listing(
 
     u.push('\n');
     if listed.len() < r.profiles.len() {
+        let by = if listed.iter().all(|p| p.cost.len() >= COST_SHOWN) {
+            "the lowest cost per parameter"
+        } else {
+            "the lowest z_sens"
+        };
         let _ = writeln!(
             u,
-            "Only the {} layers with the lowest z_sens that the constraints allow are listed \
-(of {} prunable layers); choose among them.",
+            "Only the {} layers with {by} that the constraints allow are listed (of {} \
+prunable layers); choose among them.",
             listed.len(),
             r.profiles.len()
         );

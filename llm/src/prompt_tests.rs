@@ -2,8 +2,12 @@ use super::*;
 use crate::sim::SimModel;
 use protocol::{Feedback, IterationOutcome, IterationRecord, Plan, PlanConstraints, Rejection};
 
+/// Every layer listed: the tests of the full table and its grouping.
 fn options() -> PromptConfig {
-    PromptConfig::default()
+    PromptConfig {
+        listed_layers: 0,
+        ..PromptConfig::default()
+    }
 }
 
 fn record(it: u32, summary: &str, assessment: &str, rolled_back: bool) -> IterationRecord {
@@ -430,4 +434,59 @@ fn measured_costs_appear_as_a_column_only_when_every_layer_has_them() {
         }
         layer_table(&p, 48)
     });
+}
+
+#[test]
+fn the_default_prompt_lists_the_cheapest_allowed_layers_per_parameter() {
+    let mut r = big_request();
+    // Costs that do not follow z_sens: the cheapest per parameter are the MLP
+    // projections of the last blocks (bigger layers, lower cost).
+    for (i, p) in r.profiles.iter_mut().enumerate() {
+        let per_param = 1e-9 * (1.0 + ((i * 37) % 210) as f64);
+        p.cost = (1..=15)
+            .map(|k| f64::from(k) * 0.2 * per_param * p.params as f64)
+            .collect();
+    }
+    let defaults = PromptConfig::default();
+    assert_eq!(defaults.listed_layers, 40);
+    let p = build_prompt(&r, &defaults, 0, 1);
+    let u = &p.user;
+    assert!(
+        u.contains(
+            "Only the 40 layers with the lowest cost per parameter that the constraints \
+allow are listed (of 210 prunable layers)"
+        ),
+        "{u}"
+    );
+    assert!(
+        u.contains("Scale: the same delta on every listed layer"),
+        "{u}"
+    );
+    // About 2k tokens instead of 5k, at ≈ 4 characters per token.
+    assert!(p.chars() < 10_000, "prompt is {} chars", p.chars());
+    // The listed layers are the 40 allowed ones with the lowest cost per parameter.
+    let per_param = |q: &LayerProfile| q.cost[4] / q.params as f64;
+    let mut allowed: Vec<&LayerProfile> = r
+        .profiles
+        .iter()
+        .filter(|q| r.constraints.allows(q))
+        .collect();
+    assert!(allowed.len() > 40);
+    allowed.sort_by(|a, b| per_param(a).total_cmp(&per_param(b)));
+    let listed = listing(&r, &defaults);
+    assert_eq!(listed.len(), 40);
+    for q in &allowed[..40] {
+        assert!(listed.iter().any(|l| l.name == q.name), "{} listed", q.name);
+    }
+    assert!(!listed
+        .iter()
+        .any(|l| l.name == "model.layers.0.mlp.down_proj"));
+    // Without cost curves the shortlist falls back to z_sens and says so.
+    let plain = build_prompt(&big_request(), &defaults, 0, 1).user;
+    assert!(
+        plain.contains("Only the 40 layers with the lowest z_sens"),
+        "{plain}"
+    );
+    // listed_layers = 0 lists every layer.
+    assert_eq!(listing(&r, &options()).len(), 210);
 }

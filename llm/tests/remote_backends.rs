@@ -320,23 +320,29 @@ fn server_errors_exhaust_retries_with_backoff_then_the_fallback_answers() {
 }
 
 #[test]
-fn a_silent_server_times_out() {
+fn a_silent_server_times_out_without_a_second_request() {
     for api in &APIS {
-        let server = Server::start(vec![Reply::Hang]);
-        let (b, _) = backend(api, &server, 0);
+        // Retries allowed, and a good answer scripted after the silence: a client that
+        // re-sent the timed-out request would get it and succeed. (The server then waits
+        // for that second request forever: read what it saw, do not join it.)
+        let mut server = Server::start(vec![Reply::Hang, json(200, (api.ok)(&good()))]);
+        let (b, slept) = backend(api, &server, 2);
         let out = b.propose(&request(), 1);
         assert_no_key(&out);
         match out {
             Err(LlmError::Backend { backend, message }) => {
                 assert_eq!(backend, api.kind.name());
+                assert!(message.starts_with("timed out"), "{message}");
                 assert!(
-                    message.starts_with("gave up after 1 attempt(s): timed out"),
+                    message.contains("no answer within 0.3 s; not sent again"),
                     "{message}"
                 );
+                assert!(message.contains("`[planner] timeout_secs`"), "{message}");
             }
             other => panic!("expected a timeout, got {other:?}"),
         }
-        assert_eq!(server.finish().len(), 1);
+        assert_eq!(server.seen().len(), 1, "{}: one request", api.kind.name());
+        assert!(slept.lock().unwrap().is_empty(), "no backoff either");
     }
 }
 

@@ -253,3 +253,60 @@ fn a_refusal_in_json_object_mode_too_fails_with_both_stated() {
     assert!(message.contains("json_object mode"), "{message}");
     assert!(message.contains("xgrammar"), "{message}");
 }
+
+/// 30 blocks of 4 projections with measured cost curves; the cheapest per parameter are
+/// the MLP projections of the first blocks.
+fn wide_request() -> PlanRequest {
+    let kinds = [
+        ("mlp.down_proj", 9000),
+        ("mlp.up_proj", 9000),
+        ("self_attn.q_proj", 1000),
+        ("self_attn.k_proj", 300),
+    ];
+    let mut profiles = Vec::new();
+    for block in 0..30 {
+        for (i, (kind, params)) in kinds.iter().enumerate() {
+            let per_param = 1e-9 * (1.0 + f64::from(block) + 30.0 * (i / 2) as f64);
+            profiles.push(LayerProfile {
+                name: format!("model.layers.{block}.{kind}"),
+                z_sens: 0.0,
+                z_grad: 0.0,
+                sparsity: 0.0,
+                params: *params,
+                cost: (1..=15)
+                    .map(|k| f64::from(k) * 0.01 * per_param * *params as f64)
+                    .collect(),
+            });
+        }
+    }
+    PlanRequest::new(1, 10, profiles, 0.5, 10.0, 10.0, 0.15)
+}
+
+#[test]
+fn a_remote_prompt_lists_the_shortlist_and_its_schema_only_those_layers() {
+    let server = Server::start(vec![ok(&good())]);
+    let out = backend(&server).propose(&wide_request(), 1).unwrap();
+    let body = &server.finish()[0].body;
+    let user = body["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        user.contains("Only the 40 layers with the lowest cost per parameter"),
+        "{user}"
+    );
+    assert!(user.contains("Scale: the same delta on every listed layer"));
+    let names = body["response_format"]["json_schema"]["schema"]["properties"]["layer_decisions"]
+        ["items"]["properties"]["layer"]["enum"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // The MLP projections of blocks 0–19 (cost per parameter rank 1–40).
+    assert_eq!(names.len(), 40);
+    for block in 0..20 {
+        for kind in ["mlp.down_proj", "mlp.up_proj"] {
+            let n = format!("model.layers.{block}.{kind}");
+            assert!(names.contains(&j!(n)), "{n} in the enum");
+            assert!(user.contains(&format!(" {n} ")), "{n} listed");
+        }
+    }
+    assert!(!user.contains("self_attn"), "{user}");
+    assert_eq!(out[0].plan.layer_decisions.len(), 1);
+}

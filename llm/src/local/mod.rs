@@ -29,7 +29,7 @@ use tokenizers::Tokenizer;
 use crate::constrained::PlanGrammar;
 use crate::error::{LlmError, Result};
 use crate::planner::{check_request, PlannerBackend};
-use crate::prompt::{build_prompt_listing, shortlist, Prompt};
+use crate::prompt::{build_prompt_listing, listing, Prompt};
 use crate::vocab::Vocab;
 use net::Net;
 
@@ -37,12 +37,6 @@ use net::Net;
 pub const DEFAULT_MODEL: &str = "assets/models/Qwen2.5-Coder-0.5B-Instruct.gguf";
 /// Longest reasoning the grammar lets a small model write (characters).
 pub const MAX_REASONING: usize = 400;
-/// Layers listed in the prompt by default ([`shortlist`]), at ~30 prompt tokens a row;
-/// a plan may name each of them. With 24 listed and at most 16 decided, a plan could
-/// gain at most ~2 % of SmolLM2-135M (δ 0.15 on 16 MLP projections of 0.83 % of the
-/// parameters each; attention ones hold 0.1–0.3 %), about the least pace of a 50 %
-/// target in 40 iterations; 40 layers leave room for a useful pace inside the δ range.
-pub const LISTED_LAYERS: usize = 40;
 
 /// Where the time of one plan went, for the measurements the issue asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -96,7 +90,6 @@ pub struct LocalBackend {
     temperature: f64,
     max_tokens: usize,
     prompt: PromptConfig,
-    listed: usize,
     requantized: usize,
     context: usize,
     inner: Mutex<State>,
@@ -153,7 +146,6 @@ impl LocalBackend {
             temperature,
             max_tokens: max_tokens as usize,
             prompt,
-            listed: LISTED_LAYERS,
             requantized: net.requantized,
             context: net.context,
             inner: Mutex::new(State {
@@ -167,21 +159,21 @@ impl LocalBackend {
         })
     }
 
-    /// List `n` layers in the prompt instead of [`LISTED_LAYERS`].
+    /// List `n` layers in the prompt instead of `[prompt] listed_layers` (0 = all).
     pub fn with_listed_layers(mut self, n: usize) -> Self {
-        self.listed = n;
+        self.prompt.listed_layers = n;
         self
     }
 
     /// The prompt for candidate `candidate` of `k` and the layers its answer may name:
-    /// the [`shortlist`] of the request's layers.
+    /// the [`listing`] of the request's layers (a shortlist by default).
     pub fn plan_prompt(
         &self,
         request: &PlanRequest,
         candidate: usize,
         k: usize,
     ) -> (Prompt, Vec<String>) {
-        let listed = shortlist(request, self.listed);
+        let listed = listing(request, &self.prompt);
         let prompt = build_prompt_listing(request, &self.prompt, candidate, k, &listed);
         (prompt, listed.into_iter().map(|p| p.name).collect())
     }

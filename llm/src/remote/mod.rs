@@ -30,7 +30,7 @@ use protocol::{plan_json_schema, Plan, PlanRequest, PlanResponse, PlanSchema};
 
 use crate::error::{LlmError, Result};
 use crate::planner::{check_request, PlannerBackend};
-use crate::prompt::build_prompt;
+use crate::prompt::{build_prompt_listing, listing};
 pub use transport::{CallError, RetryPolicy, Secret, Transport};
 pub use wire::{Answer, Anthropic, Conversation, Gemini, JsonMode, OpenAi, Sampling, Wire};
 
@@ -316,11 +316,22 @@ impl<W: Wire> PlannerBackend for RemoteBackend<W> {
 
     fn propose(&self, request: &PlanRequest, k: usize) -> Result<Vec<PlanResponse>> {
         check_request(request, k)?;
-        let layers: Vec<&str> = request.profiles.iter().map(|p| p.name.as_str()).collect();
-        let schema = plan_json_schema(Some(&allowed_layers(request)));
+        // The layers the prompt lists (a shortlist by default); the schema's enum keeps
+        // those of them the constraints allow.
+        let listed = listing(request, &self.prompt);
+        let layers: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+        let allowed: Vec<&str> = allowed_layers(request)
+            .into_iter()
+            .filter(|l| layers.contains(l))
+            .collect();
+        let schema = plan_json_schema(Some(if allowed.is_empty() {
+            &layers
+        } else {
+            &allowed
+        }));
         let mut out = Vec::with_capacity(k);
         for i in 0..k {
-            let prompt = build_prompt(request, &self.prompt, i, k);
+            let prompt = build_prompt_listing(request, &self.prompt, i, k, &listed);
             let start = Instant::now();
             let ex = self.candidate(&prompt.system, &prompt.user, &layers, &schema)?;
             let mut system_prompt = prompt.system;

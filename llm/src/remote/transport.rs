@@ -1,6 +1,7 @@
 //! One HTTP call with the robustness every hosted backend shares: a per-request
-//! timeout, retries with exponential backoff and jitter on 429, 5xx and connection
-//! failures, and `Retry-After` honoured when the server sends it.
+//! timeout (a timed-out request is not sent again), retries with exponential backoff
+//! and jitter on 429, 5xx and connection failures, and `Retry-After` honoured when the
+//! server sends it.
 //!
 //! Kept apart from the wire formats so the three APIs cannot drift in how they retry,
 //! and so the delay arithmetic is a pure function that tests can check without waiting.
@@ -122,6 +123,10 @@ pub enum CallError {
     /// so the caller can tell what was refused (e.g. the response format, see
     /// [`super::Wire::refuses_schema`]); messages quote an excerpt.
     Refused { status: u16, body: String },
+    /// No answer within the timeout. Not retried: the server may still be generating
+    /// the answer (a CPU-hosted model takes minutes), and a second request would compete
+    /// with the first one or queue behind it on a single-slot server.
+    TimedOut { secs: f64, message: String },
     /// A failure retrying cannot fix (authentication, a body that is not JSON).
     Fatal(String),
 }
@@ -137,8 +142,25 @@ impl fmt::Display for CallError {
                     .map_or_else(|_| status.to_string(), |s| s.to_string());
                 write!(f, "HTTP {status}: {}", excerpt(body))
             }
+            Self::TimedOut { secs, message } => write!(
+                f,
+                "{message} (no answer within {} s; not sent again, the server may \
+still be working on it). A model served on a CPU needs minutes per plan: raise \
+`[planner] timeout_secs` (a 0.5B model on 2 cores took up to 812 s for a 30-block \
+model's full layer table), or list fewer layers with `[prompt] listed_layers`",
+                seconds_text(*secs)
+            ),
             Self::Fatal(m) => f.write_str(m),
         }
+    }
+}
+
+/// `600`, `2.5`, `0.3`: whole seconds from 10 s on.
+fn seconds_text(secs: f64) -> String {
+    if secs >= 10.0 {
+        format!("{secs:.0}")
+    } else {
+        format!("{secs:.1}")
     }
 }
 
@@ -213,6 +235,12 @@ impl Transport {
             let (retry_after, message) = match self.once(client, call) {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fatal(m) => return Err(CallError::Fatal(self.key.scrub(&m))),
+                Attempt::TimedOut(m) => {
+                    return Err(CallError::TimedOut {
+                        secs: self.timeout.as_secs_f64(),
+                        message: self.key.scrub(&m),
+                    })
+                }
                 Attempt::Refused { status, body } => {
                     return Err(CallError::Refused {
                         status,
@@ -252,7 +280,8 @@ impl Transport {
         }
         let resp = match req.send() {
             Ok(r) => r,
-            // Timeouts, refused or reset connections: the service may recover.
+            Err(e) if e.is_timeout() => return Attempt::TimedOut(describe(&e)),
+            // Refused or reset connections: the service may recover.
             Err(e) => {
                 return Attempt::Retry {
                     retry_after: None,
@@ -268,6 +297,9 @@ impl Transport {
         );
         let text = match resp.text() {
             Ok(t) => t,
+            Err(e) if e.is_timeout() => {
+                return Attempt::TimedOut(format!("reading the body failed: {}", describe(&e)))
+            }
             Err(e) => {
                 return Attempt::Retry {
                     retry_after: None,
@@ -316,6 +348,7 @@ enum Attempt {
         status: u16,
         body: String,
     },
+    TimedOut(String),
     Fatal(String),
 }
 
