@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config::{BackendConfig, BackendKind, PromptConfig};
-use llm::remote::{OpenAi, RemoteBackend, RetryPolicy, Secret, Wire};
+use llm::remote::{JsonMode, OpenAi, RemoteBackend, RetryPolicy, Secret, Wire};
 use llm::{LlmError, PlannerBackend};
 use loopback::{json, Reply, Server};
 use protocol::{LayerProfile, PlanRequest};
@@ -165,12 +165,15 @@ fn the_recorded_refusals_are_recognised() {
             f.name
         );
     }
-    // A 401 or a 404 is never about the schema, whatever the body says.
+    // A 401 or a 404 is never about the schema, whatever the body says; a 500 only
+    // when it names the response format (else it is retried as a server failure).
     assert!(!OpenAi.refuses_schema(404, "no route for response_format"));
+    assert!(!OpenAi.refuses_schema(500, r#"{"error":{"message":"grammar worker crashed"}}"#));
+    assert!(all.iter().any(|f| f.status == 500 && f.refuses_schema));
 }
 
 #[test]
-fn a_refused_schema_is_retried_once_in_json_object_mode_and_remembered() {
+fn a_refused_schema_is_retried_in_json_object_mode_with_the_schema_and_remembered() {
     for f in fixtures().into_iter().filter(|f| f.refuses_schema) {
         let refusal = Reply::Http(f.status, vec![], f.body.clone());
         // Plan 1: refused, then json_object. Plan 2: json_object straight away, with a
@@ -188,9 +191,11 @@ fn a_refused_schema_is_retried_once_in_json_object_mode_and_remembered() {
         assert_eq!(seen.len(), 4, "{}", f.name);
         assert_eq!(seen[0].body["response_format"]["type"], "json_schema");
         for s in &seen[1..] {
+            // json_object with the schema (llama.cpp-based servers enforce it there).
+            let format = &s.body["response_format"];
+            assert_eq!(format["type"], "json_object", "{}", f.name);
             assert_eq!(
-                s.body["response_format"],
-                j!({"type": "json_object"}),
+                format["schema"], seen[0].body["response_format"]["json_schema"]["schema"],
                 "{}",
                 f.name
             );
@@ -211,10 +216,9 @@ fn a_refused_schema_is_retried_once_in_json_object_mode_and_remembered() {
             "Sure! Here is the plan"
         );
         for out in [&first, &second] {
-            assert!(
-                out[0].backend.starts_with("openai (json_object mode"),
-                "{}",
-                out[0].backend
+            assert_eq!(
+                out[0].backend,
+                format!("openai ({})", JsonMode::ObjectSchema.label())
             );
             assert_eq!(out[0].plan.layer_decisions[0].layer, LAYERS[0]);
             assert!(out[0]
@@ -240,17 +244,52 @@ fn other_client_errors_are_not_retried() {
 }
 
 #[test]
-fn a_refusal_in_json_object_mode_too_fails_with_both_stated() {
+fn a_refused_schema_in_json_object_goes_on_without_it() {
     let f = &fixtures()
         .into_iter()
         .find(|f| f.name.starts_with("vllm"))
         .unwrap();
     let refusal = || Reply::Http(f.status, vec![], f.body.clone());
-    let server = Server::start(vec![refusal(), refusal()]);
+    let server = Server::start(vec![refusal(), refusal(), ok(&good()), ok(&good())]);
+    let b = backend(&server);
+    let first = b.propose(&request(), 1).unwrap();
+    let second = b.propose(&request(), 1).unwrap();
+    let seen = server.finish();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[1].body["response_format"]["type"], "json_object");
+    assert!(seen[1].body["response_format"]["schema"].is_object());
+    // Then, and for every later plan, json_object alone.
+    for s in &seen[2..] {
+        assert_eq!(s.body["response_format"], j!({"type": "json_object"}));
+    }
+    for out in [&first, &second] {
+        assert_eq!(
+            out[0].backend,
+            format!("openai ({})", JsonMode::Object.label())
+        );
+    }
+}
+
+#[test]
+fn a_refusal_in_every_mode_fails_with_each_stated() {
+    let f = &fixtures()
+        .into_iter()
+        .find(|f| f.name.starts_with("vllm"))
+        .unwrap();
+    let refusal = || Reply::Http(f.status, vec![], f.body.clone());
+    let server = Server::start(vec![refusal(), refusal(), refusal()]);
     let out = backend(&server).propose(&request(), 1);
-    assert_eq!(server.finish().len(), 2);
+    assert_eq!(server.finish().len(), 3);
     let message = out.unwrap_err().to_string();
-    assert!(message.contains("json_object mode"), "{message}");
+    assert!(message.contains("(json_object mode, after: "), "{message}");
+    assert!(
+        message.contains("json_schema mode refused with HTTP 400"),
+        "{message}"
+    );
+    assert!(
+        message.contains("json_object mode with the schema refused with HTTP 400"),
+        "{message}"
+    );
     assert!(message.contains("xgrammar"), "{message}");
 }
 

@@ -11,9 +11,11 @@
 //!
 //! Structured output: the request asks for the portable plan schema
 //! ([`protocol::plan_schema`]). When a server refuses it anyway (a 400 naming the
-//! response format, the schema or its grammar, [`Wire::refuses_schema`]), the call is
-//! sent once more in [`JsonMode::Object`] (`json_object` plus the schema in the
-//! prompt) and the answer goes through the same check and repair round. The backend
+//! response format, the schema or its grammar, or a 500 naming the response format,
+//! [`Wire::refuses_schema`]), the call is sent again in [`JsonMode::ObjectSchema`]
+//! (`json_object` with the schema, which llama.cpp-based servers enforce, plus the
+//! schema in the prompt), then in [`JsonMode::Object`] (the schema in the prompt only),
+//! and the answer goes through the same check and repair round. The backend
 //! remembers the mode, so later plans do not pay the refused request again, and
 //! records it in `PlanResponse::backend` (`openai (json_object mode: …)`), which the
 //! per-iteration planner line of `secateur prune` and report.json show.
@@ -22,7 +24,7 @@ pub mod transport;
 pub mod wire;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use config::{BackendConfig, PromptConfig};
@@ -41,9 +43,10 @@ pub struct RemoteBackend<W: Wire> {
     sampling: Sampling,
     prompt: PromptConfig,
     transport: Transport,
-    /// Set once the server refused the schema: every later call uses
-    /// [`JsonMode::Object`] (per backend, i.e. per planner).
-    object_mode: AtomicBool,
+    /// How far down the [`JsonMode`] ladder the server's refusals have sent this
+    /// backend (0 = schema); every later call starts there (per backend, i.e. per
+    /// planner).
+    mode: AtomicU8,
 }
 
 impl<W: Wire> fmt::Debug for RemoteBackend<W> {
@@ -121,17 +124,26 @@ impl<W: Wire> RemoteBackend<W> {
             base_url,
             prompt,
             transport: Transport::new(timeout, policy, key, seed),
-            object_mode: AtomicBool::new(false),
+            mode: AtomicU8::new(0),
         }
     }
 
     /// The JSON mode calls use now.
     pub fn mode(&self) -> JsonMode {
-        if self.object_mode.load(Ordering::Relaxed) {
-            JsonMode::Object
-        } else {
-            JsonMode::Schema
+        match self.mode.load(Ordering::Relaxed) {
+            0 => JsonMode::Schema,
+            1 => JsonMode::ObjectSchema,
+            _ => JsonMode::Object,
         }
+    }
+
+    fn set_mode(&self, mode: JsonMode) {
+        let step = match mode {
+            JsonMode::Schema => 0,
+            JsonMode::ObjectSchema => 1,
+            JsonMode::Object => 2,
+        };
+        self.mode.store(step, Ordering::Relaxed);
     }
 
     /// `PlanResponse::backend`: the API's name, and the JSON mode when it is not the
@@ -151,24 +163,30 @@ impl<W: Wire> RemoteBackend<W> {
     }
 
     /// One model call: the answer text, or a transport/service error. A refusal of the
-    /// schema in [`JsonMode::Schema`] switches this backend to [`JsonMode::Object`] and
-    /// sends the call once more.
+    /// schema moves this backend one step down the [`JsonMode`] ladder and sends the
+    /// call again, until a mode is accepted or none is left.
     fn ask(&self, conv: &Conversation, schema: &PlanSchema) -> Result<Answer> {
-        let mode = self.mode();
-        let body = match self.send(conv, schema, mode) {
-            Ok(body) => body,
-            Err(CallError::Refused { status, body })
-                if mode == JsonMode::Schema && self.wire.refuses_schema(status, &body) =>
-            {
-                self.object_mode.store(true, Ordering::Relaxed);
-                self.send(conv, schema, JsonMode::Object).map_err(|e| {
-                    self.backend_err(format!(
-                        "{e} (json_object mode, after the json_schema request was refused \
-with HTTP {status})"
-                    ))
-                })?
+        let mut mode = self.mode();
+        let mut refusals: Vec<String> = Vec::new();
+        let body = loop {
+            match self.send(conv, schema, mode) {
+                Ok(body) => break body,
+                Err(CallError::Refused { status, body })
+                    if self.wire.refuses_schema(status, &body) && mode.next().is_some() =>
+                {
+                    refusals.push(format!("{} refused with HTTP {status}", mode_name(mode)));
+                    mode = mode.next().unwrap_or(mode);
+                    self.set_mode(mode);
+                }
+                Err(e) if refusals.is_empty() => return Err(self.backend_err(e.to_string())),
+                Err(e) => {
+                    return Err(self.backend_err(format!(
+                        "{e} ({}, after: {})",
+                        mode_name(mode),
+                        refusals.join("; ")
+                    )))
+                }
             }
-            Err(e) => return Err(self.backend_err(e.to_string())),
         };
         self.read(&body)
     }
@@ -187,7 +205,12 @@ with HTTP {status})"
             schema,
             mode,
         );
-        self.transport.post_json(&call)
+        // While a mode is left to try, a 5xx that refuses the schema goes to `ask` at once
+        // (not retried).
+        let refused = |status: u16, body: &str| {
+            mode.next().is_some() && self.wire.refuses_schema(status, body)
+        };
+        self.transport.post_json(&call, &refused)
     }
 
     fn read(&self, body: &serde_json::Value) -> Result<Answer> {
@@ -294,6 +317,15 @@ fn strip_fences(text: &str) -> &str {
     }
 }
 
+/// How a mode is named in an error.
+fn mode_name(mode: JsonMode) -> &'static str {
+    match mode {
+        JsonMode::Schema => "json_schema mode",
+        JsonMode::ObjectSchema => "json_object mode with the schema",
+        JsonMode::Object => "json_object mode",
+    }
+}
+
 /// The repair turn: every validation error, then the instruction to answer again.
 pub fn repair_message(errors: &[String]) -> String {
     let mut m = String::from("Your answer is not a valid plan:\n");
@@ -335,7 +367,7 @@ impl<W: Wire> PlannerBackend for RemoteBackend<W> {
             let start = Instant::now();
             let ex = self.candidate(&prompt.system, &prompt.user, &layers, &schema)?;
             let mut system_prompt = prompt.system;
-            if self.mode() == JsonMode::Object {
+            if self.mode() != JsonMode::Schema {
                 // What was sent: the wire appends the format note in this mode.
                 system_prompt.push_str(&wire::object_mode_note());
             }

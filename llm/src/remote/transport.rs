@@ -227,12 +227,19 @@ impl Transport {
         unit(&mut s)
     }
 
-    /// POST `call` and return the response body as JSON, retrying per the policy.
-    pub fn post_json(&self, call: &HttpCall) -> Result<serde_json::Value, CallError> {
+    /// POST `call` and return the response body as JSON, retrying per the policy. A 5xx
+    /// answer that `refused` recognises (status, body) is a [`CallError::Refused`], not
+    /// retried: some servers answer a request they cannot parse with a 500, and the same
+    /// request would be refused again.
+    pub fn post_json(
+        &self,
+        call: &HttpCall,
+        refused: &dyn Fn(u16, &str) -> bool,
+    ) -> Result<serde_json::Value, CallError> {
         let client = self.client()?;
         let mut attempt = 0u32;
         loop {
-            let (retry_after, message) = match self.once(client, call) {
+            let (retry_after, message) = match self.once(client, call, refused) {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Fatal(m) => return Err(CallError::Fatal(self.key.scrub(&m))),
                 Attempt::TimedOut(m) => {
@@ -270,7 +277,12 @@ impl Transport {
         }
     }
 
-    fn once(&self, client: &Client, call: &HttpCall) -> Attempt {
+    fn once(
+        &self,
+        client: &Client,
+        call: &HttpCall,
+        refused: &dyn Fn(u16, &str) -> bool,
+    ) -> Attempt {
         let mut req = client
             .post(&call.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -307,6 +319,12 @@ impl Transport {
                 }
             }
         };
+        if status.is_server_error() && refused(status.as_u16(), &text) {
+            return Attempt::Refused {
+                status: status.as_u16(),
+                body: text,
+            };
+        }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Attempt::Retry {
                 retry_after,

@@ -37,14 +37,18 @@ pub struct Answer {
     pub output_tokens: Option<u64>,
 }
 
-/// How an API is asked for JSON. Only the OpenAI-compatible wire has a second mode:
+/// How an API is asked for JSON. Only the OpenAI-compatible wire has further modes:
 /// Gemini and Anthropic accept the portable schema as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsonMode {
     /// The server constrains decoding to the schema (`response_format: json_schema`).
     Schema,
-    /// `response_format: json_object` with the schema in the prompt text, for servers
-    /// whose schema converter refuses the schema; the answer is then checked (and
+    /// `response_format: {"type": "json_object", "schema": …}` and the schema in the
+    /// prompt, for servers that know only `json_object`: llama.cpp server and
+    /// llama-cpp-python constrain decoding to that schema, others to any JSON object.
+    ObjectSchema,
+    /// `response_format: json_object` with the schema in the prompt text only, for
+    /// servers that refuse the schema in either form; the answer is then checked (and
     /// repaired) like any other.
     Object,
 }
@@ -54,7 +58,21 @@ impl JsonMode {
     pub fn label(self) -> &'static str {
         match self {
             Self::Schema => "",
-            Self::Object => "json_object mode: the server refused the json_schema response format",
+            Self::ObjectSchema => {
+                "json_object mode with the schema: the server refused the json_schema response format"
+            }
+            Self::Object => {
+                "json_object mode: the server refused the schema as json_schema and in json_object"
+            }
+        }
+    }
+
+    /// The mode to try when the server refuses this one's schema.
+    pub fn next(self) -> Option<Self> {
+        match self {
+            Self::Schema => Some(Self::ObjectSchema),
+            Self::ObjectSchema => Some(Self::Object),
+            Self::Object => None,
         }
     }
 }
@@ -94,8 +112,8 @@ fn text<T: Serialize>(body: &T) -> String {
     serde_json::to_string(body).unwrap_or_default()
 }
 
-/// The instruction appended to the system prompt in [`JsonMode::Object`]: the server
-/// no longer enforces the schema, so the model is told it (without the layer enum —
+/// The instruction appended to the system prompt in the `json_object` modes: the server
+/// may not enforce the schema, so the model is told it (without the layer enum —
 /// the prompt lists the names, and 200 of them would double the request).
 pub fn object_mode_note() -> String {
     format!(
@@ -106,7 +124,8 @@ object and nothing else, keys in this order, following this JSON schema:\n{}",
 }
 
 /// The OpenAI chat-completions body. `response_format` is
-/// `{"type": "json_schema", "json_schema": {…}}` or `{"type": "json_object"}`.
+/// `{"type": "json_schema", "json_schema": {…}}` or `{"type": "json_object"}` (with
+/// `"schema": {…}` in [`JsonMode::ObjectSchema`]).
 #[derive(Serialize)]
 struct ChatBody<'a> {
     model: &'a str,
@@ -119,8 +138,13 @@ struct ChatBody<'a> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ResponseFormat<'a> {
-    JsonSchema { json_schema: NamedSchema<'a> },
-    JsonObject,
+    JsonSchema {
+        json_schema: NamedSchema<'a>,
+    },
+    JsonObject {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schema: Option<&'a PlanSchema>,
+    },
 }
 
 #[derive(Serialize)]
@@ -134,7 +158,8 @@ struct NamedSchema<'a> {
 /// Recorded bodies (llm/tests/fixtures/): llama.cpp server's "JSON schema conversion
 /// failed", vLLM's "JSON schema contains features not supported by xgrammar",
 /// OpenAI's "Invalid schema for response_format"; older servers that know only
-/// `json_object` name `response_format` or `json_schema`.
+/// `json_object` name `response_format` or `json_schema` (the first two: the phrases
+/// that also make a 500 a refusal).
 const SCHEMA_REFUSALS: [&str; 4] = ["response_format", "json_schema", "schema", "grammar"];
 
 /// OpenAI chat completions with a strict `json_schema` response format. The same
@@ -171,9 +196,15 @@ impl Wire for OpenAi {
                     },
                 },
             ),
+            JsonMode::ObjectSchema => (
+                format!("{}{}", conv.system, object_mode_note()),
+                ResponseFormat::JsonObject {
+                    schema: Some(schema),
+                },
+            ),
             JsonMode::Object => (
                 format!("{}{}", conv.system, object_mode_note()),
-                ResponseFormat::JsonObject,
+                ResponseFormat::JsonObject { schema: None },
             ),
         };
         let mut messages = vec![
@@ -201,11 +232,18 @@ impl Wire for OpenAi {
         }
     }
     /// A 400 (422 from FastAPI-based servers) whose body names the response format,
-    /// the schema or the grammar built from it. Other 400s (context too long, unknown
-    /// model) would fail in `json_object` mode as well.
+    /// the schema or the grammar built from it; or a 500 whose body names the response
+    /// format or `json_schema` (llama-cpp-python's server answers a `response_format` it
+    /// does not know with a 500 validation error; llama.cpp server answered a schema it
+    /// could not convert with a 500 before it moved to 400). Other errors (context too
+    /// long, unknown model, a crashed worker) would fail in `json_object` mode as well.
     fn refuses_schema(&self, status: u16, body: &str) -> bool {
         let body = body.to_lowercase();
-        matches!(status, 400 | 422) && SCHEMA_REFUSALS.iter().any(|p| body.contains(p))
+        match status {
+            400 | 422 => SCHEMA_REFUSALS.iter().any(|p| body.contains(p)),
+            500 => SCHEMA_REFUSALS[..2].iter().any(|p| body.contains(p)),
+            _ => false,
+        }
     }
     fn answer(&self, body: &Value) -> Result<Answer, String> {
         let msg = &body["choices"][0]["message"];
