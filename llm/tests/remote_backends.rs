@@ -447,13 +447,14 @@ fn unknown_layers_twice_fail_after_the_repair_round() {
 }
 
 #[test]
-fn delta_out_of_range_is_repaired() {
-    for out in repair_case(
-        &plan_text(LAYERS[1], 0.5),
-        &plan_text(LAYERS[1], 0.15),
-        "delta 0.5 for",
-    ) {
-        assert_eq!(out.unwrap()[0].plan.layer_decisions[0].delta, 0.15);
+fn delta_out_of_range_goes_to_the_critic_without_a_repair_round() {
+    for api in &APIS {
+        let server = Server::start(vec![json(200, (api.ok)(&plan_text(LAYERS[1], 0.5)))]);
+        let (b, _) = backend(api, &server, 0);
+        let out = b.propose(&request(), 1).unwrap();
+        assert_eq!(server.finish().len(), 1, "{:?}: one request", api.kind);
+        // As the model wrote it: the critic's delta_bounds rule clamps it, with a reason.
+        assert_eq!(out[0].plan.layer_decisions[0].delta, 0.5);
     }
 }
 
