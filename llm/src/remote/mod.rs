@@ -300,7 +300,8 @@ pub fn allowed_layers(request: &PlanRequest) -> Vec<&str> {
 /// repair round cost Qwen2.5-0.5B on a CPU server another six minutes and still came
 /// back with δs of 0.17–0.88.
 pub fn check_answer(text: &str, layers: &[&str]) -> std::result::Result<Plan, Vec<String>> {
-    let plan = Plan::from_json(strip_fences(text)).map_err(|e| vec![e.to_string()])?;
+    let plan = Plan::from_json(&escape_controls_in_strings(strip_fences(text)))
+        .map_err(|e| vec![e.to_string()])?;
     let errors: Vec<PlanError> = plan
         .validate(layers)
         .into_iter()
@@ -333,6 +334,35 @@ fn mode_name(mode: JsonMode) -> &'static str {
         JsonMode::ObjectSchema => "json_object mode with the schema",
         JsonMode::Object => "json_object mode",
     }
+}
+
+/// `text` with raw control characters inside JSON strings escaped (`\n`, `\u0001`).
+/// Small models behind a `json_object` grammar write line breaks inside `reasoning`;
+/// JSON forbids them there, and a repair round (six minutes on a CPU server) brought
+/// another one back. Outside strings they are whitespace and stay as they are.
+fn escape_controls_in_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string && !escaped && (c as u32) < 0x20 {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c => out.push_str(&format!("\\u{:04x}", c as u32)),
+            }
+            continue;
+        }
+        out.push(c);
+        if escaped {
+            escaped = false;
+        } else if in_string && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_string = !in_string;
+        }
+    }
+    out
 }
 
 /// The repair turn: every validation error, then the instruction to answer again.
@@ -415,6 +445,10 @@ mod tests {
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].contains("unknown layer `x`"));
         assert!(errs[1].contains("`a` appears more than once"), "{errs:?}");
+        // Raw line breaks and tabs inside a string are escaped, not sent back for repair.
+        let broken = "{\"reasoning\":\"line one\nline\ttwo \\\"q\\\" \u{1}\",\n\"stop_pruning\":false,\"layer_decisions\":[{\"layer\":\"a\",\"delta\":0.05}]}";
+        let plan = check_answer(broken, &["a"]).unwrap();
+        assert_eq!(plan.reasoning, "line one\nline\ttwo \"q\" \u{1}");
         // δ out of range is the critic's to clamp, not a reason to ask again.
         let wide = r#"{"reasoning":"r","stop_pruning":false,"layer_decisions":[{"layer":"a","delta":0.88}]}"#;
         assert_eq!(
