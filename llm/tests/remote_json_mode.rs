@@ -243,13 +243,18 @@ fn other_client_errors_are_not_retried() {
     }
 }
 
-#[test]
-fn a_refused_schema_in_json_object_goes_on_without_it() {
-    let f = &fixtures()
+/// vLLM's recorded refusal of the schema, as a scripted reply.
+fn vllm_refusal() -> Reply {
+    let f = fixtures()
         .into_iter()
         .find(|f| f.name.starts_with("vllm"))
         .unwrap();
-    let refusal = || Reply::Http(f.status, vec![], f.body.clone());
+    Reply::Http(f.status, vec![], f.body)
+}
+
+#[test]
+fn a_refused_schema_in_json_object_goes_on_without_it() {
+    let refusal = vllm_refusal;
     let server = Server::start(vec![refusal(), refusal(), ok(&good()), ok(&good())]);
     let b = backend(&server);
     let first = b.propose(&request(), 1).unwrap();
@@ -272,11 +277,7 @@ fn a_refused_schema_in_json_object_goes_on_without_it() {
 
 #[test]
 fn a_refusal_in_every_mode_fails_with_each_stated() {
-    let f = &fixtures()
-        .into_iter()
-        .find(|f| f.name.starts_with("vllm"))
-        .unwrap();
-    let refusal = || Reply::Http(f.status, vec![], f.body.clone());
+    let refusal = vllm_refusal;
     let server = Server::start(vec![refusal(), refusal(), refusal()]);
     let out = backend(&server).propose(&request(), 1);
     assert_eq!(server.finish().len(), 3);

@@ -174,7 +174,7 @@ impl<W: Wire> RemoteBackend<W> {
                 Err(CallError::Refused { status, body })
                     if self.wire.refuses_schema(status, &body) && mode.next().is_some() =>
                 {
-                    refusals.push(format!("{} refused with HTTP {status}", mode_name(mode)));
+                    refusals.push(format!("{} refused with HTTP {status}", mode.name()));
                     mode = mode.next().unwrap_or(mode);
                     self.set_mode(mode);
                 }
@@ -182,7 +182,7 @@ impl<W: Wire> RemoteBackend<W> {
                 Err(e) => {
                     return Err(self.backend_err(format!(
                         "{e} ({}, after: {})",
-                        mode_name(mode),
+                        mode.name(),
                         refusals.join("; ")
                     )))
                 }
@@ -324,15 +324,6 @@ fn strip_fences(text: &str) -> &str {
             rest.strip_suffix("```").unwrap_or(rest).trim()
         }
         None => t,
-    }
-}
-
-/// How a mode is named in an error.
-fn mode_name(mode: JsonMode) -> &'static str {
-    match mode {
-        JsonMode::Schema => "json_schema mode",
-        JsonMode::ObjectSchema => "json_object mode with the schema",
-        JsonMode::Object => "json_object mode",
     }
 }
 

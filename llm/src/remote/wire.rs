@@ -67,6 +67,15 @@ impl JsonMode {
         }
     }
 
+    /// How the mode is named in an error.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Schema => "json_schema mode",
+            Self::ObjectSchema => "json_object mode with the schema",
+            Self::Object => "json_object mode",
+        }
+    }
+
     /// The mode to try when the server refuses this one's schema.
     pub fn next(self) -> Option<Self> {
         match self {
