@@ -128,7 +128,17 @@ fn a_real_model_behind_a_real_server_plans_committed_iterations() {
         .lines()
         .filter(|l| l.starts_with("iteration ") && l.contains(" committed:"))
         .count();
-    assert!(committed >= 2, "{committed} committed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // The plans of the round that ended the run, with the critic's reasons.
+    let why_stopped = serde_json::to_string_pretty(&serde_json::json!({
+        "rejected": report["rejected"],
+        "stopped_by": report["stopped_by"],
+    }))
+    .unwrap();
+    assert!(
+        committed >= 2,
+        "{committed} committed: {stderr}\n{why_stopped}"
+    );
     let planners: Vec<&str> = stderr
         .lines()
         .filter_map(|l| l.trim().strip_prefix("planner "))
@@ -138,7 +148,6 @@ fn a_real_model_behind_a_real_server_plans_committed_iterations() {
     for p in &planners {
         assert!(p.starts_with("openai"), "planned by {p}");
     }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["state"], "finished", "{}", report["state"]);
     eprintln!("{stderr}");
 }

@@ -190,15 +190,15 @@ fn a_refused_schema_is_retried_in_json_object_mode_with_the_schema_and_remembere
         let seen = server.finish();
         assert_eq!(seen.len(), 4, "{}", f.name);
         assert_eq!(seen[0].body["response_format"]["type"], "json_schema");
+        // json_object with the schema (llama.cpp-based servers enforce it there), which
+        // below the target also rules out a stop and an empty decision list.
+        let mut object_schema = seen[0].body["response_format"]["json_schema"]["schema"].clone();
+        object_schema["properties"]["stop_pruning"]["enum"] = j!([false]);
+        object_schema["properties"]["layer_decisions"]["minItems"] = j!(1);
         for s in &seen[1..] {
-            // json_object with the schema (llama.cpp-based servers enforce it there).
             let format = &s.body["response_format"];
             assert_eq!(format["type"], "json_object", "{}", f.name);
-            assert_eq!(
-                format["schema"], seen[0].body["response_format"]["json_schema"]["schema"],
-                "{}",
-                f.name
-            );
+            assert_eq!(format["schema"], object_schema, "{}", f.name);
             let system = s.body["messages"][0]["content"].as_str().unwrap();
             assert!(
                 system.contains("does not enforce the answer format"),
@@ -226,6 +226,22 @@ fn a_refused_schema_is_retried_in_json_object_mode_with_the_schema_and_remembere
                 .contains("does not enforce the answer format"));
         }
     }
+}
+
+#[test]
+fn at_the_target_the_json_object_schema_allows_a_stop() {
+    let mut at_target = request();
+    for p in &mut at_target.profiles {
+        p.sparsity = 0.5;
+    }
+    at_target.current_sparsity = 0.5;
+    let server = Server::start(vec![vllm_refusal(), ok(&good())]);
+    backend(&server).propose(&at_target, 1).unwrap();
+    let seen = server.finish();
+    assert_eq!(
+        seen[1].body["response_format"]["schema"],
+        seen[0].body["response_format"]["json_schema"]["schema"]
+    );
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //!   `type`, `properties`, `required`, `additionalProperties: false`, `items` and a
 //!   string `enum`. No numeric bounds on `delta`: the critic's `delta_bounds` rule and
 //!   [`crate::Plan::validate`] enforce `[DELTA_MIN, DELTA_MAX]`, and a llama.cpp server
-//!   refused the request outright over them.
+//!   refused the request outright over them. [`PlanSchema::object_mode`] is the one
+//!   exception, for the servers that take the schema inside a `json_object` response
+//!   format (the llama.cpp family, whose converter accepts more).
 //! - **Key order.** Constrained decoders emit properties in the order the schema lists
 //!   them, and the paper's order — `reasoning`, then `stop_pruning`, then
 //!   `layer_decisions`; `layer` before `delta` — is what makes a model think before it
@@ -34,13 +36,27 @@ pub struct PlanSchema {
     required: [&'static str; 3],
     #[serde(rename = "additionalProperties")]
     additional_properties: bool,
+    /// The run is below its target: a plan must prune something and must not stop.
+    /// Not part of the schema text; [`PlanSchema::object_mode`] turns it into keywords.
+    #[serde(skip)]
+    progress_required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 struct PlanProperties {
     reasoning: Typed,
-    stop_pruning: Typed,
+    stop_pruning: StopFlag,
     layer_decisions: DecisionList,
+}
+
+/// `{"type": "boolean"}`, or `{"type": "boolean", "enum": [false]}` when a stop is
+/// ruled out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct StopFlag {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "enum", skip_serializing_if = "Option::is_none")]
+    only: Option<[bool; 1]>,
 }
 
 /// `{"type": …}` and nothing else.
@@ -55,6 +71,8 @@ struct DecisionList {
     #[serde(rename = "type")]
     kind: &'static str,
     items: DecisionSchema,
+    #[serde(rename = "minItems", skip_serializing_if = "Option::is_none")]
+    min_items: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -98,6 +116,30 @@ impl PlanSchema {
             .as_deref()
     }
 
+    /// Marks a request below its target: [`PlanSchema::object_mode`] then requires at
+    /// least one decision and `stop_pruning: false`.
+    pub fn with_progress_required(mut self, required: bool) -> Self {
+        self.progress_required = required;
+        self
+    }
+
+    /// The schema sent inside a `json_object` response format. A server that takes it
+    /// there (llama.cpp server, llama-cpp-python) converts it with llama.cpp's
+    /// json-schema-to-grammar, which also accepts `minItems` and a boolean `enum`; below
+    /// the target they rule out the two answers the critic can only veto — an empty
+    /// decision list, and a stop with nothing to keep — which a 0.5B model served there
+    /// gave for every replan of an iteration until the run ended `no_acceptable_plan`.
+    /// A server that refuses them falls back to plain `json_object` mode like any other
+    /// refusal.
+    pub fn object_mode(&self) -> PlanSchema {
+        let mut s = self.clone();
+        if self.progress_required {
+            s.properties.stop_pruning.only = Some([false]);
+            s.properties.layer_decisions.min_items = Some(1);
+        }
+        s
+    }
+
     /// Compact JSON text, keys in schema order.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -122,9 +164,13 @@ pub fn plan_json_schema(layers: Option<&[&str]>) -> PlanSchema {
         kind: "object",
         properties: PlanProperties {
             reasoning: Typed { kind: "string" },
-            stop_pruning: Typed { kind: "boolean" },
+            stop_pruning: StopFlag {
+                kind: "boolean",
+                only: None,
+            },
             layer_decisions: DecisionList {
                 kind: "array",
+                min_items: None,
                 items: DecisionSchema {
                     kind: "object",
                     properties: DecisionProperties {
@@ -138,6 +184,7 @@ pub fn plan_json_schema(layers: Option<&[&str]>) -> PlanSchema {
         },
         required: PLAN_KEYS,
         additional_properties: false,
+        progress_required: false,
     }
 }
 
@@ -155,8 +202,23 @@ mod tests {
     }
 
     #[test]
+    fn object_mode_requires_progress_below_the_target_only() {
+        let s = plan_json_schema(Some(&["x"]));
+        assert_eq!(s.object_mode(), s);
+        let tight = s.clone().with_progress_required(true);
+        // The strict schema stays portable; only the json_object copy is tightened.
+        assert_eq!(tight.to_json(), s.to_json());
+        assert_eq!(
+            tight.object_mode().to_json(),
+            r#"{"type":"object","properties":{"reasoning":{"type":"string"},"stop_pruning":{"type":"boolean","enum":[false]},"layer_decisions":{"type":"array","items":{"type":"object","properties":{"layer":{"type":"string","enum":["x"]},"delta":{"type":"number"}},"required":["layer","delta"],"additionalProperties":false},"minItems":1}},"required":["reasoning","stop_pruning","layer_decisions"],"additionalProperties":false}"#
+        );
+    }
+
+    #[test]
     fn only_the_portable_subset_is_used() {
-        let text = plan_json_schema(None).to_json();
+        let text = plan_json_schema(None)
+            .with_progress_required(true)
+            .to_json();
         for kw in [
             "minimum",
             "maximum",

@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use config::{BackendConfig, PromptConfig};
-use protocol::{plan_json_schema, Plan, PlanError, PlanRequest, PlanResponse, PlanSchema};
+use protocol::{
+    plan_json_schema, target_reached, Plan, PlanError, PlanRequest, PlanResponse, PlanSchema,
+};
 
 use crate::error::{LlmError, Result};
 use crate::planner::{check_request, PlannerBackend};
@@ -390,7 +392,11 @@ impl<W: Wire> PlannerBackend for RemoteBackend<W> {
             &layers
         } else {
             &allowed
-        }));
+        }))
+        .with_progress_required(!target_reached(
+            request.current_sparsity,
+            request.target_sparsity,
+        ));
         let mut out = Vec::with_capacity(k);
         for i in 0..k {
             let prompt = build_prompt_listing(request, &self.prompt, i, k, &listed);

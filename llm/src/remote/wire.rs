@@ -194,6 +194,7 @@ impl Wire for OpenAi {
         schema: &PlanSchema,
         mode: JsonMode,
     ) -> HttpCall {
+        let object_schema = schema.object_mode();
         let (system, response_format) = match mode {
             JsonMode::Schema => (
                 conv.system.to_string(),
@@ -208,7 +209,7 @@ impl Wire for OpenAi {
             JsonMode::ObjectSchema => (
                 format!("{}{}", conv.system, object_mode_note()),
                 ResponseFormat::JsonObject {
-                    schema: Some(schema),
+                    schema: Some(&object_schema),
                 },
             ),
             JsonMode::Object => (
