@@ -15,18 +15,18 @@
 //! projected global gain and answer (`SHOW_PROMPT=1`: also plan 1's prompt; `FULL=1`:
 //! whole answers instead of their first 160 characters).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use common::median;
 use config::PromptConfig;
 use llm::build_prompt;
 use llm::local::{LocalBackend, LocalStats};
-use llm::sim::SimModel;
-use protocol::{Feedback, IterationOutcome, IterationRecord, Plan, PlanRequest};
-
-const BLOCKS: usize = 30;
-const TAU: f64 = 0.15;
+use llm::sim::SimRun;
+use protocol::Plan;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,7 +49,7 @@ fn main() -> Result<()> {
         candle_core::utils::get_num_threads()
     );
 
-    let mut run = SimRun::new();
+    let mut run = SimRun::smollm_like();
     {
         let req = run.request();
         let (prompt, listed) = backend.plan_prompt(&req, 0, k);
@@ -167,94 +167,4 @@ fn short(s: &str, n: usize) -> String {
         t.push('…');
     }
     t
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
-}
-
-/// A run on the synthetic model: its state and history, advanced by the plans of the
-/// planner under test.
-struct SimRun {
-    sim: SimModel,
-    history: Vec<IterationRecord>,
-    iteration: u32,
-}
-
-impl SimRun {
-    fn new() -> Self {
-        Self {
-            sim: SimModel::smollm_like(BLOCKS, 7, 2.0),
-            history: Vec::new(),
-            iteration: 1,
-        }
-    }
-
-    fn request(&self) -> PlanRequest {
-        let mut r = PlanRequest::new(
-            self.iteration,
-            40,
-            self.sim.profiles(),
-            0.5,
-            self.sim.base_ppl,
-            self.sim.ppl(),
-            TAU,
-        );
-        r.history = self.history.clone();
-        r
-    }
-
-    /// Apply `plan` (rolled back above τ) and record feedback shaped like the critic's.
-    fn advance(&mut self, plan: Plan) {
-        let (s0, p0) = (self.sim.global_sparsity(), self.sim.ppl());
-        let p1 = self.sim.ppl_with(&plan.layer_decisions);
-        let rolled_back = p1 > p0 * (1.0 + TAU);
-        let mut after = self.sim.clone();
-        after.apply(&plan.layer_decisions);
-        let s1 = after.global_sparsity();
-        if !rolled_back {
-            self.sim = after;
-        }
-        let outcome = IterationOutcome {
-            iteration: self.iteration,
-            sparsity_before: s0,
-            sparsity_after: s1,
-            ppl_before: p0,
-            ppl_after: p1,
-            rolled_back,
-        };
-        let summary = format!(
-            "Your reasoning: \"{}\"\nYour decisions ({} layers): {}.\nResult: global sparsity {s0:.4} -> {s1:.4} ({:+.2} pp); PPL {p0:.3} -> {p1:.3} ({:+.1}%; rollback threshold {:.1}%).",
-            plan.reasoning.trim(),
-            plan.layer_decisions.len(),
-            llm::prompt::decisions_text(&plan.layer_decisions, 12),
-            (s1 - s0) * 100.0,
-            outcome.ppl_change() * 100.0,
-            TAU * 100.0
-        );
-        let assessment = if rolled_back {
-            "Poor - Excessive PPL degradation, rolled back"
-        } else {
-            "Good - Solid sparsity gain with acceptable PPL impact"
-        };
-        self.history.push(IterationRecord {
-            plan,
-            outcome,
-            feedback: Feedback {
-                iteration: self.iteration,
-                summary,
-                assessment: assessment.into(),
-            },
-        });
-        self.iteration += 1;
-    }
 }

@@ -8,7 +8,10 @@
 //! SmolLM2-135M's (30 blocks × 7 projections). Public so the actor tests can drive a
 //! whole loop with it.
 
-use protocol::{global_sparsity, LayerDecision, LayerProfile};
+use protocol::{
+    global_sparsity, Feedback, IterationOutcome, IterationRecord, LayerDecision, LayerProfile,
+    Plan, PlanRequest,
+};
 
 use crate::rng::unit;
 
@@ -157,6 +160,92 @@ pub fn zscore(x: &[f64]) -> Vec<f64> {
     let mean = x.iter().sum::<f64>() / n;
     let sd = (x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
     x.iter().map(|v| (v - mean) / (sd + 1e-9)).collect()
+}
+
+/// τ of a [`SimRun`].
+const RUN_TAU: f64 = 0.15;
+
+/// A run on the synthetic model: its state and history, advanced by the plans of the
+/// planner under test.
+pub struct SimRun {
+    pub sim: SimModel,
+    history: Vec<IterationRecord>,
+    iteration: u32,
+}
+
+impl SimRun {
+    /// SmolLM2-135M's shapes (30 blocks), target 50 %, 40 iterations, τ = 15 %.
+    pub fn smollm_like() -> Self {
+        Self {
+            sim: SimModel::smollm_like(30, 7, 2.0),
+            history: Vec::new(),
+            iteration: 1,
+        }
+    }
+
+    /// The request for the next iteration.
+    pub fn request(&self) -> PlanRequest {
+        let mut r = PlanRequest::new(
+            self.iteration,
+            40,
+            self.sim.profiles(),
+            0.5,
+            self.sim.base_ppl,
+            self.sim.ppl(),
+            RUN_TAU,
+        );
+        // What the loop's critic asks with its default rules (layer cap, minimum gain,
+        // recently rolled-back layers).
+        r.constraints =
+            config::CriticRules::default().plan_constraints(&self.history, self.iteration);
+        r.history = self.history.clone();
+        r
+    }
+
+    /// Apply `plan` (rolled back above τ) and record feedback shaped like the critic's.
+    pub fn advance(&mut self, plan: Plan) {
+        let (s0, p0) = (self.sim.global_sparsity(), self.sim.ppl());
+        let p1 = self.sim.ppl_with(&plan.layer_decisions);
+        let rolled_back = p1 > p0 * (1.0 + RUN_TAU);
+        let mut after = self.sim.clone();
+        after.apply(&plan.layer_decisions);
+        let s1 = after.global_sparsity();
+        if !rolled_back {
+            self.sim = after;
+        }
+        let outcome = IterationOutcome {
+            iteration: self.iteration,
+            sparsity_before: s0,
+            sparsity_after: s1,
+            ppl_before: p0,
+            ppl_after: p1,
+            rolled_back,
+        };
+        let summary = format!(
+            "Your reasoning: \"{}\"\nYour decisions ({} layers): {}.\nResult: global sparsity {s0:.4} -> {s1:.4} ({:+.2} pp); PPL {p0:.3} -> {p1:.3} ({:+.1}%; rollback threshold {:.1}%).",
+            plan.reasoning.trim(),
+            plan.layer_decisions.len(),
+            crate::prompt::decisions_text(&plan.layer_decisions, 12),
+            (s1 - s0) * 100.0,
+            outcome.ppl_change() * 100.0,
+            RUN_TAU * 100.0
+        );
+        let assessment = if rolled_back {
+            "Poor - Excessive PPL degradation, rolled back"
+        } else {
+            "Good - Solid sparsity gain with acceptable PPL impact"
+        };
+        self.history.push(IterationRecord {
+            plan,
+            outcome,
+            feedback: Feedback {
+                iteration: self.iteration,
+                summary,
+                assessment: assessment.into(),
+            },
+        });
+        self.iteration += 1;
+    }
 }
 
 #[cfg(test)]

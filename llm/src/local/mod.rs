@@ -14,6 +14,9 @@
 //! `spawn_blocking`, off the async executor. One model instance serves one generation
 //! at a time (its cache is shared state), hence the mutex.
 
+pub mod choose;
+#[cfg(feature = "llguidance")]
+pub mod llg;
 pub mod net;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +34,7 @@ use crate::error::{LlmError, Result};
 use crate::planner::{check_request, PlannerBackend};
 use crate::prompt::{build_prompt_listing, listing, Prompt};
 use crate::vocab::Vocab;
+use choose::{Chooser, GrammarChooser, Tokens};
 use net::Net;
 
 /// The planner model `secateur prune --planner local` uses when none is named.
@@ -202,6 +206,16 @@ impl LocalBackend {
         user: &str,
         grammar: &PlanGrammar,
     ) -> Result<(String, LocalStats)> {
+        self.generate_with(system, user, &mut GrammarChooser::new(grammar))
+    }
+
+    /// One answer to `system` + `user` whose tokens `chooser` picks.
+    pub fn generate_with(
+        &self,
+        system: &str,
+        user: &str,
+        chooser: &mut dyn Chooser,
+    ) -> Result<(String, LocalStats)> {
         let mut guard = self.inner.lock().map_err(|_| poisoned())?;
         let st = &mut *guard;
         let start = Instant::now();
@@ -216,11 +230,10 @@ impl LocalBackend {
         let (mut logits, cached) = st.prefill(&ids)?;
         let prefill_seconds = start.elapsed().as_secs_f64();
 
-        let mut state = grammar.start();
         let decode_start = Instant::now();
         let mut out = String::new();
         let (mut generated, mut forced, mut passes, mut pick_seconds) = (0, 0, 0, 0.0);
-        while !state.is_done() {
+        while !chooser.is_done() {
             if generated >= self.max_tokens || ids.len() + generated >= self.context {
                 return Err(err(format!(
                     "no complete plan within {generated} tokens (max_tokens {}, context {})",
@@ -228,31 +241,21 @@ impl LocalBackend {
                 )));
             }
             let t = Instant::now();
-            // Text the grammar fixes (`,"delta":0.`, the rest of a layer name) goes in
-            // as one batch; the model only chooses where there is a choice.
-            let (text, after) = grammar.forced(&state);
-            let batch = match st.tokens_of(&text) {
-                Some(b) if !b.is_empty() => {
-                    forced += b.len();
-                    out.push_str(&text);
-                    state = after;
-                    b
-                }
-                _ => {
-                    let (id, next) = st
-                        .vocab
-                        .pick(grammar, &state, &logits, self.temperature, &mut st.rng)
-                        .ok_or_else(|| err("no vocabulary token continues the plan"))?;
-                    // The grammar accepted exactly this text: the answer is what it checked.
-                    out.push_str(st.vocab.piece(id).unwrap_or_default());
-                    state = next;
-                    vec![id]
-                }
+            let tokens = Tokens {
+                vocab: &st.vocab,
+                tokenizer: &st.tokenizer,
             };
+            let step = chooser
+                .next(&tokens, &logits, self.temperature, &mut st.rng)?
+                .ok_or_else(|| err("no vocabulary token continues the plan"))?;
+            if step.forced {
+                forced += step.ids.len();
+            }
+            out.push_str(&step.text);
             pick_seconds += t.elapsed().as_secs_f64();
-            generated += batch.len();
-            if !state.is_done() {
-                logits = st.step(&batch)?;
+            generated += step.ids.len();
+            if !chooser.is_done() {
+                logits = st.step(&step.ids)?;
                 passes += 1;
             }
         }
@@ -336,21 +339,6 @@ impl State {
         let logits = logits.inspect_err(|_| self.reset()).map_err(err)?;
         self.cached.extend_from_slice(ids);
         Ok(logits)
-    }
-
-    /// `text` as tokens whose pieces spell it exactly (`None` when the tokenizer's
-    /// split does not, e.g. through a special token: the text is then decoded token by
-    /// token like any other).
-    fn tokens_of(&self, text: &str) -> Option<Vec<u32>> {
-        if text.is_empty() {
-            return None;
-        }
-        let ids = self.tokenizer.encode(text, false).ok()?.get_ids().to_vec();
-        let mut spelled = String::with_capacity(text.len());
-        for &id in &ids {
-            spelled.push_str(self.vocab.piece(id)?);
-        }
-        (spelled == text).then_some(ids)
     }
 
     fn reset(&mut self) {
