@@ -8,6 +8,8 @@
 //! cargo run --release -p llm --features llguidance --example grammar_engines -- MODEL.gguf [PLANS=6] [TEMPERATURE=0.5]
 //! ```
 //!
+//! `ENGINE="plan grammar"` or `ENGINE=llguidance` runs one of them.
+//!
 //! Prints per plan: answer tokens (forced), milliseconds per answer token spent in the
 //! engine, seconds per plan, the plan's projected gain, and what the critic would say of
 //! it (`Plan::validate`'s errors, such as a duplicate layer, and a gain under the minimum); then medians per engine and where
@@ -66,7 +68,11 @@ fn main() -> Result<()> {
         model.display(),
         t.elapsed().as_secs_f64()
     );
+    let only = std::env::var("ENGINE").ok();
     for engine in [Engine::Grammar, Engine::Llguidance] {
+        if only.as_deref().is_some_and(|o| o != engine.name()) {
+            continue;
+        }
         let mut run = SimRun::smollm_like();
         let mut rows = Vec::new();
         println!("\n{}:", engine.name());

@@ -19,8 +19,9 @@ use crate::error::Result;
 /// The schema the llguidance chooser enforces for `request` over `layers`: the remote
 /// backends' schema in its `json_object` form (no stop and at least one decision below
 /// the target), plus what JSON Schema can say of the rest of the plan grammar — the
-/// reasoning's length, δ's bounds, compact separators. What it cannot say: that each
-/// layer appears once, and that the plan gains the critic's minimum.
+/// reasoning's length, the number of decisions, δ's bounds, compact separators. What it
+/// cannot say: that each layer appears once, and that the plan gains the critic's
+/// minimum.
 pub fn llg_schema(request: &PlanRequest, layers: &[String]) -> Value {
     let names: Vec<&str> = layers.iter().map(String::as_str).collect();
     let schema = plan_json_schema(Some(&names))
@@ -28,6 +29,8 @@ pub fn llg_schema(request: &PlanRequest, layers: &[String]) -> Value {
         .object_mode();
     let mut v = serde_json::to_value(&schema).unwrap_or_default();
     v["properties"]["reasoning"]["maxLength"] = json!(MAX_REASONING);
+    // The plan grammar's cap (each listed layer once); the schema cannot say "once".
+    v["properties"]["layer_decisions"]["maxItems"] = json!(layers.len());
     let delta = &mut v["properties"]["layer_decisions"]["items"]["properties"]["delta"];
     delta["minimum"] = json!(DELTA_MIN);
     delta["maximum"] = json!(DELTA_MAX);
