@@ -67,11 +67,6 @@ impl LocalBackend {
 /// fast-forward), else the best-scoring token of the mask.
 pub struct LlgChooser {
     matcher: Matcher,
-    /// Time spent computing masks and forced tokens, and how many masks.
-    pub mask_seconds: f64,
-    pub masks: usize,
-    /// Allowed tokens per computed mask, summed (their mean says how tight it is).
-    pub allowed: usize,
 }
 
 impl LlgChooser {
@@ -81,12 +76,7 @@ impl LlgChooser {
         if let Some(e) = matcher.get_error() {
             return Err(err(format!("llguidance: {e}")));
         }
-        Ok(Self {
-            matcher,
-            mask_seconds: 0.0,
-            masks: 0,
-            allowed: 0,
-        })
+        Ok(Self { matcher })
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> crate::error::LlmError {
@@ -125,13 +115,11 @@ impl Chooser for LlgChooser {
         temperature: f64,
         rng: &mut u64,
     ) -> Result<Option<Chosen>> {
-        let t = std::time::Instant::now();
         let ff = self.matcher.compute_ff_tokens();
         if !ff.is_empty() {
             self.matcher
                 .consume_tokens(&ff)
                 .map_err(|e| self.fail("fast-forward", e))?;
-            self.mask_seconds += t.elapsed().as_secs_f64();
             return Ok(Some(Chosen {
                 text: Self::text_of(tokens, &ff),
                 ids: ff,
@@ -142,9 +130,6 @@ impl Chooser for LlgChooser {
             .matcher
             .compute_mask()
             .map_err(|e| self.fail("mask", e))?;
-        self.mask_seconds += t.elapsed().as_secs_f64();
-        self.masks += 1;
-        self.allowed += mask.num_set();
         let scores = tokens.vocab.scores(logits, temperature, rng);
         let Some(id) = best_in(&mask, &scores) else {
             return Ok(None);
